@@ -1,0 +1,3 @@
+from rtml.cli import app
+
+app(prog_name="rtml")

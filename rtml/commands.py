@@ -1,0 +1,35 @@
+"""Commands that belong to no single part: `demo` and `config`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        hours: Annotated[
+            float, typer.Option(help="Hours of synthetic traffic to run through the pipeline.")
+        ] = 36,
+        seed: Annotated[int, typer.Option(help="Seed of the synthetic source.")] = 7,
+    ) -> None:
+        """Run every stage end to end on the embedded profile and print a summary."""
+        from rtml.demo import run_demo
+
+        run_demo(hours=hours, seed=seed)
+
+    @app.command("config")
+    def show_config() -> None:
+        """Print the effective settings (file + RTML_ variables), as TOML."""
+        import tomli_w
+        from rich.console import Console
+        from rich.syntax import Syntax
+
+        from rtml.config import get_settings
+
+        settings = get_settings()
+        data = settings.model_dump(mode="json", exclude_none=True, by_alias=True)
+        data["namespace"] = settings.namespace
+        Console().print(Syntax(tomli_w.dumps(data), "toml"))

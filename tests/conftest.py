@@ -1,0 +1,107 @@
+"""Shared fixtures: an isolated data directory per test, the real services, the real recordings.
+
+A test that needs Redis, PostgreSQL, Java, Chromium or `../shared/data` skips with the reason
+when it is missing on a developer's machine, and fails when CI=true: CI must cover it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rtml.config import Settings, get_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("RTML_SHARED_DATA", REPO.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(available: bool, why: str) -> None:
+    """Skip with `why` where the dependency is absent, fail in CI where it must be present."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data directory, made the default for everything the test runs (subprocesses too)."""
+    path = tmp_path / "rtml-data"
+    monkeypatch.setenv("RTML_DATA_DIR", str(path))
+    monkeypatch.setenv("RTML_PROFILE", "embedded")
+    monkeypatch.setenv("RTML_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    return path
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return get_settings()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require(_port_open("127.0.0.1", 6379), "Redis is not answering on 127.0.0.1:6379")
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    require(_port_open("127.0.0.1", 5432), "PostgreSQL is not answering on 127.0.0.1:5432")
+    return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def services_settings(
+    data_dir: Path, redis_url: str, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """The services profile on the real Redis and PostgreSQL, in a namespace of its own."""
+    monkeypatch.setenv("RTML_PROFILE", "services")
+    monkeypatch.setenv("RTML_REDIS_URL", redis_url)
+    monkeypatch.setenv("RTML_POSTGRES_DSN", postgres_dsn)
+    yield get_settings()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real recordings beside the project (never copied into it)."""
+    require(SHARED_DATA.is_dir(), f"the real recordings are not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def java() -> str:
+    path = shutil.which("java")
+    require(path is not None, "Java 17+ is needed by Spark and is not on PATH")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = "/usr/bin/chromium"
+    require(os.path.exists(path), "Debian's chromium is not installed (.ci/run installs it)")
+    return path
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    """Where tests leave screenshots and reports for people to look at."""
+    path = REPO / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
