@@ -1,0 +1,1 @@
+"""Where transactions come from: the blockchain.com websocket and REST API, replays, synthetic traffic."""

@@ -22,7 +22,7 @@ def test_help_lists_commands() -> None:
 
 def test_demo_reaches_its_summary(data_dir: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "rtml", "demo", "--hours", "1"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "rtml", "demo", "--hours", "8"], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "events in" in out.stdout

@@ -1,0 +1,1 @@
+"""aggregate part of the data flow."""

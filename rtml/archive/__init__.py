@@ -1,0 +1,1 @@
+"""archive part of the data flow."""

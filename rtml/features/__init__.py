@@ -1,0 +1,1 @@
+"""features part of the data flow."""

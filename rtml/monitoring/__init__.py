@@ -1,0 +1,1 @@
+"""monitoring part of the data flow."""

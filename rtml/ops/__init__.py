@@ -1,0 +1,1 @@
+"""ops part of the data flow."""

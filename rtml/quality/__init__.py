@@ -1,0 +1,1 @@
+"""quality part of the data flow."""

@@ -1,0 +1,1 @@
+"""serving part of the data flow."""
