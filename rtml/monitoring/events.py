@@ -1,0 +1,75 @@
+"""The pipeline's event log: drift alerts, rule failures, breaches, alarms, retraining, gate
+decisions, promotions. One table, written by every stage, read by the dashboard and the
+retraining loop. SQLite under the data directory (embedded) or PostgreSQL (services).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rtml.config import Settings
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time_ms: int
+    kind: str
+    details: dict[str, Any]
+
+
+class EventLog:
+    """Append-only event log; `kind` is a short dotted name such as `drift.alert` or `model.promoted`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._services = settings.profile == "services"
+        if self._services:
+            import psycopg
+
+            self._table = f'"{settings.namespace}".events'
+            self._pg = psycopg.connect(settings.postgres_dsn, autocommit=True)
+            self._pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+            self._pg.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} "
+                "(id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, details JSONB NOT NULL)"
+            )
+        else:
+            self._db = sqlite3.connect(settings.path("events.sqlite"), timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS events "
+                "(id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, details TEXT NOT NULL)"
+            )
+
+    def record(self, kind: str, time_ms: int | None = None, **details: Any) -> None:
+        when = int(time.time() * 1000) if time_ms is None else time_ms
+        payload = json.dumps(details, default=str)
+        if self._services:
+            self._pg.execute(
+                f"INSERT INTO {self._table} (time_ms, kind, details) VALUES (%s, %s, %s::jsonb)", (when, kind, payload)
+            )
+        else:
+            self._db.execute("INSERT INTO events (time_ms, kind, details) VALUES (?, ?, ?)", (when, kind, payload))
+
+    def recent(self, limit: int = 200, prefix: str = "", after_id: int = 0) -> list[Event]:
+        """Newest last; `prefix` filters kinds (`drift.` for all drift events)."""
+        if self._services:
+            rows = self._pg.execute(
+                f"SELECT id, time_ms, kind, details::text FROM {self._table} "
+                "WHERE kind LIKE %s AND id > %s ORDER BY id DESC LIMIT %s",
+                (prefix + "%", after_id, limit),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT id, time_ms, kind, details FROM events WHERE kind LIKE ? AND id > ? ORDER BY id DESC LIMIT ?",
+                (prefix + "%", after_id, limit),
+            ).fetchall()
+        return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
+
+    def close(self) -> None:
+        (self._pg if self._services else self._db).close()
