@@ -1,0 +1,187 @@
+"""The work behind `rtml up`, `rtml status` and `rtml down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rtml.config import Settings, get_settings
+from rtml.ops.purge import execute_purge, plan_purge
+from rtml.ops.supervisor import Component, read_state, supervisor_running
+
+console = Console()
+
+
+def components(settings: Settings, source: str, file: Path | None, speed: str, port: int) -> list[Component]:
+    """The long-running parts of the pipeline, in data-flow order."""
+    ingest = ["ingest", "--source", source]
+    if file is not None:
+        ingest += ["--file", str(Path(file).resolve()), "--speed", speed]
+    host = settings.serving.host
+    return [
+        Component("ingest", ingest),
+        Component("archiver", ["archive", "--follow"]),
+        Component("aggregate", ["aggregate"]),
+        Component("serve", ["serve", "--host", host, "--port", str(port)], ready_url=f"http://{host}:{port}/health"),
+        Component("scheduler", ["scheduler"]),
+    ]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _wait_ready(settings: Settings, timeout: float) -> tuple[bool, str]:
+    """All components running (and answering, where they have a URL) at once, or why not."""
+    deadline = time.time() + timeout
+    why = "supervisor did not write its state"
+    while time.time() < deadline:
+        state = read_state(settings)
+        if state is None:
+            time.sleep(0.2)
+            continue
+        waiting = []
+        for comp in state["components"].values():
+            if comp["state"] == "finished":
+                continue
+            if comp["state"] != "running":
+                waiting.append(f"{comp['name']} is {comp['state']} (exit {comp['last_exit']})")
+            elif comp["ready_url"] and not _answers(comp["ready_url"]):
+                waiting.append(f"{comp['name']} not answering {comp['ready_url']}")
+        if not waiting:
+            return True, ""
+        why = "; ".join(waiting)
+        time.sleep(0.3)
+    return False, why
+
+
+def bring_up(
+    profile: str | None, source: str, file: Path | None, speed: str, port: int | None, timeout: float
+) -> int:
+    if profile is not None:
+        os.environ["RTML_PROFILE"] = profile
+    settings = get_settings()
+    pid = supervisor_running(settings)
+    if pid is not None:
+        console.print(f"[yellow]already up[/] (supervisor pid {pid}); `rtml status` shows it")
+        return 0
+    spec = [asdict(c) for c in components(settings, source, file, speed, port or settings.serving.port)]
+    log = open(settings.path("logs", "supervisor.log"), "ab")  # noqa: SIM115 - handed to the child
+    subprocess.Popen(
+        [sys.executable, "-m", "rtml.ops.supervisor", json.dumps(spec)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=os.environ.copy(),
+    )
+    log.close()
+    with console.status("starting components"):
+        ok, why = _wait_ready(settings, timeout)
+    if not ok:
+        console.print(f"[red]not ready after {timeout:.0f} s:[/] {why}; logs in {settings.root / 'logs'}")
+        return 1
+    console.print(f"[green]up[/] ({settings.profile}, data in {settings.root})")
+    show_status(False)
+    return 0
+
+
+def gather_status(settings: Settings) -> dict:
+    """Everything `rtml status` shows, as plain data."""
+    state = read_state(settings) or {"components": {}}
+    pid = supervisor_running(settings)
+    now = time.time()
+    comps = []
+    for comp in state["components"].values():
+        alive = comp["pid"] is not None and pid is not None and _pid_alive(comp["pid"])
+        comps.append(
+            {
+                "name": comp["name"],
+                "state": comp["state"] if pid is not None else "stopped",
+                "pid": comp["pid"] if alive else None,
+                "uptime_s": round(now - comp["started_at"], 1) if alive and comp["started_at"] else None,
+                "restarts": comp["restarts"],
+                "last_exit": comp["last_exit"],
+            }
+        )
+    return {"supervisor_pid": pid, "profile": settings.profile, "data_dir": str(settings.root), "components": comps}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def show_status(json_out: bool) -> None:
+    status = gather_status(get_settings())
+    if json_out:
+        print(json.dumps(status, indent=1))
+        return
+    running = status["supervisor_pid"] is not None
+    table = Table(title=f"rtml {'up' if running else 'down'} — {status['profile']}, {status['data_dir']}")
+    for column in ("component", "state", "pid", "uptime", "restarts"):
+        table.add_column(column)
+    for c in status["components"]:
+        uptime = f"{c['uptime_s']:.0f} s" if c["uptime_s"] is not None else "-"
+        table.add_row(c["name"], c["state"], str(c["pid"] or "-"), uptime, str(c["restarts"]))
+    console.print(table)
+    for key, value in status.items():
+        if key not in ("supervisor_pid", "profile", "data_dir", "components"):
+            console.print(f"[bold]{key.replace('_', ' ')}[/]: {value}")
+
+
+def bring_down(purge: bool, yes: bool) -> int:
+    settings = get_settings()
+    pid = supervisor_running(settings)
+    if pid is not None and pid > 0:
+        os.kill(pid, signal.SIGTERM)
+        with console.status("stopping components (committing in-flight work)"):
+            deadline = time.time() + 60
+            while supervisor_running(settings) is not None and time.time() < deadline:
+                time.sleep(0.2)
+        if supervisor_running(settings) is not None:
+            console.print("[red]supervisor did not stop in 60 s[/]")
+            return 1
+        console.print("[green]stopped[/]")
+    elif not purge:
+        console.print("nothing running")
+    if not purge:
+        return 0
+    plan = plan_purge(settings, services=settings.profile == "services")
+    if plan.empty:
+        console.print("nothing to purge")
+        return 0
+    console.print("[bold]will delete:[/]")
+    for line in plan.describe():
+        console.print(f"  - {line}")
+    if not yes and not sys.stdin.isatty():
+        console.print("[red]refusing to purge without confirmation: pass --yes[/]")
+        return 1
+    if not yes and not _confirm():
+        return 1
+    execute_purge(settings, plan)
+    console.print("[green]purged[/]")
+    return 0
+
+
+def _confirm() -> bool:
+    import typer
+
+    return typer.confirm("delete all of it?", default=False)
