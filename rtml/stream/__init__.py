@@ -1,0 +1,26 @@
+"""The stream (Kinesis Data Streams in the AWS original): `open_stream(settings)` picks the backend."""
+
+from __future__ import annotations
+
+from rtml.config import Settings
+from rtml.stream.base import COLUMNS, Offset, Row, Slim, Stream
+
+__all__ = ["COLUMNS", "Offset", "Row", "Slim", "Stream", "open_stream", "stream_path"]
+
+
+def stream_path(settings: Settings) -> str:
+    """Where the embedded log lives (the Spark data source reads it too)."""
+    return str(settings.path("stream.sqlite"))
+
+
+def open_stream(settings: Settings) -> Stream:
+    """The SQLite log in the embedded profile, Redis Streams in the services profile."""
+    if settings.profile == "services":
+        from rtml.stream.redis_streams import RedisStream
+
+        return RedisStream(settings.redis_url, settings.namespace)
+    from pathlib import Path
+
+    from rtml.stream.sqlite_log import SqliteStream
+
+    return SqliteStream(Path(stream_path(settings)))

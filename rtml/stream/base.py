@@ -1,9 +1,13 @@
 """The stream: a durable, replayable log of TxEvents (Kinesis Data Streams in the AWS original).
 
 One interface, backends side by side (SQLite log embedded, Redis Streams in services),
-chosen by `open_stream(settings)`. Offsets are opaque strings that sort in log order within
-one backend; a consumer keeps its own offset (`commit`), or keeps it beside its own state in
-one transaction when it needs exactly-once effects (the aggregation engine does).
+chosen by `open_stream(settings)`. Offsets are opaque strings, only compared by their backend;
+a consumer keeps its own offset (`commit`), or keeps it beside its own state in one transaction
+when it needs exactly-once effects (the aggregation engine does).
+
+Two speeds: `append`/`read` speak TxEvent for everyone; `append_rows`/`read_slim` move plain
+tuples for the hot paths (bulk ingestion, the aggregation engine at hundreds of thousands of
+events a second), where building a dataclass per event would cost more than the work itself.
 """
 
 from __future__ import annotations
@@ -14,16 +18,31 @@ from collections.abc import Sequence
 from rtml.contracts import TxEvent
 
 Offset = str
+# (tx_hash, event_time, fee_sat, size, source, ingest_time): the stored record, in TxEvent order.
+Row = tuple[str, int, int, int, str, int]
+# (tx_hash, event_time, fee_sat): what the aggregation engine needs.
+Slim = tuple[str, int, int]
+COLUMNS = ("tx_hash", "event_time", "fee_sat", "size", "source", "ingest_time")
 
 
 class Stream(ABC):
-    @abstractmethod
     def append(self, events: Sequence[TxEvent]) -> Offset | None:
         """Append durably, in order; returns the offset of the last event (None for no events)."""
+        return self.append_rows(
+            [(e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time) for e in events]
+        )
+
+    @abstractmethod
+    def append_rows(self, rows: Sequence[Row]) -> Offset | None:
+        """`append` for already-validated rows in TxEvent field order."""
 
     @abstractmethod
     def read(self, after: Offset | None, limit: int) -> list[tuple[Offset, TxEvent]]:
         """Up to `limit` events strictly after `after` (from the start when None)."""
+
+    @abstractmethod
+    def read_slim(self, after: Offset | None, limit: int) -> tuple[list[Slim], Offset | None]:
+        """Up to `limit` (tx_hash, event_time, fee_sat) after `after`, and the offset of the last one."""
 
     @abstractmethod
     def committed(self, consumer: str) -> Offset | None:
@@ -34,8 +53,18 @@ class Stream(ABC):
         """Record that `consumer` has processed everything up to and including `offset`."""
 
     @abstractmethod
+    def count_after(self, after: Offset | None) -> int:
+        """How many events lie after `after` (a consumer's lag)."""
+
+    @abstractmethod
     def trim(self, *, max_age_s: float | None = None, max_len: int | None = None) -> int:
-        """Drop the oldest events by age or count; returns how many were dropped."""
+        """Drop the oldest events by age (ingest time) or count; returns how many were dropped."""
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

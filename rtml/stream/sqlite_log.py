@@ -1,0 +1,118 @@
+"""The embedded stream: an append-only SQLite table in WAL mode, `<data_dir>/stream.sqlite`.
+
+WAL lets one writer (ingestion) and any number of readers (aggregator, archiver, the Spark
+data source) work at once without blocking each other. The INTEGER PRIMARY KEY AUTOINCREMENT
+`offset` never reuses a value, even after a trim, so offsets stay valid forever.
+`synchronous=NORMAL` survives any process crash (kill -9); only an OS crash can lose the last
+committed batches, which the sources then re-send (dedup makes that harmless).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rtml.contracts import TxEvent
+from rtml.stream.base import Offset, Row, Slim, Stream
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+  offset INTEGER PRIMARY KEY AUTOINCREMENT,
+  tx_hash TEXT NOT NULL,
+  event_time INTEGER NOT NULL,
+  fee_sat INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  source TEXT NOT NULL,
+  ingest_time INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+  consumer TEXT PRIMARY KEY,
+  offset INTEGER NOT NULL
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with a generous busy timeout (writers wait, never fail)."""
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SqliteStream(Stream):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path)
+        self._conn.executescript(SCHEMA)
+
+    def append_rows(self, rows: Sequence[Row]) -> Offset | None:
+        if not rows:
+            return None
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO events (tx_hash, event_time, fee_sat, size, source, ingest_time)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return str(last)
+
+    def read(self, after: Offset | None, limit: int) -> list[tuple[Offset, TxEvent]]:
+        cur = self._conn.execute(
+            "SELECT offset, tx_hash, event_time, fee_sat, size, source, ingest_time FROM events"
+            " WHERE offset > ? ORDER BY offset LIMIT ?",
+            (int(after) if after is not None else 0, limit),
+        )
+        return [(str(r[0]), TxEvent(*r[1:])) for r in cur]
+
+    def read_slim(self, after: Offset | None, limit: int) -> tuple[list[Slim], Offset | None]:
+        rows = self._conn.execute(
+            "SELECT tx_hash, event_time, fee_sat, offset FROM events WHERE offset > ? ORDER BY offset LIMIT ?",
+            (int(after) if after is not None else 0, limit),
+        ).fetchall()
+        if not rows:
+            return [], after
+        return rows, str(rows[-1][3])
+
+    def committed(self, consumer: str) -> Offset | None:
+        row = self._conn.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def commit(self, consumer: str, offset: Offset) -> None:
+        self._conn.execute(
+            "INSERT INTO consumer_offsets (consumer, offset) VALUES (?, ?)"
+            " ON CONFLICT(consumer) DO UPDATE SET offset = excluded.offset",
+            (consumer, int(offset)),
+        )
+
+    def count_after(self, after: Offset | None) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM events WHERE offset > ?", (int(after) if after is not None else 0,)
+        ).fetchone()
+        return int(row[0])
+
+    def trim(self, *, max_age_s: float | None = None, max_len: int | None = None) -> int:
+        dropped = 0
+        conn = self._conn
+        if max_age_s is not None:
+            cutoff = int(time.time() * 1000 - max_age_s * 1000)
+            dropped += conn.execute("DELETE FROM events WHERE ingest_time < ?", (cutoff,)).rowcount
+        if max_len is not None:
+            row = conn.execute("SELECT max(offset) FROM events").fetchone()
+            if row[0] is not None:
+                dropped += conn.execute(
+                    "DELETE FROM events WHERE offset <= ?", (row[0] - max_len,)
+                ).rowcount
+        return dropped
+
+    def close(self) -> None:
+        self._conn.close()
