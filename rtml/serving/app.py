@@ -1,0 +1,577 @@
+"""The forecast API: FastAPI over the online feature store and the registry's champion.
+
+`create_app(settings)` builds the app; the real feature store and registry are opened in the
+lifespan (so building the app is cheap), or given as `features=` / `models=` objects that
+follow the small interfaces in `sources.py` and `swap.py`. Other parts add pages and
+endpoints through `routers=` or by naming a module in `ROUTER_MODULES`: each such module
+defines `build_router(settings) -> APIRouter`; its handlers reach the running service
+through `request.app.state.serving` (a `ServingState`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rtml.config import Settings, get_settings
+from rtml.contracts import Forecast, datetime_to_ms
+from rtml.serving.prediction_log import PredictionLog, PredictionRecord
+from rtml.serving.sources import FeatureBatch, FeatureSource, NoFeatures
+from rtml.serving.swap import Loaded, ModelSource, ModelWatcher
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+log = logging.getLogger(__name__)
+
+# Modules that add routers to every app, when present: each defines build_router(settings).
+ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
+MAX_TX_PER_MINUTE = 10_000_000
+MAX_SATOSHI = 2_100_000_000_000_000  # every bitcoin there will ever be
+
+
+# ---------------------------------------------------------------- request and response bodies
+
+
+class MinuteIn(BaseModel):
+    """One closed minute, as the aggregation engine emits it (MinuteFeatures)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    minute: AwareDatetime = Field(description="Start of the minute, with a time zone (UTC preferred).")
+    tx_count: int = Field(ge=0, le=MAX_TX_PER_MINUTE)
+    fee_total_sat: int = Field(ge=0, le=MAX_SATOSHI)
+    fee_avg_sat: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="fee_total_sat / tx_count; null when tx_count = 0. Derived when omitted.",
+    )
+
+    @field_validator("minute")
+    @classmethod
+    def _whole_minute(cls, value: datetime) -> datetime:
+        if value.second or value.microsecond:
+            raise ValueError(f"minute must be the start of a minute (seconds = 0), got {value.isoformat()}")
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _consistent_average(self) -> MinuteIn:
+        if self.tx_count == 0:
+            if self.fee_total_sat:
+                raise ValueError("tx_count is 0 but fee_total_sat is not")
+            if self.fee_avg_sat is not None:
+                raise ValueError("fee_avg_sat must be null when tx_count is 0")
+            return self
+        average = self.fee_total_sat / self.tx_count
+        if self.fee_avg_sat is None:
+            self.fee_avg_sat = average
+        elif not math.isclose(self.fee_avg_sat, average, rel_tol=1e-6, abs_tol=1e-6):
+            raise ValueError(f"fee_avg_sat {self.fee_avg_sat} is not fee_total_sat / tx_count = {average}")
+        return self
+
+
+class FeatureRowIn(BaseModel):
+    """A ready model-input row (as the ETL builds them), for batch scoring."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    minute: AwareDatetime = Field(description="Start of the last closed minute these features describe.")
+    features: dict[str, Annotated[float, Field(allow_inf_nan=False)] | None] = Field(
+        description="Every model input column (see GET /model), null for missing values."
+    )
+
+    @field_validator("minute")
+    @classmethod
+    def _whole_minute(cls, value: datetime) -> datetime:
+        return MinuteIn._whole_minute(value)
+
+
+class ForecastRequest(BaseModel):
+    """Either `minutes` (what-if: forecast from these minutes) or `rows` (batch), not both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "minutes": [
+                        {"minute": "2024-10-01T12:00:00Z", "tx_count": 150, "fee_total_sat": 600000},
+                        {"minute": "2024-10-01T12:01:00Z", "tx_count": 140, "fee_total_sat": 590000},
+                    ]
+                }
+            ]
+        },
+    )
+
+    minutes: list[MinuteIn] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1440,
+        description="Consecutive closed minutes, oldest first; the forecast is for 5 minutes after the last.",
+    )
+    rows: list[FeatureRowIn] | None = Field(default=None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ForecastRequest:
+        if (self.minutes is None) == (self.rows is None):
+            raise ValueError("give exactly one of 'minutes' (what-if) or 'rows' (batch)")
+        if self.minutes:
+            for i, (before, after) in enumerate(zip(self.minutes, self.minutes[1:], strict=False)):
+                if after.minute - before.minute != timedelta(minutes=1):
+                    raise ValueError(
+                        f"minutes must be consecutive and oldest first: minutes[{i + 1}] is "
+                        f"{after.minute.isoformat()}, expected {(before.minute + timedelta(minutes=1)).isoformat()}"
+                    )
+        return self
+
+
+class ForecastBatch(BaseModel):
+    forecasts: list[Forecast]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None
+    feature_time: datetime | None = Field(description="End of the newest closed minute in the online store.")
+    reasons: list[str] = Field(description="Why the service is not ready; empty when it is.")
+
+
+class ModelInfo(BaseModel):
+    version: str
+    loaded_at: datetime
+    training_start: datetime | None = None
+    training_end: datetime | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    features: list[str]
+    details: dict[str, Any] = Field(default_factory=dict, description="Everything else the registry records.")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(pattern=r"^[1-9][0-9]{0,8}$", description="A registered version of fee_forecaster.")
+
+
+class AdminResult(BaseModel):
+    champion: str = Field(description="The version the registry's champion alias names now.")
+    serving: str | None = Field(description="The version this replica serves now.")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+# ---------------------------------------------------------------- the running service
+
+
+class ServingMetrics:
+    """Prometheus metrics of one app, in a registry of its own (other parts may add collectors)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "rtml_serving_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "rtml_serving_request_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.forecasts = Counter("rtml_serving_forecasts", "Forecasts given, by kind.", ["kind"], registry=r)
+        self.stale = Counter("rtml_serving_stale_refusals", "GET /forecast refused on stale features.", registry=r)
+        self.swaps = Counter("rtml_serving_model_swaps", "Champion models swapped in.", registry=r)
+        self.poll_errors = Counter("rtml_serving_registry_errors", "Failed champion polls.", registry=r)
+        self.feature_age = Gauge(
+            "rtml_serving_feature_age_seconds", "Age of the newest online minute at the last forecast.", registry=r
+        )
+        self.model_version = Gauge(
+            "rtml_serving_model_version", "Version of the model being served.", registry=r
+        )
+
+
+@dataclass
+class ServingState:
+    """Everything a handler needs; `request.app.state.serving`."""
+
+    settings: Settings
+    features: FeatureSource
+    watcher: ModelWatcher
+    log: PredictionLog
+    metrics: ServingMetrics
+
+
+def _state(request: Request) -> ServingState:
+    return request.app.state.serving  # type: ignore[no-any-return]
+
+
+def _error(status: int, detail: str) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody, "description": detail}}
+
+
+def _unprocessable(loc: Sequence[str | int], msg: str) -> RequestValidationError:
+    """A 422 in FastAPI's own format, for checks that need the feature definitions."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": None}])
+
+
+def _default_sources(settings: Settings) -> tuple[FeatureSource, ModelSource]:
+    from rtml.serving.real import RegistryModelSource, StoreFeatureSource
+
+    return StoreFeatureSource(settings), RegistryModelSource(settings)
+
+
+def _module_routers(settings: Settings) -> list[APIRouter]:
+    routers = []
+    for name in ROUTER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        if hasattr(module, "build_router"):
+            routers.append(module.build_router(settings))
+    return routers
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    features: FeatureSource | None = None,
+    models: ModelSource | None = None,
+    routers: Sequence[APIRouter] = (),
+    poll_s: float = 1.0,
+) -> FastAPI:
+    """The forecast API. Real feature store and registry unless `features` / `models` are given."""
+    settings = settings or get_settings()
+    metrics = ServingMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        feature_source, model_source = features, models
+        if feature_source is None or model_source is None:
+            real_features, real_models = await asyncio.to_thread(_default_sources, settings)
+            feature_source = feature_source or real_features
+            model_source = model_source or real_models
+        prediction_log = PredictionLog(settings)
+
+        def on_swap(old: Loaded | None, new: Loaded) -> None:
+            metrics.swaps.inc()
+            metrics.model_version.set(float(new.version) if new.version.isdigit() else -1)
+            prediction_log.count("model_swaps")
+
+        def on_error(exc: Exception) -> None:
+            metrics.poll_errors.inc()
+            prediction_log.count("registry_errors")
+
+        watcher = ModelWatcher(model_source, poll_s=poll_s, on_swap=on_swap, on_error=on_error)
+        await asyncio.to_thread(watcher.refresh)
+        watcher.start()
+        app.state.serving = ServingState(settings, feature_source, watcher, prediction_log, metrics)
+        try:
+            yield
+        finally:
+            watcher.stop()
+            prediction_log.close()
+            close = getattr(feature_source, "close", None)
+            if close is not None:
+                close()
+
+    app = FastAPI(
+        title="rtml forecast API",
+        version="1",
+        description=(
+            "P10/P50/P90 forecasts of the average Bitcoin transaction fee (satoshi) for the minute "
+            f"{settings.model.horizon_min} minutes after the last closed minute, from the registry's "
+            "champion model. Every response names the model version that produced it."
+        ),
+        lifespan=lifespan,
+    )
+    app.add_middleware(_Instrument, metrics=metrics)
+
+    @app.exception_handler(NoFeatures)
+    async def no_features(request: Request, exc: NoFeatures) -> JSONResponse:
+        return JSONResponse({"detail": f"no online features: {exc}"}, status_code=503)
+
+    def serve(state: ServingState, batch: FeatureBatch, kind: str, started: float) -> list[Forecast]:
+        loaded = state.watcher.current  # read once: this request finishes on this model
+        if loaded is None:
+            raise HTTPException(503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})")
+        quantiles = loaded.model.predict(batch.values)
+        horizon = state.settings.model.horizon_min
+        latency_ms = (time.perf_counter() - started) * 1000
+        logged_ms = int(time.time() * 1000)
+        forecasts = []
+        for i, last_minute in enumerate(batch.last_minutes):
+            p10, p50, p90 = (float(q) for q in quantiles[i])
+            forecast = Forecast(
+                target_minute=last_minute + timedelta(minutes=horizon),
+                p10=p10,
+                p50=p50,
+                p90=p90,
+                model_version=loaded.version,
+                feature_time=batch.feature_time(i),
+                horizon_min=horizon,
+            )
+            state.log.record(
+                PredictionRecord(
+                    logged_ms,
+                    loaded.version,
+                    datetime_to_ms(forecast.feature_time),
+                    datetime_to_ms(forecast.target_minute),
+                    p10,
+                    p50,
+                    p90,
+                    latency_ms,
+                    kind,
+                )
+            )
+            forecasts.append(forecast)
+        state.metrics.forecasts.labels(kind).inc(len(forecasts))
+        state.log.count(f"forecasts_{kind}", len(forecasts))
+        return forecasts
+
+    # Handlers that read features or predict are async: they all run on the event loop thread,
+    # so the feature store's connections and the model are never used from two threads at once.
+    @app.get(
+        "/forecast",
+        response_model=Forecast,
+        tags=["forecast"],
+        summary="Forecast from the online feature store",
+        responses=_error(503, "No model loaded, no online features, or features older than the allowed age."),
+    )
+    async def get_forecast(request: Request) -> Forecast:
+        """Reads the newest minutes from the online store; refuses (503) when they are stale."""
+        started = time.perf_counter()
+        state = _state(request)
+        batch = state.features.latest()
+        age_s = (datetime.now(UTC) - batch.feature_time(0)).total_seconds()
+        state.metrics.feature_age.set(age_s)
+        max_age = state.settings.serving.max_feature_age_s
+        if age_s > max_age:
+            state.metrics.stale.inc()
+            state.log.count("stale_refusals")
+            raise HTTPException(
+                503,
+                f"features are stale: the newest closed minute ended at {batch.feature_time(0).isoformat()}, "
+                f"{age_s:.0f} s ago, more than serving.max_feature_age_s = {max_age:g} s; no forecast on old data",
+            )
+        return serve(state, batch, "online", started)[0]
+
+    @app.post(
+        "/forecast",
+        response_model=ForecastBatch,
+        tags=["forecast"],
+        summary="Forecast from features given in the body (what-if, batch)",
+        responses=_error(503, "No model loaded."),
+    )
+    async def post_forecast(body: ForecastRequest, request: Request) -> ForecastBatch:
+        """`minutes`: one forecast from these minutes, as if they were the newest. `rows`: one per row."""
+        started = time.perf_counter()
+        state = _state(request)
+        source = state.features
+        if body.minutes is not None:
+            if len(body.minutes) < source.min_minutes:
+                raise _unprocessable(
+                    ("minutes",), f"need at least {source.min_minutes} consecutive minutes, got {len(body.minutes)}"
+                )
+            frame = pd.DataFrame([m.model_dump() for m in body.minutes])
+            return ForecastBatch(forecasts=serve(state, source.from_minutes(frame), "what-if", started))
+        assert body.rows is not None
+        columns = list(source.columns)
+        expected = set(columns)
+        for i, row in enumerate(body.rows):
+            missing = [c for c in columns if c not in row.features]
+            unknown = sorted(set(row.features) - expected)
+            if missing or unknown:
+                parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                    [f"unknown {', '.join(unknown)}"] if unknown else []
+                )
+                raise _unprocessable(("rows", i, "features"), "; ".join(parts))
+        values = pd.DataFrame([[r.features[c] for c in columns] for r in body.rows], columns=columns, dtype=float)
+        batch = FeatureBatch([r.minute for r in body.rows], values)
+        return ForecastBatch(forecasts=serve(state, batch, "batch", started))
+
+    @app.get("/health", response_model=Health, tags=["service"], summary="The process answers")
+    async def health() -> Health:
+        return Health()
+
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        tags=["service"],
+        summary="Model and fresh features loaded",
+        responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why."}},
+    )
+    async def ready(request: Request) -> Any:
+        state = _state(request)
+        loaded = state.watcher.current
+        reasons = []
+        if loaded is None:
+            reasons.append(f"no champion model loaded ({state.watcher.last_error or 'registry has none'})")
+        feature_time = None
+        try:
+            feature_time = state.features.latest().feature_time(0)
+        except NoFeatures as exc:
+            reasons.append(f"no online features: {exc}")
+        else:
+            age_s = (datetime.now(UTC) - feature_time).total_seconds()
+            if age_s > state.settings.serving.max_feature_age_s:
+                reasons.append(f"features are stale: newest minute ended {age_s:.0f} s ago")
+        body = Readiness(
+            ready=not reasons, model_version=loaded.version if loaded else None, feature_time=feature_time, reasons=reasons
+        )
+        if reasons:
+            return JSONResponse(body.model_dump(mode="json"), status_code=503)
+        return body
+
+    @app.get(
+        "/model",
+        response_model=ModelInfo,
+        tags=["service"],
+        summary="The model being served: version, training window, metrics",
+        responses=_error(503, "No model loaded."),
+    )
+    async def model(request: Request) -> ModelInfo:
+        state = _state(request)
+        loaded = state.watcher.current
+        if loaded is None:
+            raise HTTPException(503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})")
+        info = dict(loaded.info)
+        return ModelInfo(
+            version=loaded.version,
+            loaded_at=datetime.fromtimestamp(loaded.loaded_at, UTC),
+            training_start=info.pop("training_start", None),
+            training_end=info.pop("training_end", None),
+            metrics=info.pop("metrics", {}),
+            features=list(state.features.columns),
+            details=info,
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["service"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    bearer = HTTPBearer(auto_error=False, description="serving.admin_token (RTML_SERVING__ADMIN_TOKEN)")
+
+    def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        token = settings.serving.admin_token
+        if not token:
+            raise HTTPException(
+                404, "admin endpoints are off: set serving.admin_token (RTML_SERVING__ADMIN_TOKEN) to enable them"
+            )
+        if credentials is None:
+            raise HTTPException(
+                401, "admin endpoints need the header 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+            )
+        if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    admin_errors: dict[int | str, dict[str, Any]] = {
+        **_error(401, "No bearer token given."),
+        **_error(403, "Wrong bearer token."),
+        **_error(404, "Admin endpoints are off (no serving.admin_token), or the version does not exist."),
+        **_error(409, "The registry refused (e.g. no previous champion to roll back to)."),
+    }
+
+    def admin_change(request: Request, change: Callable[[], str]) -> AdminResult:
+        state = _state(request)
+        try:
+            champion = change()
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        loaded = state.watcher.refresh()  # serve the new champion before answering
+        return AdminResult(champion=champion, serving=loaded.version if loaded else None)
+
+    @app.post(
+        "/admin/promote",
+        response_model=AdminResult,
+        tags=["admin"],
+        summary="Make a registered version champion",
+        dependencies=[Depends(require_admin)],
+        responses=admin_errors,
+    )
+    def promote(body: PromoteRequest, request: Request) -> AdminResult:
+        return admin_change(request, lambda: _state(request).watcher.source.promote(body.version))
+
+    @app.post(
+        "/admin/rollback",
+        response_model=AdminResult,
+        tags=["admin"],
+        summary="Give champion back to the previous version",
+        dependencies=[Depends(require_admin)],
+        responses=admin_errors,
+    )
+    def rollback(request: Request) -> AdminResult:
+        return admin_change(request, lambda: _state(request).watcher.source.rollback())
+
+    for router in (*routers, *_module_routers(settings)):
+        app.include_router(router)
+    return app
+
+
+class _Instrument:
+    """Counts and times every request by route template (pure ASGI: a few microseconds)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)

@@ -1,0 +1,231 @@
+"""The prediction log: every forecast the API gives, for the monitoring stage to score later.
+
+A request only appends to an in-memory queue; one writer thread drains it in batches, so a
+slow disk or a PostgreSQL round trip never sits on the request path. The same thread flushes
+the serving counters. Embedded: `<data_dir>/predictions.sqlite`. Services: the table
+`predictions` in the schema `settings.namespace`, counters in the Redis hash
+`{namespace}:counters:serving`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import astuple, dataclass
+
+from rtml.config import Settings
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "logged_ms",
+    "model_version",
+    "feature_time_ms",
+    "target_minute_ms",
+    "p10",
+    "p50",
+    "p90",
+    "latency_ms",
+    "kind",
+)
+_SQLITE_DDL = (
+    "CREATE TABLE IF NOT EXISTS predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, logged_ms INTEGER NOT NULL, "
+    "model_version TEXT NOT NULL, feature_time_ms INTEGER NOT NULL, target_minute_ms INTEGER NOT NULL, "
+    "p10 REAL NOT NULL, p50 REAL NOT NULL, p90 REAL NOT NULL, latency_ms REAL NOT NULL, kind TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS predictions_target ON predictions (target_minute_ms)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+)
+_PG_COLUMNS = (
+    "id BIGSERIAL PRIMARY KEY, logged_ms BIGINT NOT NULL, model_version TEXT NOT NULL, "
+    "feature_time_ms BIGINT NOT NULL, target_minute_ms BIGINT NOT NULL, p10 DOUBLE PRECISION NOT NULL, "
+    "p50 DOUBLE PRECISION NOT NULL, p90 DOUBLE PRECISION NOT NULL, latency_ms DOUBLE PRECISION NOT NULL, "
+    "kind TEXT NOT NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    """One logged forecast. `kind` is `online` (GET /forecast), `what-if` or `batch` (POST)."""
+
+    logged_ms: int
+    model_version: str
+    feature_time_ms: int
+    target_minute_ms: int
+    p10: float
+    p50: float
+    p90: float
+    latency_ms: float
+    kind: str
+
+
+class _Store:
+    """Where records and counters land; used only by the writer thread (and by readers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.services = settings.profile == "services"
+        self.namespace = settings.namespace
+        if self.services:
+            import psycopg
+            import redis
+
+            self.table = f'"{settings.namespace}".predictions'
+            self.pg = psycopg.connect(settings.postgres_dsn, autocommit=True)
+            self.pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+            self.pg.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({_PG_COLUMNS})")
+            self.pg.execute(
+                f"CREATE INDEX IF NOT EXISTS predictions_target ON {self.table} (target_minute_ms)"
+            )
+            self.redis = redis.Redis.from_url(settings.redis_url)
+            self.counters_key = f"{settings.namespace}:counters:serving"
+        else:
+            self.db = sqlite3.connect(
+                settings.path("predictions.sqlite"), timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            for ddl in _SQLITE_DDL:
+                self.db.execute(ddl)
+
+    def write(self, records: list[PredictionRecord], counts: Mapping[str, float]) -> None:
+        rows = [astuple(r) for r in records]
+        if self.services:
+            if rows:
+                with self.pg.cursor() as cur:
+                    cur.executemany(
+                        f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})",
+                        rows,
+                    )
+            if counts:
+                pipe = self.redis.pipeline()
+                for name, value in counts.items():
+                    pipe.hincrbyfloat(self.counters_key, name, value)
+                pipe.execute()
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            if rows:
+                self.db.executemany(
+                    f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join(['?'] * len(COLUMNS))})",
+                    rows,
+                )
+            for name, value in counts.items():
+                self.db.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    (name, value),
+                )
+
+    def read(self, since_ms: int, limit: int) -> list[PredictionRecord]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {{table}} WHERE logged_ms >= {{p}} ORDER BY id LIMIT {{p}}"
+        if self.services:
+            rows = self.pg.execute(sql.format(table=self.table, p="%s"), (since_ms, limit)).fetchall()
+        else:
+            rows = self.db.execute(sql.format(table="predictions", p="?"), (since_ms, limit)).fetchall()
+        return [PredictionRecord(*row) for row in rows]
+
+    def counters(self) -> dict[str, float]:
+        if self.services:
+            raw = self.redis.hgetall(self.counters_key)
+            return {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+        return {name: float(value) for name, value in self.db.execute("SELECT name, value FROM counters")}
+
+    def close(self) -> None:
+        if self.services:
+            self.pg.close()
+            self.redis.close()
+        else:
+            self.db.close()
+
+
+class PredictionLog:
+    """Append forecasts and count events without blocking; a writer thread persists them in batches."""
+
+    def __init__(self, settings: Settings, flush_interval_s: float = 0.2) -> None:
+        self._store = _Store(settings)
+        self._queue: queue.SimpleQueue[PredictionRecord | None] = queue.SimpleQueue()
+        self._counts: defaultdict[str, float] = defaultdict(float)
+        self._counts_lock = threading.Lock()
+        self._flush_interval_s = flush_interval_s
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def record(self, record: PredictionRecord) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(record)
+
+    def count(self, name: str, value: float = 1.0) -> None:
+        """Add to a persisted counter (`serving_counters` reads them back)."""
+        with self._counts_lock:
+            self._counts[name] += value
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every record given so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._pending and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            if self._pending:
+                raise TimeoutError(f"{self._pending} predictions still unwritten after {timeout_s} s")
+
+    def read(self, since_ms: int = 0, limit: int = 100_000) -> list[PredictionRecord]:
+        """Records logged at or after `since_ms`, oldest first (written ones only: call flush first)."""
+        return self._store.read(since_ms, limit)
+
+    def counters(self) -> dict[str, float]:
+        return self._store.counters()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._store.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[PredictionRecord] = []
+            try:
+                item = self._queue.get(timeout=self._flush_interval_s)
+                while True:
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            with self._counts_lock:
+                counts, self._counts = self._counts, defaultdict(float)
+            if batch or counts:
+                try:
+                    self._store.write(batch, counts)
+                except Exception:  # the log must never take the API down; the loss is logged
+                    log.exception("prediction log: %d records and counters lost", len(batch))
+            if batch:
+                with self._idle:
+                    self._pending -= len(batch)
+                    self._idle.notify_all()
+
+
+def read_predictions(settings: Settings, since_ms: int = 0, limit: int = 100_000) -> list[PredictionRecord]:
+    """The logged forecasts (for monitoring), oldest first."""
+    store = _Store(settings)
+    try:
+        return store.read(since_ms, limit)
+    finally:
+        store.close()
+
+
+def serving_counters(settings: Settings) -> dict[str, float]:
+    """Persisted serving counters: forecasts by kind, stale refusals, model swaps, errors."""
+    store = _Store(settings)
+    try:
+        return store.counters()
+    finally:
+        store.close()
