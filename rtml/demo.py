@@ -109,6 +109,7 @@ def validate(ctx: DemoContext) -> None:
 STAGES: list[tuple[str, str]] = [
     ("generate synthetic traffic", "rtml.demo:generate"),
     ("validate", "rtml.demo:validate"),
+    ("aggregate", "rtml.aggregate.embedded:demo_stage"),
 ]
 
 

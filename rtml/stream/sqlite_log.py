@@ -84,7 +84,9 @@ class SqliteStream(Stream):
         return rows, str(rows[-1][3])
 
     def committed(self, consumer: str) -> Offset | None:
-        row = self._conn.execute("SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)).fetchone()
+        row = self._conn.execute(
+            "SELECT offset FROM consumer_offsets WHERE consumer = ?", (consumer,)
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def commit(self, consumer: str, offset: Offset) -> None:
@@ -109,9 +111,7 @@ class SqliteStream(Stream):
         if max_len is not None:
             row = conn.execute("SELECT max(offset) FROM events").fetchone()
             if row[0] is not None:
-                dropped += conn.execute(
-                    "DELETE FROM events WHERE offset <= ?", (row[0] - max_len,)
-                ).rowcount
+                dropped += conn.execute("DELETE FROM events WHERE offset <= ?", (row[0] - max_len,)).rowcount
         return dropped
 
     def close(self) -> None:

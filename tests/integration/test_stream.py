@@ -19,7 +19,9 @@ def _event(i: int, ingest_time: int = 1_700_000_000_000) -> TxEvent:
 
 
 @pytest.fixture(params=["embedded", "services"])
-def stream_settings(request: pytest.FixtureRequest, data_dir: object, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def stream_settings(
+    request: pytest.FixtureRequest, data_dir: object, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     if request.param == "services":
         monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
         monkeypatch.setenv("RTML_PROFILE", "services")

@@ -1,0 +1,136 @@
+"""`rtml aggregate` (the engine) and `rtml features show` (the minutes it produced)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+
+def _utc(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def aggregate(
+        drain: Annotated[
+            bool, typer.Option("--drain", help="Process everything in the stream, close all windows, exit.")
+        ] = False,
+        engine: Annotated[str, typer.Option(help="embedded (default) or spark.")] = "embedded",
+    ) -> None:
+        """Turn the stream into per-minute features (live until SIGTERM/SIGINT, or --drain)."""
+        from rtml.config import get_settings
+
+        settings = get_settings()
+        if engine == "spark":
+            import importlib
+
+            # The distributed engine (issue 11) lives beside this one with the same entry point.
+            importlib.import_module("rtml.aggregate.spark_job").run_spark(settings, drain=drain)
+            return
+        if engine != "embedded":
+            raise typer.BadParameter("must be 'embedded' or 'spark'", param_hint="--engine")
+        from rich.console import Console
+
+        from rtml.aggregate.embedded import Progress, aggregate_counters, run
+
+        console = Console(stderr=True)
+        if not drain:
+            console.print("aggregating live; stop with Ctrl-C or SIGTERM")
+            run(settings, drain=False)
+            return
+        done = 0
+        with console.status("aggregating") as status:
+
+            def show(p: Progress) -> None:
+                nonlocal done
+                done += p.events
+                status.update(f"aggregating: {done:,} events")
+
+            emitted = run(settings, drain=True, on_progress=show)
+        c = aggregate_counters(settings)
+        console.print(
+            f"{done:,} events, {emitted:,} minute rows emitted; totals: {int(c['events_in']):,} events in, "
+            f"{int(c['late'])} late, {int(c['duplicates'])} duplicates dropped"
+        )
+
+    features = typer.Typer(help="Per-minute features.", no_args_is_help=True)
+    app.add_typer(features, name="features")
+
+    @features.command("show")
+    def show(
+        last: Annotated[int | None, typer.Option("--last", help="The last N minutes.")] = None,
+        start: Annotated[
+            str | None, typer.Option("--start", help="First minute, ISO-8601 (UTC if no zone).")
+        ] = None,
+        end: Annotated[str | None, typer.Option("--end", help="End (exclusive), ISO-8601.")] = None,
+        fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    ) -> None:
+        """Print MinuteFeatures: minute,tx_count,fee_total_sat,fee_avg_sat,event_time,revision."""
+        if fmt not in ("table", "csv", "json"):
+            raise typer.BadParameter("must be table, csv or json", param_hint="--format")
+        if last is not None and (start is not None or end is not None):
+            raise typer.BadParameter("give either --last or --start/--end", param_hint="--last")
+        from rtml.aggregate.sinks import read_minutes
+        from rtml.config import get_settings
+        from rtml.contracts import MinuteFeatures
+
+        try:
+            low = _utc(start) if start else None
+            high = _utc(end) if end else None
+        except ValueError as exc:
+            raise typer.BadParameter(f"not an ISO-8601 time: {exc}") from None
+        rows = read_minutes(get_settings(), low, high)
+        if last is not None:
+            rows = rows[-last:] if last > 0 else []
+        cells = [
+            [
+                _iso(r.minute),
+                str(r.tx_count),
+                str(r.fee_total_sat),
+                "" if r.fee_avg_sat is None else repr(r.fee_avg_sat),
+                _iso(r.event_time),
+                str(r.revision),
+            ]
+            for r in rows
+        ]
+        columns = MinuteFeatures.COLUMNS
+        if fmt == "csv":
+            import csv
+            import sys
+
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(cells)
+        elif fmt == "json":
+            import json
+
+            records = [
+                {
+                    "minute": c[0],
+                    "tx_count": r.tx_count,
+                    "fee_total_sat": r.fee_total_sat,
+                    "fee_avg_sat": r.fee_avg_sat,
+                    "event_time": c[4],
+                    "revision": r.revision,
+                }
+                for c, r in zip(cells, rows, strict=True)
+            ]
+            typer.echo(json.dumps(records, indent=1))
+        else:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(*columns)
+            for c in cells:
+                table.add_row(*c)
+            console = Console()
+            # Piped output has no terminal width to fit: keep every cell whole.
+            Console(width=max(console.width, 120)).print(table)
