@@ -1,0 +1,377 @@
+"""Drift detection (the DataBrew stage): Evidently's data-drift preset on the per-minute features
+and on per-transaction fee and size samples, with one verdict per column and one overall.
+
+Why the default statistic is not Evidently's automatic choice: Evidently picks a K-S p-value up
+to 1,000 reference rows and a Wasserstein distance normed by the reference standard deviation
+above. Both judge *any* two stretches of a time series as different: fee and count series are
+strongly autocorrelated, so on the real 2024 block data two halves of one calm week give K-S
+p-values near 1e-100 and normed distances above 1 (tests/integration/test_drift_real.py).
+The question the pipeline asks is "did the fee regime move?", so the default statistic is
+`log_wasserstein`: the Wasserstein distance between ln(max(x, 1)) of both samples, i.e. the
+average factor by which the distribution moved (floored at 1, the smallest fee, fee rate or
+count that means anything). Its default threshold ln 2 flags a column whose distribution moved
+by a factor of two; calm periods stay under 0.5, the October 2024 fee spike is above 1.
+Any Evidently method name (`ks`, `wasserstein`, `psi`, ...) or None (automatic) can be chosen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from rtml.config import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rtml.quality.rules import RuleResult
+
+FEATURE_COLUMNS = ("tx_count", "fee_avg_sat", "fee_total_sat")
+TX_COLUMNS = ("fee_sat", "size", "fee_rate")
+LOG_WASSERSTEIN = "log_wasserstein"
+DEFAULT_THRESHOLD = math.log(2.0)
+# Per-transaction samples are capped: the statistic is stable well before, and the run stays fast.
+TX_SAMPLE = 5_000
+DEFAULT_CURRENT = timedelta(hours=1)
+DEFAULT_REFERENCE = timedelta(days=1)
+
+_registered = False
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time range [start, end), UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%dT%H:%M}..{self.end:%Y-%m-%dT%H:%M}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """The verdict on one column: `statistic` compared with `threshold` by `method`."""
+
+    column: str
+    dataset: str  # "minutes" or "transactions"
+    method: str
+    statistic: float
+    threshold: float
+    drifted: bool
+    reference_rows: int
+    current_rows: int
+
+
+@dataclass
+class DriftResult:
+    """Per-column verdicts and the overall one: drift when the drifted share >= `drift_share`."""
+
+    columns: list[ColumnDrift]
+    drift_share: float
+    reference: Window | None = None
+    current: Window | None = None
+    rules: list[RuleResult] = field(default_factory=list)
+    html_path: str | None = None
+    json_path: str | None = None
+    skipped: str | None = None  # why no drift verdict could be given (e.g. "no data")
+    snapshots: dict[str, Any] = field(default_factory=dict, repr=False)  # Evidently, for the HTML
+
+    @property
+    def share(self) -> float:
+        return sum(c.drifted for c in self.columns) / len(self.columns) if self.columns else 0.0
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.columns) and self.share >= self.drift_share
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c.column for c in self.columns if c.drifted]
+
+    @property
+    def verdict(self) -> str:
+        if self.skipped:
+            return f"skipped: {self.skipped}"
+        return "drift" if self.drifted else "no drift"
+
+    @property
+    def failed_rules(self) -> list[str]:
+        return [r.name for r in self.rules if r.status == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "drifted": self.drifted,
+            "share": self.share,
+            "drift_share": self.drift_share,
+            "drifted_columns": self.drifted_columns,
+            "reference": self.reference.to_dict() if self.reference else None,
+            "current": self.current.to_dict() if self.current else None,
+            "columns": [asdict(c) for c in self.columns],
+            "rules": [r.to_dict() for r in self.rules],
+            "failed_rules": self.failed_rules,
+            "html_path": self.html_path,
+            "json_path": self.json_path,
+        }
+
+
+def _log_wasserstein(
+    reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float
+) -> tuple[float, bool]:
+    import numpy as np
+    from scipy import stats
+
+    ref = np.log(np.maximum(reference.to_numpy(dtype=float), 1.0))
+    cur = np.log(np.maximum(current.to_numpy(dtype=float), 1.0))
+    value = float(stats.wasserstein_distance(ref, cur))
+    return value, value >= threshold
+
+
+def import_evidently() -> None:
+    """Import Evidently (about 4 s) without telemetry, and register `log_wasserstein` once."""
+    global _registered
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if _registered:
+        return
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    register_stattest(
+        StatTest(
+            name=LOG_WASSERSTEIN,
+            display_name="Wasserstein distance of ln(max(x, 1))",
+            allowed_feature_types=[ColumnType.Numerical],
+            default_threshold=DEFAULT_THRESHOLD,
+        ),
+        _log_wasserstein,
+    )
+    _registered = True
+
+
+def minute_frame(minutes: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """The drift input from a minutes frame: latest revision per minute, numeric columns only."""
+    frame = minutes
+    if "minute" in frame.columns and "revision" in frame.columns:
+        frame = frame.sort_values(["minute", "revision"]).drop_duplicates("minute", keep="last")
+    return frame[list(columns)].astype(float).reset_index(drop=True)
+
+
+def tx_frame(events: pd.DataFrame, sample: int = TX_SAMPLE, seed: int = 0) -> pd.DataFrame:
+    """Per-transaction drift input: fee (sat), size (bytes) and fee rate (sat/byte), sampled."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "fee_sat": events["fee_sat"].astype(float),
+            "size": events["size"].astype(float),
+        }
+    )
+    frame["fee_rate"] = frame["fee_sat"] / frame["size"].where(frame["size"] > 0)
+    if len(frame) > sample:
+        frame = frame.sample(n=sample, random_state=seed)
+    return frame.reset_index(drop=True)
+
+
+def _evidently_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    dataset: str,
+    method: str | None,
+    threshold: float | None,
+    drift_share: float,
+) -> tuple[list[ColumnDrift], Any]:
+    """One Evidently report over the columns of two frames; verdicts from its own tests."""
+    import_evidently()
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [c for c in reference.columns if reference[c].notna().any() and current[c].notna().any()]
+    definition = DataDefinition(numerical_columns=columns)
+    ref = Dataset.from_pandas(reference[columns], data_definition=definition)
+    cur = Dataset.from_pandas(current[columns], data_definition=definition)
+    if threshold is None and method in (None, LOG_WASSERSTEIN):
+        threshold = DEFAULT_THRESHOLD if method == LOG_WASSERSTEIN else None
+    preset = DataDriftPreset(columns=columns, drift_share=drift_share, method=method, threshold=threshold)
+    snapshot = Report([preset], include_tests=True).run(current_data=cur, reference_data=ref)
+    data = snapshot.dict()
+    failed = {
+        t["metric_config"]["metric_id"]: t["status"] != "SUCCESS"
+        for t in data.get("tests", [])
+        if t.get("id") == "drift"
+    }
+    results = []
+    for metric in data["metrics"]:
+        config = metric["config"]
+        if not config["type"].endswith("ValueDrift"):
+            continue
+        column = config["column"]
+        results.append(
+            ColumnDrift(
+                column=column if dataset == "minutes" else f"tx.{column}",
+                dataset=dataset,
+                method=str(config.get("method")),
+                statistic=float(metric["value"]),
+                threshold=float(config.get("threshold")),
+                drifted=failed[metric["id"]],
+                reference_rows=int(reference[column].notna().sum()),
+                current_rows=int(current[column].notna().sum()),
+            )
+        )
+    return results, snapshot
+
+
+def drift_report(
+    reference_minutes: pd.DataFrame,
+    current_minutes: pd.DataFrame,
+    reference_tx: pd.DataFrame | None = None,
+    current_tx: pd.DataFrame | None = None,
+    *,
+    columns: tuple[str, ...] | list[str] = FEATURE_COLUMNS,
+    method: str | None = LOG_WASSERSTEIN,
+    threshold: float | None = None,
+    drift_share: float = 0.5,
+    tx_sample: int = TX_SAMPLE,
+) -> DriftResult:
+    """Compare two periods column by column; no I/O, so it runs on any frames.
+
+    `reference_minutes`/`current_minutes` need `columns` (per-minute features by default, any
+    numeric columns otherwise); `reference_tx`/`current_tx`, when both are given and non-empty,
+    need `fee_sat` and `size` and add the columns `tx.fee_sat`, `tx.size`, `tx.fee_rate`.
+    """
+    ref, cur = minute_frame(reference_minutes, columns), minute_frame(current_minutes, columns)
+    if ref.empty or cur.empty:
+        raise ValueError(f"drift needs rows in both periods (reference {len(ref)}, current {len(cur)})")
+    found, snapshot = _evidently_drift(ref, cur, "minutes", method, threshold, drift_share)
+    result = DriftResult(columns=found, drift_share=drift_share, snapshots={"minutes": snapshot})
+    if reference_tx is not None and current_tx is not None and len(reference_tx) and len(current_tx):
+        tx_found, tx_snapshot = _evidently_drift(
+            tx_frame(reference_tx, tx_sample), tx_frame(current_tx, tx_sample, seed=1),
+            "transactions", method, threshold, drift_share,
+        )  # fmt: skip
+        result.columns += tx_found
+        result.snapshots["transactions"] = tx_snapshot
+    return result
+
+
+# ---------------------------------------------------------------- wiring to the pipeline's data
+
+
+def load_minutes(settings: Settings, window: Window) -> pd.DataFrame | None:
+    """Per-minute features in [start, end) from the feature store (or the aggregation sink)."""
+    from rtml.quality import sources
+
+    return sources.read_minutes(settings, window.start, window.end)
+
+
+def load_tx(settings: Settings, window: Window) -> pd.DataFrame | None:
+    from rtml.quality import sources
+
+    return sources.read_tx(settings, window.start, window.end)
+
+
+def default_windows(settings: Settings, now: datetime | None = None) -> tuple[Window | None, Window | None]:
+    """Reference = the champion's training window, else the first day of data; current = last hour."""
+    from rtml.quality import sources
+
+    span = sources.data_span(settings)
+    if span is None:
+        return None, None
+    first, last = span
+    end = min(now, last) if now else last
+    current = Window(end - DEFAULT_CURRENT, end)
+    reference = sources.champion_training_window(settings)
+    if reference is None:
+        reference = Window(first, min(first + DEFAULT_REFERENCE, current.start))
+    return reference, current
+
+
+def run_drift_check(
+    settings: Settings,
+    reference: Window | None = None,
+    current: Window | None = None,
+    *,
+    now: datetime | None = None,
+    record: bool = True,
+) -> DriftResult:
+    """The hourly job: drift + rules over the windows, report files, events. Never raises on no data."""
+    from rtml.quality import reports, rules
+
+    now = now or datetime.now(UTC)
+    if reference is None or current is None:
+        default_ref, default_cur = default_windows(settings)
+        reference, current = reference or default_ref, current or default_cur
+    result = DriftResult(
+        columns=[], drift_share=settings.drift.drift_share, reference=reference, current=current
+    )
+    ref_minutes = load_minutes(settings, reference) if reference else None
+    cur_minutes = load_minutes(settings, current) if current else None
+    cur_tx = load_tx(settings, current) if current else None
+    if ref_minutes is None or cur_minutes is None or ref_minutes.empty or cur_minutes.empty:
+        result.skipped = "no data"
+    else:
+        ref_tx = load_tx(settings, reference) if reference else None
+        found = drift_report(ref_minutes, cur_minutes, ref_tx, cur_tx, drift_share=settings.drift.drift_share)
+        result.columns, result.snapshots = found.columns, found.snapshots
+    result.rules = rules.run_rules(settings, cur_minutes, cur_tx, now=now)
+    reports.write_report(settings, result, kind="drift", now=now)
+    if record:
+        reports.record_events(settings, result, drift=True)
+    return result
+
+
+def run_quality_check(
+    settings: Settings, current: Window | None = None, *, now: datetime | None = None, record: bool = True
+) -> DriftResult:
+    """The rules alone over `current` (default: the last hour of data), with report and events."""
+    from rtml.quality import reports, rules
+
+    now = now or datetime.now(UTC)
+    if current is None:
+        current = default_windows(settings)[1]
+    result = DriftResult(
+        columns=[], drift_share=settings.drift.drift_share, current=current, skipped="rules only"
+    )
+    minutes = load_minutes(settings, current) if current else None
+    tx = load_tx(settings, current) if current else None
+    result.rules = rules.run_rules(settings, minutes, tx, now=now)
+    reports.write_report(settings, result, kind="quality", now=now)
+    if record:
+        reports.record_events(settings, result, drift=False)
+    return result
+
+
+def demo_stage(ctx: Any) -> None:
+    """Demo: the first day (before the fee regime shift) against the last hour (after it)."""
+    from rtml.quality import sources
+
+    settings = ctx.settings
+    span = sources.data_span(settings)
+    if span is None:
+        ctx.summary["drift verdict"] = "skipped: no minutes written by the earlier stages"
+        return
+    first, last = span
+    reference = Window(first, min(first + DEFAULT_REFERENCE, ctx.shift_at))
+    current = Window(max(last - DEFAULT_CURRENT, ctx.shift_at), last)
+    result = run_drift_check(settings, reference, current)
+    columns = ", ".join(f"{c.column} {c.statistic:.2f}" for c in result.columns if c.drifted) or "none"
+    ctx.summary["drift verdict"] = (
+        f"{result.verdict.upper()}: {result.share:.0%} of {len(result.columns)} columns drifted "
+        f"({columns}); reference {reference}, current {current}; report {result.html_path}"
+    )
+    failed = result.failed_rules
+    ctx.summary["data quality"] = (
+        f"{sum(r.status == 'pass' for r in result.rules)} rules pass"
+        + (f", failed: {', '.join(failed)}" if failed else "")
+        + (
+            f", skipped: {sum(r.status == 'skipped' for r in result.rules)}"
+            if any(r.status == "skipped" for r in result.rules)
+            else ""
+        )
+    )
