@@ -10,11 +10,13 @@ into a `TxEvent` or raises `InvalidInput` with a reason precise enough to fix th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, Field
 
 MINUTE_MS = 60_000
@@ -251,3 +253,91 @@ def raw_text(raw: bytes | str | Mapping[str, Any]) -> str:
         return json.dumps(raw, default=str)
     except (TypeError, ValueError):
         return repr(raw)
+
+
+# The fast path of the validator. `parse_message` judges one message in ~14 µs; ingestion must
+# judge 200k a second. Wire frames are decoded straight into the few fields the rules need
+# (msgspec, strict types) and the common case is decided here; anything unusual (string or
+# float amounts, coinbase inputs, non-ASCII bytes, any broken rule) falls through to
+# `parse_message`, which stays the single authority on what is valid and on every reason.
+# tests/unit/test_parse.py checks the two agree on every accepted message.
+Row = tuple[str, int, int, int, str, int]
+_HEX_HASH = re.compile(r"[0-9a-fA-F]{64}", re.ASCII).fullmatch
+
+
+class _WirePrevOut(msgspec.Struct):
+    value: int
+
+
+class _WireInput(msgspec.Struct):
+    prev_out: _WirePrevOut
+
+
+class _WireOutput(msgspec.Struct):
+    value: int
+
+
+class _WireTx(msgspec.Struct, gc=False):
+    hash: str
+    time: int
+    size: int
+    inputs: list[_WireInput]
+    out: list[_WireOutput]
+    fee: int | None = None
+
+
+class _WireMessage(msgspec.Struct, gc=False):
+    op: str
+    x: _WireTx
+
+
+_decode_wire = msgspec.json.Decoder(_WireMessage).decode
+
+
+def _fast_row(raw: bytes | str, source: str, ingest_time: int) -> Row | None:
+    """The row of an ordinary `utx` frame, or None when `parse_message` must judge it."""
+    if not raw.isascii():
+        return None
+    try:
+        msg = _decode_wire(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    tx = msg.x
+    if msg.op != "utx" or not _HEX_HASH(tx.hash) or not tx.inputs or tx.size <= 0:
+        return None
+    if not _MIN_TIME_S <= tx.time <= _MAX_TIME_S:
+        return None
+    total_in = 0
+    for item in tx.inputs:
+        value = item.prev_out.value
+        if value < 0:
+            return None
+        total_in += value
+    for output in tx.out:
+        value = output.value
+        if value < 0:
+            return None
+        total_in -= value
+    if total_in < 0 or (tx.fee is not None and tx.fee != total_in):
+        return None
+    return (tx.hash.lower(), tx.time * 1000, total_in, tx.size, source, ingest_time)
+
+
+def parse_batch(
+    raws: Iterable[bytes | str | Mapping[str, Any]], source: str, ingest_time: int
+) -> tuple[list[Row], list[DeadLetter]]:
+    """Judge many raw inputs at once: rows in TxEvent field order for the valid, dead letters for the rest."""
+    rows: list[Row] = []
+    dead: list[DeadLetter] = []
+    keep = rows.append
+    for raw in raws:
+        row = _fast_row(raw, source, ingest_time) if isinstance(raw, bytes | str) else None
+        if row is None:
+            try:
+                e = parse_message(raw, source, ingest_time)
+            except InvalidInput as err:
+                dead.append(DeadLetter(raw_text(raw), err.reason, source, ingest_time))
+                continue
+            row = (e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time)
+        keep(row)
+    return rows, dead

@@ -1,0 +1,175 @@
+"""blockchain.com REST: `/unconfirmed-transactions?format=json` (the last ~100 unconfirmed transactions).
+
+Used two ways: to fill the gap after every websocket (re)connect, and as a polling-only source
+(the AWS original's method). The API allows about one request per 10 s and answers HTTP 429
+beyond that; the poller keeps `rest_min_interval_s` between requests and, on 429, waits what
+`Retry-After` says (seconds or an HTTP date) before trying again. Network errors and 5xx are
+retried with jittered exponential backoff. Overlap between polls is expected: dedup drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from rtml.config import IngestSettings
+from rtml.sources.ingest import Ingestor
+
+# Longest a Retry-After is obeyed; a server asking for more gets asked again after this.
+MAX_RETRY_AFTER_S = 300.0
+
+
+@dataclass
+class LiveStats:
+    """What a live run went through, beyond the pipeline counters."""
+
+    connects: int = 0
+    drops: int = 0
+    stalls: int = 0
+    rest_polls: int = 0
+    rest_429: int = 0
+    rest_errors: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"{self.connects} connects, {self.drops} drops, {self.stalls} stalls, "
+            f"{self.rest_polls} REST polls, {self.rest_429} x 429, {self.rest_errors} REST errors"
+        )
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rnd: random.Random | None = None) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, capped at `max_s`."""
+    ceiling = min(max_s, base_s * 2 ** min(attempt, 30))
+    return ceiling / 2 + (rnd or random).uniform(0, ceiling / 2)
+
+
+def retry_after_s(value: str | None, default: float) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def split_rest_body(body: bytes) -> tuple[list[Any], str | None]:
+    """The `txs` of a REST answer, or the reason the whole body is unusable."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return [], f"REST body is not JSON: {exc}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("txs"), list):
+        return [], "REST body has no 'txs' list"
+    return obj["txs"], None
+
+
+class RestPoller:
+    """Fetches the unconfirmed-transactions endpoint politely; one instance per run."""
+
+    def __init__(
+        self, url: str, cfg: IngestSettings, stats: LiveStats, stopped: Callable[[], bool] = lambda: False
+    ) -> None:
+        self.url = url
+        self.cfg = cfg
+        self.stats = stats
+        self.stopped = stopped
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True)
+        self._last_request = -float("inf")
+        self._rnd = random.Random()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; False when the run is stopping."""
+        end = time.monotonic() + seconds
+        while not self.stopped():
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.1))
+        return False
+
+    async def fetch(self) -> bytes | None:
+        """One successful answer body (after any 429 waits and retries), or None when stopping."""
+        attempt = 0
+        while not self.stopped():
+            wait = self._last_request + self.cfg.rest_min_interval_s - time.monotonic()
+            if wait > 0 and not await self._sleep(wait):
+                return None
+            self._last_request = time.monotonic()
+            try:
+                response = await self._client.get(self.url)
+            except httpx.HTTPError:
+                response = None
+            if response is not None and response.status_code == 200:
+                self.stats.rest_polls += 1
+                return response.content
+            if response is not None and response.status_code == 429:
+                self.stats.rest_429 += 1
+                delay = retry_after_s(response.headers.get("Retry-After"), self.cfg.rest_min_interval_s)
+            else:
+                self.stats.rest_errors += 1
+                delay = backoff_delay(attempt, self.cfg.reconnect_base_s, self.cfg.reconnect_max_s, self._rnd)
+                attempt += 1
+            if not await self._sleep(delay):
+                return None
+        return None
+
+    async def poll_into(self, ingestor: Ingestor, source: str = "rest") -> bool:
+        """Fetch once and run the transactions through the pipeline; False when stopping."""
+        body = await self.fetch()
+        if body is None:
+            return False
+        txs, error = split_rest_body(body)
+        if error is not None:
+            ingestor.refuse(body, error, source)
+        elif txs:
+            ingestor.ingest(txs, source)
+        return True
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def run_rest(
+    ingestor: Ingestor,
+    cfg: IngestSettings,
+    *,
+    rest_url: str | None = None,
+    stop: threading.Event | None = None,
+    duration_s: float | None = None,
+) -> LiveStats:
+    """REST-only polling source: poll every `rest_min_interval_s` until stopped or `duration_s` passes."""
+    stop = stop or threading.Event()
+    stats = LiveStats()
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+
+    def stopped() -> bool:
+        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
+
+    async def main() -> None:
+        poller = RestPoller(rest_url or cfg.rest_url, cfg, stats, stopped)
+        try:
+            while await poller.poll_into(ingestor):
+                pass
+        finally:
+            await poller.aclose()
+
+    asyncio.run(main())
+    return stats

@@ -1,0 +1,159 @@
+"""Dead letters and ingestion counters: what was refused (raw, reason, source, time) and how much flowed.
+
+Both live in ingestion's own store, so a batch's refusals and its counts land together:
+embedded, `<data_dir>/ingest.sqlite` (one transaction per batch); services, the Redis stream
+`{namespace}:deadletters` and the hash `{namespace}:counters:ingest` (one MULTI/EXEC per batch).
+Nothing refused is ever dropped: the raw text is kept whole for a person (`rtml dlq show`)
+or a fixed parser to look at again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+from rtml.config import Settings
+from rtml.contracts import DeadLetter
+
+COUNTERS = ("received", "valid", "duplicates", "dead_letters", "appended")
+
+
+class IngestStore(ABC):
+    @abstractmethod
+    def record(self, dead: Sequence[DeadLetter], counts: Mapping[str, int]) -> None:
+        """Store a batch's dead letters and add its counts, atomically."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100, source: str | None = None) -> list[DeadLetter]:
+        """The most recent dead letters, oldest first."""
+
+    @abstractmethod
+    def dead_letter_count(self) -> int: ...
+
+    @abstractmethod
+    def counters(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> IngestStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqliteIngestStore(IngestStore):
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS dead_letters (
+              id INTEGER PRIMARY KEY, raw TEXT NOT NULL, reason TEXT NOT NULL,
+              source TEXT NOT NULL, ingest_time INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+            """
+        )
+
+    def record(self, dead: Sequence[DeadLetter], counts: Mapping[str, int]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if dead:
+                db.executemany(
+                    "INSERT INTO dead_letters (raw, reason, source, ingest_time) VALUES (?, ?, ?, ?)",
+                    [(d.raw, d.reason, d.source, d.ingest_time) for d in dead],
+                )
+            db.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                [(k, v) for k, v in counts.items() if v],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def dead_letters(self, limit: int = 100, source: str | None = None) -> list[DeadLetter]:
+        rows = self._db.execute(
+            "SELECT raw, reason, source, ingest_time FROM dead_letters WHERE ? IS NULL OR source = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (source, source, limit),
+        ).fetchall()
+        return [DeadLetter(*r) for r in reversed(rows)]
+
+    def dead_letter_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+
+    def counters(self) -> dict[str, float]:
+        values = dict.fromkeys(COUNTERS, 0.0)
+        values.update(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return values
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class RedisIngestStore(IngestStore):
+    def __init__(self, url: str, namespace: str) -> None:
+        import redis
+
+        self._r = redis.Redis.from_url(url)
+        self.dlq_key = f"{namespace}:deadletters"
+        self.counters_key = f"{namespace}:counters:ingest"
+
+    def record(self, dead: Sequence[DeadLetter], counts: Mapping[str, int]) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        for d in dead:
+            pipe.xadd(
+                self.dlq_key,
+                {"raw": d.raw, "reason": d.reason, "source": d.source, "ingest_time": d.ingest_time},
+            )
+        for name, value in counts.items():
+            if value:
+                pipe.hincrbyfloat(self.counters_key, name, value)
+        pipe.execute()
+
+    def dead_letters(self, limit: int = 100, source: str | None = None) -> list[DeadLetter]:
+        found: list[DeadLetter] = []
+        high = "+"
+        while len(found) < limit:
+            entries = self._r.xrevrange(self.dlq_key, max=high, min="-", count=1000)
+            if not entries:
+                break
+            for _, f in entries:  # type: ignore[union-attr]
+                if source is None or f[b"source"].decode() == source:
+                    found.append(
+                        DeadLetter(
+                            f[b"raw"].decode(),
+                            f[b"reason"].decode(),
+                            f[b"source"].decode(),
+                            int(f[b"ingest_time"]),
+                        )
+                    )
+                    if len(found) == limit:
+                        break
+            high = f"({entries[-1][0].decode()}"  # type: ignore[index]
+        return found[::-1]
+
+    def dead_letter_count(self) -> int:
+        return int(self._r.xlen(self.dlq_key))  # type: ignore[arg-type]
+
+    def counters(self) -> dict[str, float]:
+        values = dict.fromkeys(COUNTERS, 0.0)
+        stored = self._r.hgetall(self.counters_key)
+        values.update({k.decode(): float(v) for k, v in stored.items()})  # type: ignore[union-attr]
+        return values
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def open_ingest_store(settings: Settings) -> IngestStore:
+    """SQLite under the data directory (embedded) or Redis (services)."""
+    if settings.profile == "services":
+        return RedisIngestStore(settings.redis_url, settings.namespace)
+    return SqliteIngestStore(str(settings.path("ingest.sqlite")))

@@ -1,0 +1,134 @@
+"""Replay sources: recorded JSONL / JSONL.gz (blockchain.com `utx` frames or TxEvent rows) and synthetic traffic.
+
+Both yield batches of raw lines for the ingestion pipeline, paced on the events' own times:
+`speed=1` is real time, `speed=60` a minute a second, `speed=None` ("max") as fast as the
+pipeline takes them. Pacing reads only each line's time; judging the line is the pipeline's
+job, so a line without a readable time is sent at once and dead-lettered there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+# A batch of the max-speed path: big enough to amortise the per-batch transactions.
+MAX_SPEED_BATCH = 20_000
+# Longest a paced replay holds a due line before handing it over.
+_PACED_FLUSH_S = 0.2
+
+
+def parse_speed(value: str) -> float | None:
+    """`max` -> None (no pacing), otherwise a positive factor of real time."""
+    if value.strip().lower() == "max":
+        return None
+    speed = float(value)
+    if not speed > 0 or math.isinf(speed):
+        raise ValueError(f"speed must be a positive number or 'max', got {value!r}")
+    return speed
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The non-blank lines of a JSONL file, gzip-compressed or not (by content, not by name)."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    stream = gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115
+    with stream:
+        for line in stream:
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield line
+
+
+def line_time_ms(line: bytes | str) -> int | None:
+    """Event time of a `utx` frame, REST transaction or TxEvent row, if it can be read cheaply."""
+    try:
+        obj = json.loads(line)
+        if "x" in obj:
+            return int(obj["x"]["time"]) * 1000
+        if "event_time" in obj:
+            return int(obj["event_time"])
+        return int(obj["time"]) * 1000
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return None
+
+
+def paced_batches(
+    lines: Iterable[bytes],
+    speed: float | None,
+    *,
+    stop: threading.Event | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Callable[[float], object] | None = None,
+    batch_size: int = MAX_SPEED_BATCH,
+) -> Iterator[list[bytes]]:
+    """Group lines into batches released when their event time is due at `speed` (None = at once).
+
+    Stops early when `stop` is set or the `clock` passes `deadline`. `wait(seconds)` sleeps;
+    by default it waits on `stop`, so a stop request interrupts a long pause.
+    """
+    stop = stop or threading.Event()
+    sleep = wait or stop.wait
+
+    def over() -> bool:
+        return stop.is_set() or (deadline is not None and clock() >= deadline)
+
+    batch: list[bytes] = []
+    if speed is None:
+        for line in lines:
+            batch.append(line)
+            if len(batch) >= batch_size:
+                if over():
+                    return
+                yield batch
+                batch = []
+        if batch and not over():
+            yield batch
+        return
+    first_ms: int | None = None
+    start = clock()
+    last_flush = start
+    for line in lines:
+        t_ms = line_time_ms(line)
+        if t_ms is not None:
+            if first_ms is None:
+                first_ms = t_ms
+            due = start + (t_ms - first_ms) / 1000 / speed
+            while (now := clock()) < due:
+                if batch:
+                    yield batch
+                    batch = []
+                    last_flush = now
+                if over():
+                    return
+                pause = due - now if deadline is None else min(due - now, deadline - now)
+                sleep(max(0.0, min(pause, 1.0)))
+            if over():
+                break
+        batch.append(line)
+        if len(batch) >= batch_size or clock() - last_flush >= _PACED_FLUSH_S:
+            yield batch
+            batch = []
+            last_flush = clock()
+    if batch and not over():
+        yield batch
+
+
+def synthetic_lines(seed: int, duration_s: float | None, start: datetime | None = None) -> Iterator[bytes]:
+    """Calibrated synthetic traffic from `start` (default: this minute) as blockchain.com `utx` frames."""
+    import msgspec
+
+    from rtml.sources.synthetic import SyntheticConfig, SyntheticSource, to_utx_message
+
+    begin = start or datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = math.ceil(duration_s / 60) + 1 if duration_s else 7 * 24 * 60
+    source = SyntheticSource(SyntheticConfig(seed=seed, start=begin, minutes=minutes))
+    encode = msgspec.json.encode
+    for event in source.events():
+        yield encode(to_utx_message(event))

@@ -1,0 +1,174 @@
+"""Dedup by transaction hash with a TTL that survives restarts (DynamoDB conditional puts in the AWS original).
+
+One interface, `first_seen(hashes) -> list[bool]`, batch-shaped so ingestion pays one round trip
+per batch, not per event. A hash is new when it was not seen within the TTL; seeing it again
+inside the TTL does not extend it (like Redis `SET NX EX`).
+
+Embedded: `<data_dir>/dedup.sqlite`. Random-key B-tree inserts cost ~8 µs each at a million keys,
+far from the 200k events/s target, so the table is an append-only log (hash, expiry) in insertion
+order and the membership test runs on an in-memory index of the unexpired rows, rebuilt on open.
+Every batch runs in one `BEGIN IMMEDIATE` transaction that first reads rows other processes
+appended since this one last looked, so two ingesters on one data directory still agree.
+Services: Redis keys `{namespace}:dedup:<hash>` set with `SET NX EX`, one pipeline per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from rtml.config import Settings
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Dedup(ABC):
+    """Remembers which tx hashes were seen within `ttl_s`."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_ms = int(ttl_s * 1000)
+
+    @abstractmethod
+    def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+        """Mark every hash seen; True where it was new (the first of repeats within a batch counts)."""
+
+    @abstractmethod
+    def forget(self, hashes: Sequence[str]) -> None:
+        """Undo marks whose events could not be appended, so a retry is not taken for a duplicate."""
+
+    @abstractmethod
+    def purge(self, now_ms: int | None = None) -> int:
+        """Drop expired entries (Redis expires its own keys); returns how many went."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Dedup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqliteDedup(Dedup):
+    def __init__(self, path: str, ttl_s: float) -> None:
+        super().__init__(ttl_s)
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS seen (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, expires INTEGER NOT NULL)"
+        )
+        self._expiry: dict[str, int] = {}
+        self._last_id = 0
+        self.purge()
+        self._catch_up(_now_ms())
+
+    def _catch_up(self, now_ms: int) -> None:
+        """Load rows appended since we last looked (by us or by another process)."""
+        rows = self._db.execute(
+            "SELECT id, hash, expires FROM seen WHERE id > ? AND expires > ? ORDER BY id",
+            (self._last_id, now_ms),
+        ).fetchall()
+        if not rows:
+            return
+        expiry = self._expiry
+        for _, tx_hash, expires in rows:
+            if expiry.get(tx_hash, 0) < expires:
+                expiry[tx_hash] = expires
+        self._last_id = rows[-1][0]
+
+    def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+        if not hashes:
+            return []
+        now = _now_ms() if now_ms is None else now_ms
+        expires = now + self.ttl_ms
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._catch_up(now)
+            expiry = self._expiry
+            get = expiry.get
+            fresh = []
+            flags = []
+            for tx_hash in hashes:
+                if get(tx_hash, 0) > now:
+                    flags.append(False)
+                else:
+                    expiry[tx_hash] = expires
+                    fresh.append(tx_hash)
+                    flags.append(True)
+            if fresh:
+                # One statement for the whole batch, the hashes as one JSON array: 2.5x cheaper than
+                # executemany's per-row binding.
+                db.execute(
+                    "INSERT INTO seen (hash, expires) SELECT value, ? FROM json_each(?)",
+                    (expires, json.dumps(fresh)),
+                )
+                self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._expiry.clear()
+            self._last_id = 0
+            self._catch_up(now)
+            raise
+        return flags
+
+    def forget(self, hashes: Sequence[str]) -> None:
+        if not hashes:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("DELETE FROM seen WHERE hash = ?", [(h,) for h in hashes])
+        self._db.execute("COMMIT")
+        for tx_hash in hashes:
+            self._expiry.pop(tx_hash, None)
+
+    def purge(self, now_ms: int | None = None) -> int:
+        now = _now_ms() if now_ms is None else now_ms
+        gone = self._db.execute("DELETE FROM seen WHERE expires <= ?", (now,)).rowcount
+        self._expiry = {h: e for h, e in self._expiry.items() if e > now}
+        return gone
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class RedisDedup(Dedup):
+    def __init__(self, url: str, namespace: str, ttl_s: float) -> None:
+        import redis
+
+        super().__init__(ttl_s)
+        self._r = redis.Redis.from_url(url)
+        self.prefix = f"{namespace}:dedup:"
+
+    def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+        # The TTL runs on Redis' clock; `now_ms` only matters to the embedded backend.
+        pipe = self._r.pipeline(transaction=False)
+        prefix = self.prefix
+        for tx_hash in hashes:
+            pipe.set(prefix + tx_hash, 1, nx=True, px=self.ttl_ms)
+        return [bool(ok) for ok in pipe.execute()]
+
+    def forget(self, hashes: Sequence[str]) -> None:
+        if hashes:
+            self._r.delete(*(self.prefix + h for h in hashes))
+
+    def purge(self, now_ms: int | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def open_dedup(settings: Settings) -> Dedup:
+    """SQLite in the embedded profile, Redis in the services profile; TTL from `ingest.dedup_ttl_s`."""
+    ttl = settings.ingest.dedup_ttl_s
+    if settings.profile == "services":
+        return RedisDedup(settings.redis_url, settings.namespace, ttl)
+    return SqliteDedup(str(settings.path("dedup.sqlite")), ttl)
