@@ -1,0 +1,352 @@
+"""The distributed aggregation engine: the window semantics as a Spark Structured Streaming job.
+
+Spark does the heavy, parallel part: read the stream (`spark_source`, offsets in the Spark
+checkpoint), drop duplicate tx_hash within the watermark, and sum 1-minute event-time
+windows behind `withWatermark(allowed lateness)`. The query runs in *update* mode, so each
+micro-batch hands `foreachBatch` the current totals of the windows it changed. The driver
+then decides what is final with the very same `windows.WindowState` the embedded engine
+uses (watermark = max event time - lateness, empty minutes as zeros, drain and revisions),
+so both engines emit identical MinuteFeatures.
+
+Exactly-once effect over at-least-once delivery: `foreachBatch` may see a batch id twice
+(a crash after the sink write, before Spark's commit). The driver state (a small JSON file
+beside the checkpoint) records the last applied batch id and the rows to deliver (outbox),
+written atomically before delivery; a replayed batch is skipped, a crash before delivery
+re-delivers the outbox on restart, and every sink is an idempotent upsert keyed by minute.
+
+Run it with `rtml aggregate --engine spark [--drain]` (local[2] by default), or submit it to
+a cluster with `scripts/spark-submit.sh`, which runs this file's `main()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rtml.aggregate.sinks import MinuteSink, minute_sinks
+from rtml.aggregate.windows import MINUTE_MS, NO_WATERMARK, Window, WindowState
+from rtml.config import Settings, get_settings
+from rtml.contracts import MinuteFeatures
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+DEFAULT_MASTER = "local[2]"
+STATE_FILE = "rtml-window-state.json"
+
+
+def checkpoint_dir(settings: Settings, checkpoint: str | None = None) -> str:
+    """The Spark checkpoint: the given path or URI, else `<data_dir>/spark/checkpoint`."""
+    return checkpoint if checkpoint else str(settings.path("spark", "checkpoint"))
+
+
+def state_path(settings: Settings, checkpoint: str) -> Path:
+    """The driver's window state: inside a local checkpoint, else under the data directory.
+
+    It lives on the driver's file system, so with a remote checkpoint (hdfs://, s3a://) run the
+    driver where its data directory persists (client deploy mode, as the submit script does).
+    """
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        import hashlib
+
+        tag = hashlib.sha1(checkpoint.encode()).hexdigest()[:10]
+        return settings.path("spark", f"window-state-{tag}.json")
+    path = Path(checkpoint.removeprefix("file://")) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class DriverState:
+    """`WindowState` fed with Spark's window totals instead of events, persisted as JSON."""
+
+    def __init__(self, path: Path, lateness_ms: int) -> None:
+        self.path = path
+        self.windows = WindowState(lateness_ms=lateness_ms)
+        self.last_batch = -1
+        self.outbox: list[tuple[int, int, int, int]] = []
+        self.ignored_updates = 0
+        if path.exists():
+            self._load(json.loads(path.read_text()))
+
+    def _load(self, doc: dict[str, Any]) -> None:
+        if doc["lateness_ms"] != self.windows.lateness_ms:
+            raise RuntimeError(
+                f"{self.path} was built with allowed lateness {doc['lateness_ms']} ms, not "
+                f"{self.windows.lateness_ms} ms: use another checkpoint to change it"
+            )
+        w = self.windows
+        w.watermark, w.max_event_time = doc["watermark"], doc["max_event_time"]
+        w.next_emit, w.max_minute = doc["next_emit"], doc["max_minute"]
+        w.open = {int(m): [c, t, set()] for m, (c, t) in doc["open"].items()}
+        w.provisional = {int(m): (r, c, t) for m, (r, c, t) in doc["provisional"].items()}
+        w.windows_emitted = doc["windows_emitted"]
+        self.last_batch = doc["last_batch"]
+        self.outbox = [tuple(row) for row in doc["outbox"]]  # type: ignore[misc]
+        self.ignored_updates = doc.get("ignored_updates", 0)
+
+    def save(self) -> None:
+        """Write atomically: a kill -9 leaves the old file or the new one, never half of one."""
+        w = self.windows
+        doc = {
+            "lateness_ms": w.lateness_ms,
+            "last_batch": self.last_batch,
+            "watermark": w.watermark,
+            "max_event_time": w.max_event_time,
+            "next_emit": w.next_emit,
+            "max_minute": w.max_minute,
+            "open": {str(m): [v[0], v[1]] for m, v in w.open.items()},
+            "provisional": {str(m): list(p) for m, p in w.provisional.items()},
+            "windows_emitted": w.windows_emitted,
+            "ignored_updates": self.ignored_updates,
+            "outbox": [list(row) for row in self.outbox],
+            "updated_at": time.time(),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def apply(self, batch_id: int, totals: Sequence[tuple[int, int, int, int]]) -> bool:
+        """Merge one batch of (minute, tx_count, fee_total_sat, max_event_time); False if already applied.
+
+        Spark only updates windows its watermark has not passed; a window the driver already
+        emitted final (an idle advance ran ahead of Spark's watermark) keeps its value: its
+        new events are late, exactly as the embedded engine would rule them.
+        """
+        if batch_id <= self.last_batch:
+            return False
+        w = self.windows
+        emitted_below = w.next_emit if w.next_emit is not None and w.watermark != NO_WATERMARK else None
+        for minute, count, total, max_et in totals:
+            if emitted_below is not None and minute < emitted_below and minute + MINUTE_MS <= w.watermark:
+                self.ignored_updates += 1
+                continue
+            w.open[minute] = [count, total, set()]
+            if w.next_emit is None or minute < w.next_emit:
+                w.next_emit = minute
+            if w.max_minute is None or minute > w.max_minute:
+                w.max_minute = minute
+            if max_et > w.max_event_time:
+                w.max_event_time = max_et
+                w.watermark = max(w.watermark, max_et - w.lateness_ms)
+        self.last_batch = batch_id
+        self._stage(w.pop_final())
+        return True
+
+    def advance(self, watermark: int) -> None:
+        """Idle advance of a live run (the embedded engine's rule), emitting what it closes."""
+        self.windows.advance(watermark)
+        self._stage(self.windows.pop_final())
+
+    def drain(self) -> None:
+        """Close every window up to the last seen minute, as the embedded engine's drain does."""
+        self._stage(self.windows.drain())
+
+    def _stage(self, windows: list[Window]) -> None:
+        self.outbox.extend((x.minute, x.tx_count, x.fee_total_sat, x.revision) for x in windows)
+
+    def deliver(self, sinks: Sequence[MinuteSink]) -> int:
+        """Hand the outbox to every sink (idempotent), then clear it; safe to repeat."""
+        if not self.outbox:
+            return 0
+        latest = {m: MinuteFeatures.from_window(m, c, t, r) for m, c, t, r in self.outbox}
+        rows = [latest[m] for m in sorted(latest)]
+        for sink in sinks:
+            sink.upsert(rows)
+        self.outbox = []
+        self.save()
+        return len(rows)
+
+    def counters(self) -> dict[str, float]:
+        w = self.windows
+        wm = w.watermark if w.watermark != NO_WATERMARK else None
+        return {
+            "batches": float(self.last_batch + 1),
+            "windows_emitted": float(w.windows_emitted),
+            "open_windows": float(len(w.open)),
+            "ignored_updates": float(self.ignored_updates),
+            "watermark": wm / 1000 if wm is not None else 0.0,
+            "watermark_lag_s": time.time() - wm / 1000 if wm is not None else 0.0,
+        }
+
+
+def spark_counters(settings: Settings, checkpoint: str | None = None) -> dict[str, float]:
+    """The Spark engine's counters (batches, windows emitted, open windows, watermark, its lag)."""
+    path = state_path(settings, checkpoint_dir(settings, checkpoint))
+    return DriverState(path, int(settings.window.allowed_lateness_s * 1000)).counters()
+
+
+def spark_session(master: str | None = None, app_name: str = "rtml-aggregate") -> SparkSession:
+    """A session for the job: `master` if given, else the one spark-submit set, else local[2]."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master or not SparkConf().contains("spark.master"):
+        builder = builder.master(master or os.environ.get("RTML_SPARK_MASTER", DEFAULT_MASTER))
+    for key, value in {
+        "spark.sql.shuffle.partitions": "2",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+    }.items():
+        if not SparkConf().contains(key):
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def minute_totals(spark: SparkSession, settings: Settings, max_rows_per_batch: int) -> DataFrame:
+    """The streaming query: dedup tx_hash within the watermark, sum 1-minute event-time windows."""
+    from pyspark.sql import functions as F
+
+    from rtml.aggregate.spark_source import RtmlStreamSource, source_options
+
+    spark.dataSource.register(RtmlStreamSource)
+    lateness_ms = int(settings.window.allowed_lateness_s * 1000)
+    events = (
+        spark.readStream.format(RtmlStreamSource.name())
+        .options(**source_options(settings, max_rows_per_batch=max_rows_per_batch))
+        .load()
+        .select("tx_hash", "event_time", "fee_sat", F.timestamp_millis("event_time").alias("ts"))
+        .withWatermark("ts", f"{lateness_ms} milliseconds")
+        .dropDuplicatesWithinWatermark(["tx_hash"])
+    )
+    return events.groupBy(F.window("ts", "1 minute").alias("w")).agg(
+        F.unix_millis(F.col("w.start")).alias("minute"),
+        F.count("*").alias("tx_count"),
+        F.sum("fee_sat").alias("fee_total_sat"),
+        F.max("event_time").alias("max_event_time"),
+    )
+
+
+@dataclass
+class SparkRun:
+    """What a run did."""
+
+    batches: int
+    emitted: int
+    seconds: float
+
+
+def run_spark(
+    settings: Settings,
+    *,
+    drain: bool,
+    checkpoint: str | None = None,
+    master: str | None = None,
+    trigger_s: float = 1.0,
+    max_rows_per_batch: int = 100_000,
+    sinks: Sequence[MinuteSink] | None = None,
+    stop: threading.Event | None = None,
+    spark: SparkSession | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> SparkRun:
+    """Run the job: `drain` reads what the stream holds now (AvailableNow) then closes every
+    window; otherwise it follows the stream until `stop` is set (or SIGINT/SIGTERM via `main`).
+
+    `on_batch(batch_id, rows_emitted)` is called after each delivered micro-batch.
+    """
+    started = time.monotonic()
+    ckpt = checkpoint_dir(settings, checkpoint)
+    state = DriverState(state_path(settings, ckpt), int(settings.window.allowed_lateness_s * 1000))
+    targets = list(sinks) if sinks is not None else minute_sinks(settings)
+    lock = threading.Lock()
+    emitted = state.deliver(targets)  # a crash between commit and delivery left rows here
+    batches = 0
+    last_data = time.monotonic()
+
+    def on_micro_batch(df: DataFrame, batch_id: int) -> None:
+        nonlocal emitted, batches, last_data
+        rows = [tuple(r) for r in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()]
+        with lock:
+            if not state.apply(batch_id, rows):
+                return
+            if rows:
+                last_data = time.monotonic()
+            state.save()
+            n = state.deliver(targets)
+            emitted += n
+            batches += 1
+        if on_batch is not None:
+            on_batch(batch_id, n)
+
+    session = spark if spark is not None else spark_session(master)
+    writer = (
+        minute_totals(session, settings, max_rows_per_batch)
+        .writeStream.outputMode("update")
+        .foreachBatch(on_micro_batch)
+        .option("checkpointLocation", ckpt)
+        .queryName(f"rtml-aggregate-{settings.namespace}")
+    )
+    writer = writer.trigger(availableNow=True) if drain else writer.trigger(processingTime=f"{trigger_s} seconds")
+    query = writer.start()
+    stop = stop if stop is not None else threading.Event()
+    idle_ms = settings.window.idle_timeout_s * 1000
+    try:
+        while query.isActive and not stop.is_set():
+            query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds, floats accepted
+            if drain:
+                continue
+            with lock:  # a quiet stream still closes windows, as in the embedded engine
+                quiet_ms = (time.monotonic() - last_data) * 1000
+                w = state.windows
+                if batches and quiet_ms >= idle_ms and w.max_event_time != NO_WATERMARK:
+                    state.advance(w.max_event_time + int(quiet_ms) - w.lateness_ms)
+                    if state.outbox:
+                        state.save()
+                        emitted += state.deliver(targets)
+    finally:
+        if query.isActive:
+            query.stop()
+    if query.exception() is not None:
+        raise RuntimeError(f"the Spark query failed: {query.exception()}")
+    if drain:
+        with lock:
+            state.drain()
+            state.save()
+            emitted += state.deliver(targets)
+    return SparkRun(batches=batches, emitted=emitted, seconds=time.monotonic() - started)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point for `spark-submit` (and `python -m rtml.aggregate.spark_job`)."""
+    import signal
+
+    parser = argparse.ArgumentParser(description="rtml aggregation as a Spark Structured Streaming job")
+    parser.add_argument("--drain", action="store_true", help="process what the stream holds, close all windows, exit")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)")
+    parser.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[2])")
+    parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--max-rows-per-batch", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    result = run_spark(
+        get_settings(),
+        drain=args.drain,
+        checkpoint=args.checkpoint,
+        master=args.master,
+        trigger_s=args.trigger_seconds,
+        max_rows_per_batch=args.max_rows_per_batch,
+        stop=stop,
+        on_batch=lambda b, n: print(f"batch {b}: {n} minutes delivered", flush=True),
+    )
+    print(f"{result.batches} batches, {result.emitted} minute rows delivered in {result.seconds:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
