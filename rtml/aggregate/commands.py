@@ -24,6 +24,9 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--drain", help="Process everything in the stream, close all windows, exit.")
         ] = False,
         engine: Annotated[str, typer.Option(help="embedded (default) or spark.")] = "embedded",
+        batch: Annotated[
+            int, typer.Option(min=1, help="Events read and committed per transaction (embedded).")
+        ] = 50_000,
     ) -> None:
         """Turn the stream into per-minute features (live until SIGTERM/SIGINT, or --drain)."""
         from rtml.config import get_settings
@@ -44,7 +47,7 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         if not drain:
             console.print("aggregating live; stop with Ctrl-C or SIGTERM")
-            run(settings, drain=False)
+            run(settings, drain=False, batch=batch)
             return
         done = 0
         with console.status("aggregating") as status:
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
                 done += p.events
                 status.update(f"aggregating: {done:,} events")
 
-            emitted = run(settings, drain=True, on_progress=show)
+            emitted = run(settings, drain=True, on_progress=show, batch=batch)
         c = aggregate_counters(settings)
         console.print(
             f"{done:,} events, {emitted:,} minute rows emitted; totals: {int(c['events_in']):,} events in, "

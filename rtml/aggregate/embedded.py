@@ -280,9 +280,15 @@ class Engine:
             self._redis.close()
 
 
-def run(settings: Settings, *, drain: bool, on_progress: Callable[[Progress], None] | None = None) -> int:
+def run(
+    settings: Settings,
+    *,
+    drain: bool,
+    on_progress: Callable[[Progress], None] | None = None,
+    batch: int = BATCH,
+) -> int:
     """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop)."""
-    engine = Engine(settings)
+    engine = Engine(settings, batch=batch)
     try:
         if drain:
             return engine.drain(on_progress)
