@@ -27,16 +27,22 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[
             int, typer.Option(min=1, help="Events read and committed per transaction (embedded).")
         ] = 50_000,
+        checkpoint: Annotated[
+            str | None,
+            typer.Option(help="Spark checkpoint path or URI (spark; default <data_dir>/spark/checkpoint)."),
+        ] = None,
+        master: Annotated[
+            str | None, typer.Option(help="Spark master (spark; default local[2], or spark-submit's).")
+        ] = None,
     ) -> None:
         """Turn the stream into per-minute features (live until SIGTERM/SIGINT, or --drain)."""
         from rtml.config import get_settings
 
         settings = get_settings()
         if engine == "spark":
-            import importlib
+            from rtml.aggregate.spark_job import run_command
 
-            # The distributed engine (issue 11) lives beside this one with the same entry point.
-            importlib.import_module("rtml.aggregate.spark_job").run_spark(settings, drain=drain)
+            run_command(settings, drain=drain, checkpoint=checkpoint, master=master)
             return
         if engine != "embedded":
             raise typer.BadParameter("must be 'embedded' or 'spark'", param_hint="--engine")

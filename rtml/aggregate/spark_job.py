@@ -321,10 +321,44 @@ def run_spark(
     return SparkRun(batches=batches, emitted=emitted, seconds=time.monotonic() - started)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point for `spark-submit` (and `python -m rtml.aggregate.spark_job`)."""
+def run_command(
+    settings: Settings,
+    *,
+    drain: bool,
+    checkpoint: str | None = None,
+    master: str | None = None,
+    trigger_s: float = 1.0,
+    max_rows_per_batch: int = 100_000,
+) -> SparkRun:
+    """`rtml aggregate --engine spark`: live until SIGTERM/SIGINT (stopping cleanly), or `drain`."""
     import signal
 
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ckpt = checkpoint_dir(settings, checkpoint)
+    with console.status(f"starting Spark ({master or 'local[2] unless submitted'}), checkpoint {ckpt}") as status:
+        result = run_spark(
+            settings,
+            drain=drain,
+            checkpoint=ckpt,
+            master=master,
+            trigger_s=trigger_s,
+            max_rows_per_batch=max_rows_per_batch,
+            stop=stop,
+            on_batch=lambda b, n: status.update(f"Spark micro-batch {b} done, {n} minute rows delivered"),
+        )
+    console.print(
+        f"{result.batches} micro-batches, {result.emitted:,} minute rows delivered in {result.seconds:.1f} s"
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point for `spark-submit` (and `python -m rtml.aggregate.spark_job`)."""
     parser = argparse.ArgumentParser(description="rtml aggregation as a Spark Structured Streaming job")
     parser.add_argument("--drain", action="store_true", help="process what the stream holds, close all windows, exit")
     parser.add_argument("--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)")
@@ -332,20 +366,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--max-rows-per-batch", type=int, default=100_000)
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    result = run_spark(
+    run_command(
         get_settings(),
         drain=args.drain,
         checkpoint=args.checkpoint,
         master=args.master,
         trigger_s=args.trigger_seconds,
         max_rows_per_batch=args.max_rows_per_batch,
-        stop=stop,
-        on_batch=lambda b, n: print(f"batch {b}: {n} minutes delivered", flush=True),
     )
-    print(f"{result.batches} batches, {result.emitted} minute rows delivered in {result.seconds:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
