@@ -87,7 +87,9 @@ class MinutesTable:
 
 def minute_sinks(settings: Settings) -> list[MinuteSink]:
     """Every sink the engine delivers to, the engine's own table first."""
-    return [MinutesTable(aggregate_db_path(settings))]
+    from rtml.features.writer import FeatureStoreSink  # opens Feast lazily, at its first write
+
+    return [MinutesTable(aggregate_db_path(settings)), FeatureStoreSink(settings)]
 
 
 def read_minutes(

@@ -1,0 +1,237 @@
+"""The offline store's table of minutes: idempotent upserts and reads, one row per minute.
+
+Feast's offline push appends (a retried push writes a row twice), so rtml writes the table
+Feast reads itself, as an upsert keyed by minute where the latest revision wins:
+- embedded: one Parquet file per UTC day under `feature_repo/offline/minutes/`; an upsert
+  rewrites the touched days to a temporary file and renames it over the old one, so a writer
+  killed at any moment leaves either the old or the new day, never half of one;
+- services: the PostgreSQL table `<namespace>.minute_features` with `minute_key` as primary
+  key and `INSERT .. ON CONFLICT DO UPDATE WHERE revision <= excluded.revision`.
+Both return the winning rows of the minutes they were given, which is what goes online.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Protocol
+
+import pandas as pd
+
+from rtml.config import Settings
+from rtml.contracts import MinuteFeatures
+from rtml.features.feast_repo import CHAIN_ID, SOURCE_COLUMNS, ensure_offline_table, offline_dir, pg_table
+
+MINUTE_COLUMNS = list(MinuteFeatures.COLUMNS)
+
+
+def to_source_frame(minutes: pd.DataFrame) -> pd.DataFrame:
+    """A minutes frame (MinuteFeatures columns) as rows of the offline table / push source."""
+    minute = pd.to_datetime(minutes["minute"], utc=True).dt.as_unit("us")
+    df = pd.DataFrame(
+        {
+            "minute_key": minute.astype("int64") // 10**6,
+            "chain_id": CHAIN_ID,
+            "minute": minute,
+            "tx_count": minutes["tx_count"].astype("int64"),
+            "fee_total_sat": minutes["fee_total_sat"].astype("int64"),
+            "fee_avg_sat": minutes["fee_avg_sat"].astype("float64"),
+            "revision": minutes["revision"].astype("int64"),
+            "event_time": pd.to_datetime(minutes["event_time"], utc=True).dt.as_unit("us"),
+        }
+    )
+    return df.loc[:, list(SOURCE_COLUMNS)].reset_index(drop=True)
+
+
+def to_minutes_frame(source: pd.DataFrame) -> pd.DataFrame:
+    """Offline rows back to the MinuteFeatures columns, sorted by minute."""
+    df = source.loc[:, MINUTE_COLUMNS].copy()
+    for col in ("minute", "event_time"):
+        df[col] = pd.to_datetime(df[col], utc=True).dt.as_unit("ns")
+    df["fee_avg_sat"] = df["fee_avg_sat"].astype("float64")
+    df = df.astype({"tx_count": "int64", "fee_total_sat": "int64", "revision": "int64"})
+    return df.sort_values("minute").reset_index(drop=True)
+
+
+def _latest(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per minute_key, the highest revision (the later row on a tie)."""
+    df = df.reset_index(drop=True)
+    df["_order"] = range(len(df))
+    df = df.sort_values(["minute_key", "revision", "_order"]).drop_duplicates("minute_key", keep="last")
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
+class OfflineMinutes(Protocol):
+    def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
+        """Upsert offline rows; return the stored (winning) rows of those minutes."""
+
+    def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        """Offline rows with start <= minute < end, sorted by minute."""
+
+    def recent(self, minutes: int) -> pd.DataFrame:
+        """The rows of the `minutes` minutes ending at the newest stored minute."""
+
+    def count(self) -> tuple[int, int]:
+        """(rows, distinct minutes): equal unless something broke idempotency."""
+
+
+class ParquetMinutes:
+    """Embedded: day-partitioned Parquet, each day rewritten atomically under a file lock."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.dir = offline_dir(settings)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.dir.parent / ".minutes.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _files(self) -> list[str]:
+        return sorted(str(p) for p in self.dir.glob("date=*.parquet"))
+
+    def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
+        if source.empty:
+            return source
+        days = source["minute"].dt.strftime("%Y-%m-%d")
+        winners = []
+        with self._lock():
+            for day, part in source.groupby(days, sort=True):
+                path = self.dir / f"date={day}.parquet"
+                merged = pd.concat([pd.read_parquet(path), part]) if path.exists() else part
+                merged = _latest(merged)
+                tmp = self.dir / f".date={day}.parquet.{os.getpid()}.tmp"
+                merged.to_parquet(tmp, index=False)
+                os.replace(tmp, path)
+                winners.append(merged[merged["minute_key"].isin(part["minute_key"])])
+        return pd.concat(winners, ignore_index=True)
+
+    def _query(self, sql: str, params: list[object] | None = None) -> pd.DataFrame:
+        import duckdb
+
+        files = self._files()
+        if not files:
+            return pd.DataFrame({c: [] for c in SOURCE_COLUMNS})
+        with duckdb.connect() as conn:
+            return conn.execute(sql.format(src=f"read_parquet({files!r})"), params or []).df()
+
+    def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        where, params = _where(start, end, "?")
+        return self._query(f"SELECT * FROM {{src}} {where} ORDER BY minute_key", params)
+
+    def recent(self, minutes: int) -> pd.DataFrame:
+        files = self._files()
+        if not files:
+            return pd.DataFrame({c: [] for c in SOURCE_COLUMNS})
+        days = 1 + (minutes + 1439) // 1440
+        df = pd.concat([pd.read_parquet(f) for f in files[-days:]], ignore_index=True)
+        first = df["minute_key"].max() - 60 * (minutes - 1)
+        return df[df["minute_key"] >= first].sort_values("minute_key").reset_index(drop=True)
+
+    def count(self) -> tuple[int, int]:
+        df = self._query("SELECT count(*) AS n, count(DISTINCT minute_key) AS d FROM {src}")
+        return (int(df["n"].iloc[0]), int(df["d"].iloc[0])) if len(df) else (0, 0)
+
+
+def _where(start: datetime | None, end: datetime | None, mark: str) -> tuple[str, list[object]]:
+    clauses, params = [], []
+    if start is not None:
+        clauses.append(f"minute >= {mark}")
+        params.append(pd.Timestamp(start).tz_localize("UTC") if pd.Timestamp(start).tzinfo is None else start)
+    if end is not None:
+        clauses.append(f"minute < {mark}")
+        params.append(pd.Timestamp(end).tz_localize("UTC") if pd.Timestamp(end).tzinfo is None else end)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class PostgresMinutes:
+    """Services: a table keyed by minute in the namespace schema; upsert = one statement."""
+
+    def __init__(self, settings: Settings) -> None:
+        import psycopg
+
+        ensure_offline_table(settings)
+        self.table = pg_table(settings)
+        self.conn = psycopg.connect(settings.postgres_dsn, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
+        if source.empty:
+            return source
+        cols = ", ".join(SOURCE_COLUMNS)
+        buf = io.StringIO()
+        source.to_csv(buf, index=False, header=False, date_format="%Y-%m-%d %H:%M:%S%z")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in SOURCE_COLUMNS if c != "minute_key")
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE {self.table}) ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY incoming ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(buf.getvalue())
+            # Within one batch the same minute may come twice: keep its latest revision.
+            cur.execute(
+                f"""INSERT INTO {self.table} ({cols})
+                SELECT DISTINCT ON (minute_key) {cols} FROM incoming ORDER BY minute_key, revision DESC
+                ON CONFLICT (minute_key) DO UPDATE SET {updates}
+                WHERE {self.table}.revision <= excluded.revision"""
+            )
+            cur.execute(
+                f"SELECT {cols} FROM {self.table} WHERE minute_key IN (SELECT minute_key FROM incoming) "
+                "ORDER BY minute_key"
+            )
+            return self._frame(cur.fetchall())
+
+    def _frame(self, rows: list[tuple[object, ...]]) -> pd.DataFrame:
+        df = pd.DataFrame(rows, columns=list(SOURCE_COLUMNS))
+        for col in ("minute", "event_time"):
+            df[col] = pd.to_datetime(df[col], utc=True)
+        return df.astype(
+            {"minute_key": "int64", "tx_count": "int64", "fee_total_sat": "int64", "revision": "int64"}
+        )
+
+    def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        where, params = _where(start, end, "%s")
+        cols = ", ".join(SOURCE_COLUMNS)
+        rows = self.conn.execute(f"SELECT {cols} FROM {self.table} {where} ORDER BY minute_key", params)
+        return self._frame(rows.fetchall())
+
+    def recent(self, minutes: int) -> pd.DataFrame:
+        cols = ", ".join(SOURCE_COLUMNS)
+        rows = self.conn.execute(
+            f"SELECT {cols} FROM {self.table} WHERE minute_key >= "
+            f"(SELECT max(minute_key) FROM {self.table}) - %s ORDER BY minute_key",
+            (60 * (minutes - 1),),
+        )
+        return self._frame(rows.fetchall())
+
+    def count(self) -> tuple[int, int]:
+        row = self.conn.execute(f"SELECT count(*), count(DISTINCT minute_key) FROM {self.table}").fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+
+def open_offline(settings: Settings) -> OfflineMinutes:
+    return PostgresMinutes(settings) if settings.profile == "services" else ParquetMinutes(settings)
+
+
+def read_minutes_df(
+    settings: Settings, start: datetime | None = None, end: datetime | None = None
+) -> pd.DataFrame:
+    """The offline minutes, one row per minute (latest revision), start <= minute < end.
+
+    Columns are MinuteFeatures' (minute, tx_count, fee_total_sat, fee_avg_sat, event_time,
+    revision), timestamps tz-aware UTC. This is what drift, training and monitoring read.
+    """
+    store = open_offline(settings)
+    try:
+        return to_minutes_frame(store.read(start, end))
+    finally:
+        if isinstance(store, PostgresMinutes):
+            store.close()

@@ -1,0 +1,143 @@
+"""The feature store's writer: the aggregation engine's minutes reach both stores idempotently.
+
+Order of a write: the offline upsert first (latest revision wins, see offline.py), then an
+online push of the *winning* rows, so a stale retry re-sends the stored latest revision rather
+than its own; then the online window (the last `online_minutes` minutes as one row of arrays)
+is rebuilt from the offline table and pushed, stamped with the write time. Redis keeps the newest event timestamp per key
+and skips anything not newer, so the pushed timestamp is the window end plus `revision` ms:
+a newer revision of a minute replaces the old one, a retried push changes nothing. Readers
+take `event_time` from the minute key, never from this online timestamp.
+
+A writer killed at any point and retried converges: each offline day is replaced atomically
+(or upserted in one transaction) and online writes are idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from rtml.config import Settings
+from rtml.contracts import MinuteFeatures
+from rtml.features.dataset import minutes_frame
+from rtml.features.feast_repo import CHAIN_ID, PUSH_SOURCE, WINDOW_PUSH, ensure_repo
+from rtml.features.offline import OfflineMinutes, PostgresMinutes, open_offline, to_source_frame
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+class FeatureStoreSink:
+    """A MinuteSink (see rtml.aggregate.sinks): `upsert(rows)` into the Feast online + offline stores.
+
+    Opening is lazy: Feast (a 5 s import) is loaded at the first write, not when the
+    aggregation engine builds its sinks.
+    """
+
+    name = "feature_store"
+
+    def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
+        self.settings = settings
+        self._store = store
+        self._offline: OfflineMinutes | None = None
+
+    @property
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            self._store = ensure_repo(self.settings)
+        return self._store
+
+    @property
+    def offline(self) -> OfflineMinutes:
+        if self._offline is None:
+            self._offline = open_offline(self.settings)
+        return self._offline
+
+    def upsert(self, rows: Sequence[MinuteFeatures]) -> None:
+        if rows:
+            self.write_frame(minutes_frame(list(rows)))
+
+    def write_frame(self, minutes: pd.DataFrame) -> int:
+        """Upsert a minutes frame (MinuteFeatures columns); returns the rows pushed online."""
+        if minutes.empty:
+            return 0
+        winners = self.offline.upsert(to_source_frame(minutes))
+        return self.push_online(winners)
+
+    def push_online(self, source_rows: pd.DataFrame) -> int:
+        """Push offline-table rows to the online store, then rebuild the online window."""
+        from feast.data_source import PushMode
+
+        frame = source_rows.sort_values("minute_key").reset_index(drop=True)
+        frame["event_time"] = frame["event_time"] + pd.to_timedelta(frame["revision"], unit="ms")
+        self.store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
+        self.store.push(WINDOW_PUSH, self._window_row(), to=PushMode.ONLINE)
+        return len(frame)
+
+    def _window_row(self) -> pd.DataFrame:
+        """The last `online_minutes` stored minutes as one row of arrays, stamped with the write time."""
+        recent = self.offline.recent(self.settings.features.online_minutes)
+        return pd.DataFrame(
+            {
+                "chain_id": [CHAIN_ID],
+                "minute_keys": [recent["minute_key"].astype("int64").tolist()],
+                "tx_counts": [recent["tx_count"].astype("int64").tolist()],
+                "fee_totals_sat": [recent["fee_total_sat"].astype("int64").tolist()],
+                "fee_avgs_sat": [recent["fee_avg_sat"].astype("float64").tolist()],
+                "revisions": [recent["revision"].astype("int64").tolist()],
+                "event_time": [pd.Timestamp.now(tz="UTC")],
+            }
+        )
+
+    def close(self) -> None:
+        if isinstance(self._offline, PostgresMinutes):
+            self._offline.close()
+        self._offline = None
+
+
+def demo_stage(ctx: Any) -> None:
+    """Demo: make sure the store holds the aggregated minutes, then build the training set."""
+    from rtml.features.etl import build_dataset
+    from rtml.features.offline import read_minutes_df
+    from rtml.features.online import last_minutes, online_count
+
+    settings = ctx.settings
+    sink = FeatureStoreSink(settings)
+    try:
+        stored = read_minutes_df(settings)
+        engine = _engine_minutes(settings)
+        if engine is not None and len(engine) > len(stored):
+            # The engine ran without this sink (or before it existed): load its minutes now.
+            sink.write_frame(engine)
+            stored = read_minutes_df(settings)
+        if stored.empty:
+            ctx.summary["feature store"] = "empty: no aggregated minutes to load"
+            return
+        rows, distinct = sink.offline.count()
+        window = last_minutes(settings)
+        ctx.summary["feature store"] = (
+            f"{rows:,} offline rows ({distinct:,} minutes, one row each), "
+            f"{online_count(settings):,} online minutes, serving window {len(window)} minutes "
+            f"to {window['minute'].iloc[-1]:%H:%M} UTC"
+        )
+        start = stored["minute"].iloc[0]
+        end = stored["minute"].iloc[-1] + pd.Timedelta(minutes=1)
+        card = build_dataset(settings, start, end, store=sink.store)
+        ctx.summary["training set"] = (
+            f"{card['rows']:,} rows (horizon {card['horizon_min']} min, "
+            f"{card['missing_minutes']['count']} missing minutes in span) -> {card['path']}"
+        )
+    finally:
+        sink.close()
+
+
+def _engine_minutes(settings: Settings) -> pd.DataFrame | None:
+    """The aggregation engine's own minutes table, if that part is present."""
+    try:
+        from rtml.aggregate.sinks import read_minutes
+    except ImportError:
+        return None
+    rows = read_minutes(settings)
+    return minutes_frame(list(rows)) if rows else None
