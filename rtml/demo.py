@@ -110,6 +110,7 @@ STAGES: list[tuple[str, str]] = [
     ("generate synthetic traffic", "rtml.demo:generate"),
     ("validate", "rtml.demo:validate"),
     ("aggregate", "rtml.aggregate.embedded:demo_stage"),
+    ("drift + data quality", "rtml.quality.drift:demo_stage"),
 ]
 
 

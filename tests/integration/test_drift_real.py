@@ -53,7 +53,7 @@ def halves(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_calm_against_fee_spike_is_drift(blocks: pd.DataFrame, calm: str, spike: str) -> None:
     result = drift_report(period(blocks, calm), period(blocks, spike), columns=COLUMNS, drift_share=0.5)
     assert result.drifted, result.columns
-    assert FEE_COLUMNS <= set(result.drifted_columns)
+    assert FEE_COLUMNS <= set(result.drifted_columns) and result.share >= 0.8
     for column in result.columns:
         assert (
             column.method == "log_wasserstein" and column.reference_rows > 300 and column.current_rows > 300
@@ -64,8 +64,9 @@ def test_calm_against_fee_spike_is_drift(blocks: pd.DataFrame, calm: str, spike:
 def test_two_halves_of_a_calm_period_are_not_drift(blocks: pd.DataFrame, calm: str) -> None:
     first, second = halves(period(blocks, calm))
     result = drift_report(first, second, columns=COLUMNS, drift_share=0.5)
-    assert not result.drifted and result.share == 0.0, result.columns
-    # Not trivially small: the halves do differ (the mempool backlog swings by ~50 %), just not by 2x.
+    assert not result.drifted and result.share <= 0.2, result.columns
+    assert not FEE_COLUMNS & set(result.drifted_columns)  # no fee column moved by x1.5
+    # Not trivially small: the halves do differ (the mempool backlog swings by ~50 %).
     assert max(c.statistic for c in result.columns) > 0.2
 
 

@@ -148,3 +148,49 @@ def test_quality_run_alone(settings: Settings) -> None:
     )
     assert not result.columns and {r.name: r.status for r in result.rules}["tx_count_in_band"] == "pass"
     assert reports.load_index(settings)[-1]["verdict"] == "pass"
+
+
+def test_transactions_from_the_archive_join_the_verdict(settings: Settings) -> None:
+    """Synthetic traffic with the x3.1 fee regime shift, through the stream into the raw archive."""
+    lake = pytest.importorskip("rtml.archive.parquet_lake")
+    from rtml.sources.synthetic import RegimeShift, SyntheticConfig, SyntheticSource
+    from rtml.stream import open_stream
+
+    config = SyntheticConfig(
+        seed=3, start=START, minutes=420, rate_per_min=25, shift=RegimeShift(at_minute=330, ramp_minutes=10)
+    )
+    events = list(SyntheticSource(config).events())
+    with open_stream(settings) as stream:
+        stream.append(events)
+    assert lake.archive_pending(settings) == len(events)
+    frame = pd.DataFrame([e.to_dict() for e in events])
+    frame["minute"] = pd.to_datetime(frame["event_time"] // 60_000 * 60_000, unit="ms", utc=True)
+    per_minute = frame.groupby("minute").agg(tx_count=("fee_sat", "size"), fee_total_sat=("fee_sat", "sum"))
+    per_minute = per_minute.reset_index().assign(
+        fee_avg_sat=lambda d: d.fee_total_sat / d.tx_count,
+        event_time=lambda d: d.minute + pd.Timedelta(minutes=1),
+    )
+    store = offline.open_offline(settings)
+    store.upsert(offline.to_source_frame(per_minute.assign(revision=0)))
+
+    result = run_drift_check(
+        settings,
+        Window(START, START + timedelta(hours=5)),
+        Window(START + timedelta(hours=6), START + timedelta(hours=7)),
+    )
+    by_column = {c.column: c for c in result.columns}
+    assert set(by_column) == {
+        "tx_count",
+        "fee_avg_sat",
+        "fee_total_sat",
+        "tx.fee_sat",
+        "tx.size",
+        "tx.fee_rate",
+    }
+    assert by_column["tx.fee_sat"].drifted and by_column["tx.fee_rate"].drifted
+    assert not by_column["tx.size"].drifted and not by_column["tx_count"].drifted
+    assert by_column["tx.fee_sat"].reference_rows == 5_000  # 5 h of about 25 a minute, sampled down
+    assert 500 < by_column["tx.fee_sat"].current_rows < 5_000  # the whole hour
+    assert result.drifted
+    page = Path(result.html_path or "").read_text()
+    assert page.count("<iframe") == 2  # the minutes report and the transactions report
