@@ -64,8 +64,8 @@ class WindowState:
     duplicates: int = 0
     windows_emitted: int = 0
 
-    def add(self, rows: Sequence[Sequence[Any]]) -> list[LateEvent]:
-        """Add (tx_hash, event_time, fee_sat, ...) rows in stream order; returns the late ones.
+    def add(self, rows: Sequence[tuple[str, int, int]]) -> list[LateEvent]:
+        """Add (tx_hash, event_time, fee_sat) rows in stream order; returns the late ones.
 
         The hot path of the engine (hundreds of thousands of rows a second): locals only, one
         dict lookup per event while events stay in the same minute.
@@ -79,10 +79,9 @@ class WindowState:
         cur: list[Any] = [0, 0, set()]
         seen: set[str] = cur[2]
         dups = 0
-        for row in rows:
-            et = row[1]
+        for tx_hash, et, fee in rows:
             if et < wm:
-                late.append(LateEvent(row[0], et, row[2], wm, f"late: {wm - et} ms behind the watermark"))
+                late.append(LateEvent(tx_hash, et, fee, wm, f"late: {wm - et} ms behind the watermark"))
                 continue
             minute = et - et % MINUTE_MS
             if minute != cur_minute:
@@ -96,13 +95,12 @@ class WindowState:
                 cur = found
                 seen = cur[2]
                 cur_minute = minute
-            tx_hash = row[0]
             if tx_hash in seen:
                 dups += 1
                 continue
             seen.add(tx_hash)
             cur[0] += 1
-            cur[1] += row[2]
+            cur[1] += fee
             if et > top:
                 top = et
                 if et - lateness > wm:

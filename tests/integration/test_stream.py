@@ -95,6 +95,8 @@ def test_trim_by_length_and_age_keeps_offsets_valid(stream: Stream) -> None:
     assert [e for _, e in stream.read(None, 1000)] == [e for _, e in page[40:]]
     # Reading after a trimmed offset still works and yields what is left after it.
     assert [e for _, e in stream.read(page[10][0], 1000)] == [e for _, e in page[40:]]
+    slim, last = stream.read_slim(page[10][0], 25)
+    assert [s[0] for s in slim] == [e.tx_hash for _, e in page[40:65]] and last == page[64][0]
     assert stream.trim(max_age_s=3600) == 0
     assert stream.trim(max_age_s=-60) == 60
     assert stream.read(None, 10) == []
