@@ -23,7 +23,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rtml.config import Settings, get_settings
-from rtml.contracts import InvalidInput, parse_message
 from rtml.sources.synthetic import RegimeShift, SyntheticConfig, SyntheticSource, to_utx_message
 
 T = TypeVar("T")
@@ -86,29 +85,10 @@ def generate(ctx: DemoContext) -> None:
     )
 
 
-def validate(ctx: DemoContext) -> None:
-    """Judge every frame with the contract validator (ingestion replaces this with the real path)."""
-    valid = invalid = 0
-    seen: set[str] = set()
-    duplicates = 0
-    with gzip.open(ctx.wire_file, "rt") as lines:
-        for line in ctx.track(lines, "validating frames", ctx.events_sent):
-            try:
-                event = parse_message(line, "demo", 0)
-            except InvalidInput:
-                invalid += 1
-                continue
-            valid += 1
-            if event.tx_hash in seen:
-                duplicates += 1
-            seen.add(event.tx_hash)
-    ctx.summary["events in"] = f"{valid:,} valid, {duplicates:,} duplicates, {invalid} malformed"
-
-
 # (title, "module:function"), in data-flow order.
 STAGES: list[tuple[str, str]] = [
     ("generate synthetic traffic", "rtml.demo:generate"),
-    ("validate", "rtml.demo:validate"),
+    ("ingest", "rtml.sources.ingest:demo_stage"),
     ("aggregate", "rtml.aggregate.embedded:demo_stage"),
     ("drift + data quality", "rtml.quality.drift:demo_stage"),
 ]

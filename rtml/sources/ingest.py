@@ -9,10 +9,12 @@ input is not mistaken for a duplicate. Then the batch's dead letters and counts 
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, parse_batch, raw_text
@@ -20,7 +22,15 @@ from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from rtml.demo import DemoContext
+
 RawInput = bytes | str | Mapping[str, Any]
+SOURCES = ("ws", "rest", "replay", "synthetic")
+# The archiver runs beside a long ingestion this often (seconds).
+ARCHIVE_EVERY_S = 60.0
 # Drop expired dedup entries from memory and disk this often during long runs.
 _PURGE_EVERY_S = 600.0
 
@@ -54,6 +64,8 @@ class Ingestor:
         self.dedup = open_dedup(settings)
         self.store = open_ingest_store(settings)
         self.totals = Counts()
+        # Called after every batch (progress displays).
+        self.on_batch: Callable[[], None] | None = None
         self._last_purge = time.monotonic()
 
     def ingest(self, raws: Sequence[RawInput], source: str, ingest_time: int | None = None) -> Counts:
@@ -77,6 +89,8 @@ class Ingestor:
         if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
             self.dedup.purge()
             self._last_purge = time.monotonic()
+        if self.on_batch is not None:
+            self.on_batch()
         return counts
 
     def refuse(self, raw: RawInput, reason: str, source: str) -> None:
@@ -103,3 +117,118 @@ def ingest_counters(settings: Settings) -> dict[str, float]:
     """Totals since the data directory was created: received, valid, duplicates, dead_letters, appended."""
     with open_ingest_store(settings) as store:
         return store.counters()
+
+
+def run_ingest(
+    settings: Settings,
+    source: str,
+    *,
+    file: Path | None = None,
+    speed: float | None = 1.0,
+    duration_s: float | None = None,
+    ws_url: str | None = None,
+    rest_url: str | None = None,
+    archive: bool = True,
+    stop: threading.Event | None = None,
+    console: Console | None = None,
+) -> Counts:
+    """Run one source (`ws`, `rest`, `replay`, `synthetic`) through the pipeline until it ends,
+    `duration_s` passes or `stop` is set; keep the archive up to date beside it; print the counters."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from rtml.archive.parquet_lake import archive_pending, compact
+    from rtml.sources.blockchain_rest import run_rest
+    from rtml.sources.blockchain_ws import run_ws
+    from rtml.sources.replay import paced_batches, read_lines, synthetic_lines
+
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    console = console or Console()
+    stop = stop or threading.Event()
+    finished = threading.Event()
+    live_note = ""
+
+    def archiver() -> None:
+        while not finished.wait(ARCHIVE_EVERY_S):
+            archive_pending(settings)
+
+    side = threading.Thread(target=archiver, daemon=True, name="archiver")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Ingestor(settings) as ingestor, Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"ingesting from {source}")
+
+        def show() -> None:
+            t = ingestor.totals
+            progress.update(
+                task,
+                description=f"{source}: {t.received:,} received, {t.valid:,} valid, "
+                f"{t.duplicates:,} duplicates, {t.dead_letters:,} dead letters",
+            )
+
+        ingestor.on_batch = show
+        if archive:
+            side.start()
+        try:
+            if source == "ws":
+                stats = run_ws(
+                    ingestor,
+                    settings.ingest,
+                    ws_url=ws_url,
+                    rest_url=rest_url,
+                    stop=stop,
+                    duration_s=duration_s,
+                )
+                live_note = stats.describe()
+            elif source == "rest":
+                stats = run_rest(
+                    ingestor, settings.ingest, rest_url=rest_url, stop=stop, duration_s=duration_s
+                )
+                live_note = stats.describe()
+            else:
+                if source == "replay":
+                    if file is None:
+                        raise ValueError("the replay source needs a file")
+                    lines = read_lines(file)
+                else:
+                    lines = synthetic_lines(settings.seed, duration_s)
+                deadline = None if duration_s is None else time.monotonic() + duration_s
+                for batch in paced_batches(lines, speed, stop=stop, deadline=deadline):
+                    ingestor.ingest(batch, source)
+        finally:
+            finished.set()
+            if archive:
+                side.join()
+                progress.update(task, description="archiving")
+                archive_pending(settings)
+                compact(settings)
+        totals = ingestor.totals
+    _print_counters(console, source, totals, ingest_counters(settings), live_note)
+    return totals
+
+
+def _print_counters(console: Console, source: str, run: Counts, total: dict[str, float], note: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"ingest from {source}" + (f" ({note})" if note else ""))
+    table.add_column("counter")
+    table.add_column("this run", justify="right")
+    table.add_column("all time", justify="right")
+    for name in COUNTERS:
+        table.add_row(name.replace("_", " "), f"{getattr(run, name):,}", f"{int(total.get(name, 0)):,}")
+    console.print(table)
+
+
+def demo_stage(ctx: DemoContext) -> None:
+    """Replay the demo's wire file at max speed through the real ingestion into the stream and the archive."""
+    from rtml.archive.parquet_lake import archive_files
+
+    totals = run_ingest(ctx.settings, "replay", file=ctx.wire_file, speed=None, console=ctx.console)
+    ctx.summary["events in"] = (
+        f"{totals.received:,} received / {totals.valid:,} valid / {totals.duplicates:,} duplicates"
+        f" / {totals.dead_letters:,} dead letters"
+    )
+    files = archive_files(ctx.settings)
+    ctx.summary["raw archive"] = (
+        f"{len(files)} Parquet files in {len({f.parent for f in files})} hour partitions"
+    )

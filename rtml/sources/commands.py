@@ -1,0 +1,123 @@
+"""`rtml ingest`, `rtml dlq show` and `rtml archive`: the ingestion part's commands."""
+
+from __future__ import annotations
+
+import threading
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class SourceKind(StrEnum):
+    ws = "ws"
+    rest = "rest"
+    replay = "replay"
+    synthetic = "synthetic"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def ingest(
+        source: Annotated[SourceKind, typer.Option(help="Where transactions come from.")] = SourceKind.ws,
+        file: Annotated[
+            Path | None,
+            typer.Option("--file", help="JSONL or JSONL.gz of utx frames or TxEvent rows (replay)."),
+        ] = None,
+        speed: Annotated[
+            str, typer.Option(help="Replay/synthetic pace: 1 = real time, 60 = a minute a second, max.")
+        ] = "1",
+        duration: Annotated[
+            float | None,
+            typer.Option("--duration", help="Stop after this many seconds (default: until done / Ctrl-C)."),
+        ] = None,
+        ws_url: Annotated[
+            str | None, typer.Option("--ws-url", help="Websocket URL (default from settings).")
+        ] = None,
+        rest_url: Annotated[
+            str | None,
+            typer.Option("--rest-url", help="unconfirmed-transactions URL (default from settings)."),
+        ] = None,
+        archive: Annotated[bool, typer.Option(help="Also write the Parquet archive.")] = True,
+    ) -> None:
+        """Ingest transactions: parse, validate, dedup, append to the stream (and archive); print the counters."""
+        from rich.console import Console
+
+        from rtml.config import get_settings
+        from rtml.sources.ingest import run_ingest
+        from rtml.sources.replay import parse_speed
+
+        console = Console()
+        try:
+            pace = parse_speed(speed)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--speed") from None
+        if source is SourceKind.replay and file is None:
+            raise typer.BadParameter("--source replay needs --file", param_hint="--file")
+        if file is not None and not file.exists():
+            raise typer.BadParameter(f"{file} does not exist", param_hint="--file")
+        stop = threading.Event()
+        try:
+            run_ingest(
+                get_settings(),
+                source.value,
+                file=file,
+                speed=pace,
+                duration_s=duration,
+                ws_url=ws_url,
+                rest_url=rest_url,
+                archive=archive,
+                stop=stop,
+                console=console,
+            )
+        except KeyboardInterrupt:
+            stop.set()
+
+    dlq = typer.Typer(
+        help="The dead-letter store: input that was refused, with the reason.", no_args_is_help=True
+    )
+    app.add_typer(dlq, name="dlq")
+
+    @dlq.command("show")
+    def dlq_show(
+        limit: Annotated[int, typer.Option(help="How many of the most recent to show.")] = 20,
+        source: Annotated[str | None, typer.Option(help="Only this source (ws, rest, replay, ...).")] = None,
+    ) -> None:
+        """Show the most recent dead letters and how many there are."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from rtml.config import get_settings
+        from rtml.contracts import ms_to_datetime
+        from rtml.sources.deadletters import open_ingest_store
+
+        with open_ingest_store(get_settings()) as store:
+            letters = store.dead_letters(limit, source)
+            total = store.dead_letter_count()
+        table = Table(title=f"dead letters: {total:,} in total, {len(letters)} most recent")
+        for column in ("time (UTC)", "source", "reason", "raw"):
+            table.add_column(column, overflow="fold")
+        for d in letters:
+            raw = d.raw if len(d.raw) <= 200 else d.raw[:200] + f"... ({len(d.raw):,} chars)"
+            table.add_row(f"{ms_to_datetime(d.ingest_time):%Y-%m-%d %H:%M:%S}", d.source, d.reason, raw)
+        Console().print(table)
+
+    @app.command("archive")
+    def archive_cmd(
+        compact_all: Annotated[
+            bool, typer.Option("--compact/--no-compact", help="Merge small files per hour.")
+        ] = True,
+    ) -> None:
+        """Bring the Parquet archive up to date with the stream and compact it."""
+        from rich.console import Console
+
+        from rtml.archive.parquet_lake import archive_files, archive_pending, compact
+        from rtml.config import get_settings
+
+        settings = get_settings()
+        added = archive_pending(settings)
+        folders = compact(settings) if compact_all else 0
+        Console().print(
+            f"archived {added:,} events; compacted {folders} hour folders; {len(archive_files(settings))} files"
+        )

@@ -1,0 +1,224 @@
+"""Ingestion's stores on every backend (SQLite and a real Redis), the replay and synthetic sources, the archive, the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtml.archive.parquet_lake import archive_files, archive_pending, read_events
+from rtml.config import Settings, get_settings
+from rtml.contracts import TxEvent
+from rtml.sources.deadletters import open_ingest_store
+from rtml.sources.ingest import Ingestor, ingest_counters, run_ingest
+from rtml.sources.replay import paced_batches
+from rtml.sources.synthetic import to_utx_message
+from rtml.stream import open_stream
+from rtml.stream.dedup import SqliteDedup, open_dedup
+
+
+def h(i: int) -> str:
+    return f"{i:064x}"
+
+
+def event(i: int) -> TxEvent:
+    # Spread over three hours of 2020-11-24 so the archive gets several partitions.
+    return TxEvent(h(i), 1_606_176_000_000 + i * 37_000, 100 + i, 200 + i % 7, "test", 0)
+
+
+@pytest.fixture(params=["embedded", "services"])
+def any_settings(
+    request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    if request.param == "services":
+        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
+        monkeypatch.setenv("RTML_PROFILE", "services")
+    settings = get_settings()
+    yield settings
+    if settings.profile == "services":
+        import redis
+
+        r = redis.Redis.from_url(settings.redis_url)
+        keys = list(r.scan_iter(f"{settings.namespace}:*"))
+        assert keys  # everything we wrote is under the namespace
+        r.delete(*keys)
+
+
+def test_dedup_marks_batches_once_and_survives_restart(any_settings: Settings) -> None:
+    with open_dedup(any_settings) as dedup:
+        assert dedup.first_seen([h(1), h(2), h(1), h(3)]) == [True, True, False, True]
+        assert dedup.first_seen([h(2), h(4)]) == [False, True]
+        assert dedup.first_seen([]) == []
+        dedup.forget([h(4)])
+    with open_dedup(any_settings) as dedup:
+        assert dedup.first_seen([h(1), h(2), h(3), h(4)]) == [False, False, False, True]
+
+
+def test_dedup_entries_expire_after_the_ttl(any_settings: Settings) -> None:
+    any_settings.ingest = any_settings.ingest.model_copy(update={"dedup_ttl_s": 1})
+    with open_dedup(any_settings) as dedup:
+        start = time.monotonic()
+        assert dedup.first_seen([h(7)]) == [True]
+        assert dedup.first_seen([h(7)]) == [False]
+        while dedup.first_seen([h(7)]) != [True]:  # seen again only once the TTL has passed
+            assert time.monotonic() - start < 10, "the dedup entry never expired"
+            time.sleep(0.05)
+        assert time.monotonic() - start >= 0.9
+
+
+def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -> None:
+    path = str(settings.path("dedup.sqlite"))
+    a, b = SqliteDedup(path, 100), SqliteDedup(path, 100)
+    try:
+        assert a.first_seen([h(1), h(2)], now_ms=1_000) == [True, True]
+        assert b.first_seen([h(2), h(3)], now_ms=1_000) == [False, True]
+        assert a.first_seen([h(3)], now_ms=1_000) == [False]
+        assert a.purge(now_ms=200_000) == 3
+        assert b.first_seen([h(1)], now_ms=200_000) == [True]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pipeline_counts_dead_letters_and_appends_first_sightings(any_settings: Settings) -> None:
+    frames: list[Any] = [json.dumps(to_utx_message(event(i))) for i in range(5)]
+    batch = [*frames, frames[0], "{broken", {"op": "utx", "x": {"hash": "zz"}}, event(9).to_dict()]
+    with Ingestor(any_settings) as ingestor:
+        first = ingestor.ingest(batch, "ws")
+        second = ingestor.ingest(frames[:2], "rest")
+    assert first.as_dict() == {"received": 9, "valid": 7, "duplicates": 1, "dead_letters": 2, "appended": 6}
+    assert second.duplicates == 2 and second.appended == 0
+    assert ingest_counters(any_settings) == {
+        "received": 11.0, "valid": 9.0, "duplicates": 3.0, "dead_letters": 2.0, "appended": 6.0,
+    }  # fmt: skip
+    with open_ingest_store(any_settings) as store:
+        letters = store.dead_letters()
+        assert store.dead_letter_count() == 2
+        assert store.dead_letters(source="rest") == []
+        assert store.dead_letters(limit=1) == letters[1:]
+    assert letters[0].raw == "{broken" and letters[0].reason.startswith("not JSON")
+    assert json.loads(letters[1].raw) == {"op": "utx", "x": {"hash": "zz"}}
+    assert "hash is not 64 hex" in letters[1].reason and letters[1].source == "ws"
+    with open_stream(any_settings) as stream:
+        stored = [e for _, e in stream.read(None, 100)]
+    assert [e.tx_hash for e in stored] == [h(i) for i in (0, 1, 2, 3, 4, 9)]
+    assert [e.fee_sat for e in stored] == [event(i).fee_sat for i in (0, 1, 2, 3, 4, 9)]
+
+
+def write_replay_file(path: Path, n: int) -> list[TxEvent]:
+    """utx frames and TxEvent rows mixed, some repeated, three garbage lines."""
+    events = [event(i) for i in range(n)]
+    with gzip.open(path, "wt") as out:
+        for i, e in enumerate(events):
+            out.write(json.dumps(to_utx_message(e) if i % 2 else e.to_dict()) + "\n")
+            if i % 50 == 0:
+                out.write(json.dumps(to_utx_message(e)) + "\n")
+        out.write("\n{oops\n" + '{"op":"utx","x":{}}\n' + '"a string"\n')
+    return events
+
+
+def test_replay_at_max_speed_fills_stream_and_a_compacted_archive(settings: Settings, tmp_path: Path) -> None:
+    events = write_replay_file(tmp_path / "utx.jsonl.gz", 600)
+    totals = run_ingest(settings, "replay", file=tmp_path / "utx.jsonl.gz", speed=None)
+    assert totals.appended == 600 and totals.duplicates == 12 and totals.dead_letters == 3
+    with open_stream(settings) as stream:
+        assert {e.tx_hash for _, e in stream.read(None, 10_000)} == {e.tx_hash for e in events}
+        assert stream.committed("archiver") is not None
+
+    frame = read_events(settings)
+    assert list(frame.columns) == ["tx_hash", "event_time", "fee_sat", "size", "source", "ingest_time"]
+    assert list(frame.tx_hash) == [e.tx_hash for e in events]
+    assert list(frame.fee_sat) == [e.fee_sat for e in events]
+    files = archive_files(settings)
+    hours = {f.parent.relative_to(settings.root / "archive").as_posix() for f in files}
+    assert hours == {"date=2020-11-24/hour=00", "date=2020-11-24/hour=01", "date=2020-11-24/hour=02",
+                     "date=2020-11-24/hour=03", "date=2020-11-24/hour=04", "date=2020-11-24/hour=05",
+                     "date=2020-11-24/hour=06"}  # fmt: skip
+    assert len(files) == len(hours)  # one compacted file per hour
+
+    window = read_events(settings, 1_606_179_600_000, 1_606_183_200_000)  # 01:00 .. 02:00
+    assert (
+        len(window)
+        and window.event_time.min() >= 1_606_179_600_000
+        and window.event_time.max() < 1_606_183_200_000
+    )
+    assert list(window.tx_hash) == [
+        e.tx_hash for e in events if 1_606_179_600_000 <= e.event_time < 1_606_183_200_000
+    ]
+    import duckdb  # the lake is plain Hive-partitioned Parquet
+
+    count = (
+        duckdb.connect()
+        .execute(
+            f"SELECT count(*) FROM read_parquet('{settings.root}/archive/**/*.parquet', hive_partitioning=true) WHERE hour = 1"
+        )
+        .fetchone()
+    )
+    assert count == (len(window),)
+
+
+def test_archiver_crash_before_commit_doubles_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duckdb
+
+    with Ingestor(settings) as ingestor:
+        ingestor.ingest([json.dumps(to_utx_message(event(i))) for i in range(300)], "replay")
+    with open_stream(settings) as stream:
+        monkeypatch.setattr(
+            stream, "commit", lambda consumer, offset: (_ for _ in ()).throw(OSError("killed"))
+        )
+        with pytest.raises(OSError):
+            archive_pending(settings, stream)
+    assert archive_files(settings)  # files were written, the offset was not
+    assert archive_pending(settings) == 300
+    rows = (
+        duckdb.connect()
+        .execute(f"SELECT count(*) FROM read_parquet('{settings.root}/archive/**/*.parquet')")
+        .fetchone()
+    )
+    assert rows == (300,)
+    assert archive_pending(settings) == 0
+
+
+def test_paced_replay_follows_event_time_at_the_speed_factor() -> None:
+    lines = [json.dumps(to_utx_message(event(i))).encode() for i in range(0, 100, 10)]  # 370 s apart each
+    clock = [0.0]
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    batches = list(paced_batches(lines, 60.0, clock=lambda: clock[0], wait=wait))
+    assert [line for b in batches for line in b] == lines
+    assert clock[0] == pytest.approx(9 * 370 / 60, abs=0.01)  # 9 gaps of 370 s at 60x
+    assert max(waits) <= 1.0  # waits are short, so a stop request is noticed
+
+
+def test_synthetic_source_for_a_duration(settings: Settings) -> None:
+    totals = run_ingest(settings, "synthetic", speed=None, duration_s=60, archive=False)
+    assert totals.appended > 100 and totals.dead_letters == 0 and totals.duplicates == 0
+
+
+def test_cli_ingest_replay_and_dlq_show(data_dir: Path, tmp_path: Path) -> None:
+    write_replay_file(tmp_path / "utx.jsonl.gz", 120)
+    run = [sys.executable, "-m", "rtml"]
+    out = subprocess.run(
+        [*run, "ingest", "--source", "replay", "--file", str(tmp_path / "utx.jsonl.gz"), "--speed", "max"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "appended" in out.stdout and "120" in out.stdout
+    out = subprocess.run([*run, "dlq", "show"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3 in total" in out.stdout and "not JSON" in out.stdout
+    bad = subprocess.run([*run, "ingest", "--source", "replay"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--file" in bad.stderr
