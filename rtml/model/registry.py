@@ -1,0 +1,303 @@
+"""MLflow tracking and registry: where candidates are logged, and where `champion` points.
+
+Embedded: `sqlite:///<data_dir>/mlflow/mlflow.db`. Services: PostgreSQL with every MLflow
+table inside the schema `settings.namespace` (the connection's search_path), so `rtml down
+--purge` finds them. Artifacts live under `<data_dir>/mlflow/artifacts` in both profiles.
+
+The registered model is `fee_forecaster`; the alias `champion` marks the serving version.
+Every version carries its training window (`train_start`, `train_end`, ISO UTC) and gate
+decision as tags; the registered model's tag `champion_history` (JSON list of versions, oldest
+first) is what `rollback` walks back along. Serving loads the LightGBM files of the champion
+directly (`load_champion`), which is far faster per row than pyfunc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+
+from rtml.config import Settings
+from rtml.model.gbm import QuantileGBM
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+MODEL_NAME = "fee_forecaster"
+EXPERIMENT = "fee_forecaster"
+CHAMPION = "champion"
+HISTORY_TAG = "champion_history"
+MODEL_DIR = "model_dir"
+OUTPUT_COLUMNS = ("p10", "p50", "p90")
+
+_clients: dict[str, MlflowClient] = {}
+_lock = threading.Lock()
+
+
+def quiet_mlflow() -> None:
+    """No telemetry, no tracking of users (NOTES.md: MLflow otherwise calls out)."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["DO_NOT_TRACK"] = "1"
+
+
+def tracking_uri(settings: Settings) -> str:
+    if settings.profile == "services":
+        parts = urlsplit(settings.postgres_dsn)
+        query = dict(parse_qsl(parts.query))
+        query["options"] = f"-csearch_path={settings.namespace}"
+        return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(query), ""))
+    return f"sqlite:///{settings.path('mlflow', 'mlflow.db')}"
+
+
+def artifact_root(settings: Settings) -> str:
+    return settings.path("mlflow", "artifacts", "x").parent.as_uri()
+
+
+def client(settings: Settings) -> MlflowClient:
+    """One client per tracking store (MLflow creates the tables on first use)."""
+    quiet_mlflow()
+    uri = tracking_uri(settings)
+    with _lock:
+        if uri not in _clients:
+            from mlflow.tracking import MlflowClient
+
+            if settings.profile == "services":
+                import psycopg
+
+                with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+            _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return _clients[uri]
+
+
+def experiment_id(settings: Settings) -> str:
+    c = client(settings)
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(c.create_experiment(EXPERIMENT, artifact_location=artifact_root(settings)))
+
+
+def _has_model(c: MlflowClient) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(MODEL_NAME)
+    except MlflowException:
+        return False
+    return True
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version the `champion` alias points at, or None; cheap enough to poll."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def _version_info(c: MlflowClient, version: str, champion: str | None) -> dict[str, Any]:
+    mv = c.get_model_version(MODEL_NAME, version)
+    tags = dict(mv.tags)
+    metrics = dict(c.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    return {
+        "version": str(mv.version),
+        "champion": str(mv.version) == champion,
+        "run_id": mv.run_id,
+        "registered_ms": int(mv.creation_timestamp),
+        "train_start": tags.get("train_start"),
+        "train_end": tags.get("train_end"),
+        "gate": tags.get("gate"),
+        "gate_reasons": tags.get("gate_reasons"),
+        "metrics": metrics,
+    }
+
+
+def champion_info(settings: Settings) -> dict[str, Any] | None:
+    """The champion's version, training window (train_start/train_end, ISO UTC), gate and metrics."""
+    version = champion_version(settings)
+    if version is None:
+        return None
+    return _version_info(client(settings), version, version)
+
+
+def model_info(settings: Settings, version: str) -> dict[str, Any]:
+    """One version's fields (as `champion_info`), including `registered_ms`."""
+    return _version_info(client(settings), version, champion_version(settings))
+
+
+def champion_training_window(settings: Settings) -> tuple[datetime, datetime] | None:
+    """(start, end) of the data the champion was trained on, UTC, or None without a champion."""
+    info = champion_info(settings)
+    if info is None or not info["train_start"] or not info["train_end"]:
+        return None
+    return datetime.fromisoformat(info["train_start"]), datetime.fromisoformat(info["train_end"])
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Every registered version, newest first, with the same fields as `champion_info`."""
+    c = client(settings)
+    if not _has_model(c):
+        return []
+    champion = champion_version(settings)
+    versions = sorted(
+        (int(mv.version) for mv in c.search_model_versions(f"name='{MODEL_NAME}'")), reverse=True
+    )
+    return [_version_info(c, str(v), champion) for v in versions]
+
+
+def champion_history(settings: Settings) -> list[str]:
+    c = client(settings)
+    if not _has_model(c):
+        return []
+    return list(json.loads(c.get_registered_model(MODEL_NAME).tags.get(HISTORY_TAG, "[]")))
+
+
+def promote(settings: Settings, version: str, reason: str = "manual") -> None:
+    """Point `champion` at `version`, append it to the history, and record `model.promoted`."""
+    from rtml.monitoring.events import EventLog
+
+    c = client(settings)
+    c.get_model_version(MODEL_NAME, version)  # raises if absent
+    previous = champion_version(settings)
+    c.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    history = champion_history(settings)
+    if not history or history[-1] != version:
+        history.append(version)
+    c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history))
+    c.set_model_version_tag(MODEL_NAME, version, "promoted_at", pd.Timestamp.now(tz="UTC").isoformat())
+    log = EventLog(settings)
+    try:
+        log.record("model.promoted", version=version, previous=previous, reason=reason)
+    finally:
+        log.close()
+
+
+def rollback(settings: Settings) -> str:
+    """Move `champion` back to the previous champion in the history; returns that version."""
+    from rtml.monitoring.events import EventLog
+
+    c = client(settings)
+    current = champion_version(settings)
+    history = champion_history(settings)
+    if current is not None and current in history:
+        history = history[: len(history) - history[::-1].index(current) - 1]
+    if not history:
+        raise LookupError("no previous champion to roll back to")
+    target = history[-1]
+    c.set_registered_model_alias(MODEL_NAME, CHAMPION, target)
+    c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history))
+    log = EventLog(settings)
+    try:
+        log.record("model.rollback", version=target, previous=current)
+    finally:
+        log.close()
+    return target
+
+
+@dataclass
+class LoadedModel:
+    """A registered version ready to predict: `predict(features_df) -> (n, 3)` P10/P50/P90."""
+
+    version: str
+    model: QuantileGBM
+    train_start: str | None = None
+    train_end: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return self.model.feature_columns
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        """Sorted quantiles per row; one thread (per-row latency matters more than throughput)."""
+        columns = self.model.feature_columns
+        frame = features if list(features.columns) == columns else features[columns]
+        return self.model.predict_array(frame.to_numpy(dtype="float64"), num_threads=1)
+
+
+def load_version(settings: Settings, version: str) -> LoadedModel:
+    """Download (once, cached under the data directory) and load one registered version."""
+    import mlflow.artifacts
+
+    c = client(settings)
+    mv = c.get_model_version(MODEL_NAME, version)
+    cache = settings.path("mlflow", "cache", f"v{version}")
+    target = cache / "artifacts" / MODEL_DIR
+    if not (target / "meta.json").exists():
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}/{version}",
+            dst_path=str(cache),
+            tracking_uri=tracking_uri(settings),
+            registry_uri=tracking_uri(settings),
+        )
+    model = QuantileGBM.load(_find_model_dir(cache))
+    info = _version_info(c, str(mv.version), None)
+    return LoadedModel(str(mv.version), model, info["train_start"], info["train_end"], info["metrics"])
+
+
+def _find_model_dir(root: Path) -> Path:
+    for meta in root.rglob("meta.json"):
+        return meta.parent
+    raise FileNotFoundError(f"no model files under {root}")
+
+
+def load_champion(settings: Settings) -> LoadedModel:
+    """The current champion, loaded for fast prediction; LookupError if there is none."""
+    version = champion_version(settings)
+    if version is None:
+        raise LookupError(f"no '{CHAMPION}' version of {MODEL_NAME} yet")
+    return load_version(settings, version)
+
+
+def log_candidate(
+    settings: Settings,
+    model: QuantileGBM,
+    sample: pd.DataFrame,
+    run_id: str,
+    tags: dict[str, str],
+) -> str:
+    """Log the model (pyfunc with its signature, LightGBM files inside) and register a new version."""
+    import tempfile
+
+    import lightgbm
+    import mlflow
+    from mlflow.models import infer_signature
+
+    quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri(settings))
+    mlflow.set_registry_uri(tracking_uri(settings))
+    x = sample[model.feature_columns].astype("float64")
+    signature = infer_signature(x, pd.DataFrame(model.predict(x), columns=list(OUTPUT_COLUMNS)))
+    code = Path(__file__).with_name("pyfunc.py")
+    requirements = [
+        f"lightgbm=={lightgbm.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
+    c = client(settings)
+    if not _has_model(c):
+        c.create_registered_model(MODEL_NAME, description="P10/P50/P90 of fee_avg_sat 5 minutes ahead")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / MODEL_DIR)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(code),
+                artifacts={MODEL_DIR: str(Path(tmp) / MODEL_DIR)},
+                signature=signature,
+                pip_requirements=requirements,
+            )
+    mv = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+    return str(mv.version)

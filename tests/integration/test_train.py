@@ -1,0 +1,179 @@
+"""Training end to end on a real MLflow store (SQLite embedded, PostgreSQL services): a learnable
+signal is promoted, pure noise is refused, the registry's alias moves and rolls back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from rtml.config import Settings, get_settings
+from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame
+from rtml.model import registry
+from rtml.model.baselines import BASELINE_NAMES
+from rtml.model.gbm import GBMParams
+from rtml.model.train import train
+from rtml.monitoring.events import EventLog
+
+START = pd.Timestamp("2024-10-01", tz="UTC")
+FAST = GBMParams(n_estimators=40, min_data_in_leaf=40)
+
+
+def signal_minutes(n: int, seed: int, start: pd.Timestamp = START) -> pd.DataFrame:
+    """The average fee of minute m is set by the transaction count of minute m-5, which the model
+    sees as `tx_count_lag1` and no baseline uses, times a little noise."""
+    rng = np.random.default_rng(seed)
+    tx = rng.poisson(100, n + 5)
+    z = (tx - 100) / 10
+    avg = 5000 * np.exp(0.5 * z[:-5]) * rng.lognormal(0, 0.15, n)
+    return _frame(tx[5:], avg, start)
+
+
+def noise_minutes(n: int, seed: int, start: pd.Timestamp = START) -> pd.DataFrame:
+    """Independent minutes: nothing to learn beyond the level and spread."""
+    rng = np.random.default_rng(seed)
+    return _frame(rng.poisson(100, n), rng.lognormal(8.5, 0.5, n), start)
+
+
+def _frame(tx: np.ndarray, avg: np.ndarray, start: pd.Timestamp) -> pd.DataFrame:
+    minute = pd.date_range(start, periods=len(tx), freq="min")
+    total = np.rint(tx * avg).astype(np.int64)
+    return pd.DataFrame(
+        {
+            "minute": minute,
+            "tx_count": tx,
+            "fee_total_sat": total,
+            "fee_avg_sat": np.where(tx > 0, total / np.maximum(tx, 1), np.nan),
+            "event_time": minute + pd.Timedelta(minutes=1),
+            "revision": 1,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables created once (MLflow's migrations take seconds)."""
+    settings = get_settings(data_dir=tmp_path_factory.mktemp("mlflow-template"), profile="embedded")
+    registry.client(settings)
+    return settings.path("mlflow", "mlflow.db")
+
+
+@pytest.fixture
+def embedded(data_dir: Path, empty_mlflow_db: Path) -> Settings:
+    settings = get_settings()
+    shutil.copyfile(empty_mlflow_db, settings.path("mlflow", "mlflow.db"))
+    return settings
+
+
+@pytest.fixture(params=["embedded", "services"])
+def backend(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Settings]:
+    if request.param == "embedded":
+        yield request.getfixturevalue("embedded")
+        return
+    settings: Settings = request.getfixturevalue("services_settings")
+    yield settings
+    import psycopg
+
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
+
+
+def test_a_learnable_signal_is_promoted_and_the_alias_can_move_back(backend: Settings) -> None:
+    settings = backend
+    minutes = signal_minutes(2000, seed=1)
+    result = train(settings, minutes=minutes, params=FAST)
+
+    model_wql = result.backtest.summary["lightgbm"].wql
+    assert set(result.backtest.summary) - {"lightgbm"} == set(BASELINE_NAMES) - set(result.backtest.skipped)
+    for name, m in result.backtest.summary.items():
+        if name != "lightgbm":
+            assert model_wql < 0.7 * m.wql, (name, model_wql, m.wql)
+    assert len(result.backtest.folds) >= 5
+    assert result.promoted, result.decision.reasons
+    assert registry.champion_version(settings) == result.version == "1"
+
+    info = registry.champion_info(settings)
+    assert info is not None
+    assert info["train_start"] == START.isoformat()
+    assert info["train_end"] == (START + pd.Timedelta(minutes=2000)).isoformat()
+    assert info["metrics"]["wql"] == pytest.approx(model_wql)
+    assert registry.champion_training_window(settings) == (
+        START.to_pydatetime(),
+        (START + pd.Timedelta(minutes=2000)).to_pydatetime(),
+    )
+
+    # serving's fast path and plain MLflow pyfunc (by alias) give the same sorted quantiles
+    frame = build_training_frame(minutes).tail(20)
+    loaded = registry.load_champion(settings)
+    fast = loaded.predict(frame[FEATURE_COLUMNS])
+    assert (np.diff(fast, axis=1) >= 0).all()
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHAMPION}")
+    np.testing.assert_allclose(pyfunc.predict(frame[FEATURE_COLUMNS]).to_numpy(), fast)
+    assert [c.name for c in pyfunc.metadata.get_input_schema().inputs] == FEATURE_COLUMNS
+    run = registry.client(settings).get_run(result.run_id)
+    artifacts = {a.path for a in registry.client(settings).list_artifacts(result.run_id)}
+    assert {"backtest.png", "backtest_predictions.csv"} <= artifacts
+    assert run.data.tags["gate.decision"] == "promoted"
+
+    # a second candidate on the following days is judged against the champion on its recent folds
+    later = signal_minutes(2000, seed=2, start=START + pd.Timedelta(minutes=2000))
+    second = train(settings, minutes=pd.concat([minutes, later], ignore_index=True), params=FAST)
+    assert second.decision.champion is not None and second.decision.champion.version == "1"
+    assert second.decision.champion.folds, "folds after the champion's training window"
+
+    cli = CliRunner()
+    from rtml.cli import app
+
+    env = {"RTML_PROFILE": settings.profile}
+    out = cli.invoke(app, ["model", "promote", "2"], env=env)
+    assert out.exit_code == 0, out.output
+    assert registry.champion_version(settings) == "2"
+    listing = cli.invoke(app, ["model", "list"], env=env)
+    assert listing.exit_code == 0 and "promoted" in listing.output
+    out = cli.invoke(app, ["model", "rollback"], env=env)
+    assert out.exit_code == 0, out.output
+    assert registry.champion_version(settings) == "1"
+    assert cli.invoke(app, ["model", "rollback"], env=env).exit_code == 1  # nothing before v1
+    assert cli.invoke(app, ["model", "promote", "99"], env=env).exit_code == 1
+
+    log = EventLog(settings)
+    kinds = [e.kind for e in log.recent(prefix="model.")]
+    log.close()
+    assert kinds[:2] == ["model.gate", "model.promoted"]
+    assert kinds[-2:] == ["model.promoted", "model.rollback"]
+
+    if settings.profile == "services":
+        import psycopg
+
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            schemas = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'registered_model_aliases'"
+                )
+            }
+        assert settings.namespace in schemas
+
+
+def test_pure_noise_is_refused_by_the_gate(embedded: Settings) -> None:
+    settings = embedded
+    result = train(settings, minutes=noise_minutes(2500, seed=3), params=FAST)
+    assert not result.promoted
+    assert result.decision.gain_vs_baseline < settings.model.min_gain_vs_baseline
+    assert "< required" in result.decision.reasons[0]
+    assert registry.champion_version(settings) is None
+    versions = registry.list_versions(settings)
+    assert [v["gate"] for v in versions] == ["rejected"]
+    log = EventLog(settings)
+    kinds = [e.kind for e in log.recent(prefix="model.")]
+    log.close()
+    assert kinds == ["model.gate", "model.rejected"]
+    assert os.environ.get("MLFLOW_DISABLE_TELEMETRY") == "true"
