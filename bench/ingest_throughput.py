@@ -52,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--file", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--serial", action="store_true", help="One thread: no parse/store overlap.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rtml-bench-") as tmp:
@@ -77,8 +78,11 @@ def main() -> None:
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         with Ingestor(settings) as ingestor:
-            for batch in paced_batches(read_lines(frames), None):
-                ingestor.ingest(batch, "replay")
+            if args.serial:
+                for batch in paced_batches(read_lines(frames), None):
+                    ingestor.ingest(batch, "replay")
+            else:
+                ingestor.ingest_all(paced_batches(read_lines(frames), None), "replay")
             totals = ingestor.totals
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
-from rtml.contracts import DeadLetter, parse_batch, raw_text
+from rtml.contracts import DeadLetter, Row, parse_batch, raw_text
 from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
@@ -71,7 +72,27 @@ class Ingestor:
     def ingest(self, raws: Sequence[RawInput], source: str, ingest_time: int | None = None) -> Counts:
         """Run one batch through the pipeline; returns its counts (also added to the store)."""
         now = int(time.time() * 1000) if ingest_time is None else ingest_time
-        rows, dead = parse_batch(raws, source, now)
+        return self._store(len(raws), *parse_batch(raws, source, now))
+
+    def ingest_all(self, batches: Iterable[Sequence[RawInput]], source: str) -> Counts:
+        """Ingest many batches, parsing the next while the previous is deduped and appended.
+
+        The store side runs on one worker thread, strictly in batch order; SQLite and Redis
+        I/O release the GIL, so parsing (pure Python) overlaps with it on a second core.
+        """
+        run = Counts()
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-store") as pool:
+            pending: Future[Counts] | None = None
+            for raws in batches:
+                parsed = parse_batch(raws, source, int(time.time() * 1000))
+                if pending is not None:
+                    run += pending.result()
+                pending = pool.submit(self._store, len(raws), *parsed)
+            if pending is not None:
+                run += pending.result()
+        return run
+
+    def _store(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
         fresh = rows
         if rows:
             flags = self.dedup.first_seen([r[0] for r in rows])
@@ -83,7 +104,7 @@ class Ingestor:
                 except BaseException:
                     self.dedup.forget([r[0] for r in fresh])
                     raise
-        counts = Counts(len(raws), len(rows), len(rows) - len(fresh), len(dead), len(fresh))
+        counts = Counts(received, len(rows), len(rows) - len(fresh), len(dead), len(fresh))
         self.store.record(dead, counts.as_dict())
         self.totals += counts
         if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
@@ -193,8 +214,7 @@ def run_ingest(
                 else:
                     lines = synthetic_lines(settings.seed, duration_s)
                 deadline = None if duration_s is None else time.monotonic() + duration_s
-                for batch in paced_batches(lines, speed, stop=stop, deadline=deadline):
-                    ingestor.ingest(batch, source)
+                ingestor.ingest_all(paced_batches(lines, speed, stop=stop, deadline=deadline), source)
         finally:
             finished.set()
             if archive:
