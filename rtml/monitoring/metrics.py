@@ -1,0 +1,173 @@
+"""Prometheus metrics of the whole pipeline, read from each part's own store at scrape time.
+
+The pipeline runs as several processes (ingestion, aggregation, serving, scheduler), so no
+process holds every number in memory. Each part persists its counters and exposes a plain
+function returning `dict[str, float]`; `PipelineCollector` calls them when Prometheus scrapes
+`/metrics` and turns them into metric families, next to figures derived from the data itself
+(freshness, forecast latency, wQL, drift share, champion version). A part whose counters cannot
+be read is reported by `rtml_part_up{part=...} 0` instead of failing the whole scrape.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from rtml.config import Settings
+
+log = logging.getLogger(__name__)
+
+# part -> "module:function" returning that part's persisted counters.
+COUNTER_SOURCES: dict[str, str] = {
+    "ingest": "rtml.sources.ingest:ingest_counters",
+    "aggregate": "rtml.aggregate.embedded:aggregate_counters",
+    "quality": "rtml.quality.reports:quality_counters",
+    "serving": "rtml.serving.prediction_log:serving_counters",
+}
+# Counter keys that are levels, not running totals (everything else is exposed as a counter).
+GAUGE_KEYS = frozenset(
+    {"open_windows", "watermark", "watermark_lag_s", "lag_events", "last_drift_share", "last_run_time_s"}
+)
+# How far back forecast latency quantiles look.
+LATENCY_WINDOW = timedelta(minutes=15)
+_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metric_name(part: str, key: str) -> str:
+    return "rtml_" + _NAME.sub("_", f"{part}_{key}").lower()
+
+
+def _resolve(ref: str) -> Callable[[Settings], dict[str, float]]:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+class PipelineCollector(Collector):
+    """A custom collector: every scrape reads the parts' counters and the monitoring stores afresh."""
+
+    def __init__(self, settings: Settings, sources: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.sources = COUNTER_SOURCES if sources is None else sources
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("rtml_part_up", "1 when the part's counters could be read", labels=["part"])
+        for part, ref in self.sources.items():
+            try:
+                counters = _resolve(ref)(self.settings)
+            except Exception as exc:  # one unreadable part must not hide the others
+                log.debug("counters of %s unreadable: %s", part, exc)
+                up.add_metric([part], 0)
+                continue
+            up.add_metric([part], 1)
+            for key, value in sorted(counters.items()):
+                name = _metric_name(part, key.removesuffix("_total"))
+                if key in GAUGE_KEYS:
+                    yield GaugeMetricFamily(name, f"{part}: {key}", value=value)
+                else:
+                    yield CounterMetricFamily(name, f"{part}: {key} since the data directory was created", value=value)
+        yield up
+        yield from self._derived()
+
+    def _derived(self) -> Iterator[Metric]:
+        """Figures computed from the data: each is skipped while its source holds nothing."""
+        for produce in (self._freshness, self._latency, self._quality, self._drift, self._model):
+            try:
+                yield from produce()
+            except Exception as exc:
+                log.debug("%s unavailable: %s", produce.__name__, exc)
+
+    def _freshness(self) -> Iterator[Metric]:
+        from rtml.monitoring.loop import read_minutes
+
+        now = datetime.now(UTC)
+        minutes = read_minutes(self.settings, now - timedelta(hours=2), now)
+        if minutes.empty:
+            return
+        newest = minutes.sort_values("minute").iloc[-1]
+        end = newest["minute"] + timedelta(minutes=1)
+        yield GaugeMetricFamily(
+            "rtml_feature_freshness_seconds", "Age of the newest closed minute in the feature store",
+            value=(now - end).total_seconds(),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "rtml_ingest_rate_per_second", "Transactions per second in the newest closed minute",
+            value=float(newest["tx_count"]) / 60.0,
+        )  # fmt: skip
+
+    def _latency(self) -> Iterator[Metric]:
+        import numpy as np
+
+        from rtml.serving.prediction_log import read_predictions
+
+        since = int((time.time() - LATENCY_WINDOW.total_seconds()) * 1000)
+        latencies = np.array([r.latency_ms for r in read_predictions(self.settings, since_ms=since)])
+        if not len(latencies):
+            return
+        family = GaugeMetricFamily(
+            "rtml_forecast_latency_ms", "Forecast latency over the last 15 minutes", labels=["quantile"]
+        )
+        for q in (0.5, 0.9, 0.99):
+            family.add_metric([str(q)], float(np.quantile(latencies, q)))
+        yield family
+
+    def _quality(self) -> Iterator[Metric]:
+        from rtml.monitoring.evaluate import QualityStore
+
+        store = QualityStore(self.settings)
+        try:
+            hours = store.hours(limit=1)
+        finally:
+            store.close()
+        if not hours:
+            return
+        last = hours[-1]
+        labels = ["model_version"]
+        for name, doc, value in (
+            ("rtml_forecast_wql", "wQL of the last judged hour", last.wql),
+            ("rtml_forecast_mae", "MAE of P50 in the last judged hour", last.mae),
+            ("rtml_forecast_coverage", "Share of actuals inside P10-P90 in the last judged hour", last.coverage),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=labels)
+            family.add_metric([last.model_version], value)
+            yield family
+        yield GaugeMetricFamily(
+            "rtml_forecast_wql_threshold", "Breach threshold of the hourly wQL", value=self.settings.monitoring.wql_threshold
+        )
+
+    def _drift(self) -> Iterator[Metric]:
+        from rtml.monitoring.events import EventLog
+
+        events = EventLog(self.settings)
+        try:
+            checks = [e for e in events.recent(limit=50, prefix="drift.") if "share" in e.details]
+        finally:
+            events.close()
+        if not checks:
+            return
+        last = checks[-1]
+        yield GaugeMetricFamily("rtml_drift_share", "Share of drifted columns at the last check", value=float(last.details["share"]))
+        yield GaugeMetricFamily("rtml_drift_alert", "1 when the last drift check raised an alert", value=float(last.kind == "drift.alert"))
+
+    def _model(self) -> Iterator[Metric]:
+        from rtml.monitoring.loop import champion_version
+
+        version = champion_version(self.settings)
+        if version is None:
+            return
+        info = GaugeMetricFamily("rtml_model_version", "Registry version of the champion model", labels=["version"])
+        info.add_metric([version], float(version) if version.isdigit() else 1.0)
+        yield info
+
+
+def metrics_registry(settings: Settings) -> CollectorRegistry:
+    """A registry holding only the pipeline collector (the API adds its process metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(settings))
+    return registry

@@ -1,0 +1,95 @@
+"""The dashboard in headless Chromium, served by a real uvicorn over real pipeline data.
+
+Data: minutes in the feature store (a calm regime, then a swinging one), a champion trained by
+the real training code and registered in MLflow, its forecasts logged by the API's batch
+endpoint, the monitoring pass judging the hours (two breaches), and a real Evidently drift
+check with its report. The test waits for the page's first refresh and
+checks that every chart drew points and the report link opens.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from rtml.config import Settings
+from rtml.features.writer import FeatureStoreSink
+from rtml.model import registry
+from rtml.model.train import train
+from rtml.monitoring.loop import replay_forecasts, run_monitoring_pass, wait_logged
+from rtml.monitoring.scenario import swinging_fee_minutes
+from rtml.quality.drift import Window, run_drift_check
+from rtml.serving.app import BackgroundServer, create_app
+
+CALM_HOURS, SWING_HOURS = 4, 2
+CHARTS = ("traffic", "forecast", "quality", "models", "drift")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.mark.browser
+def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifacts_dir: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    # Minutes up to the last whole hour, so the page (which shows recent data) has them all.
+    start = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=CALM_HOURS + SWING_HOURS)
+    minutes = swinging_fee_minutes(start, CALM_HOURS, SWING_HOURS)
+    sink = FeatureStoreSink(settings)
+    sink.write_frame(minutes)
+    sink.close()
+    shift = start + pd.Timedelta(hours=CALM_HOURS)
+    first = train(settings, minutes=minutes[minutes["minute"] < shift])
+    if not first.promoted:
+        registry.promote(settings, first.version, reason="test: first champion")
+    end = minutes["minute"].max().to_pydatetime() + timedelta(minutes=1)
+
+    server = BackgroundServer(create_app(settings)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            since_ms = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+            sent = replay_forecasts(settings, client, (shift - timedelta(hours=1)).to_pydatetime(), end)
+            wait_logged(settings, sent, since_ms)
+            # Two breaches, no alarm yet; then the hourly drift check sees the new regime.
+            report = run_monitoring_pass(settings)
+            assert [v["breach"] for v in report.judged] == [False, True, True] and report.trigger is None
+            run_drift_check(settings, Window(start.to_pydatetime(), shift.to_pydatetime()), Window(end - timedelta(hours=1), end))
+            metrics = client.get("/metrics").text
+            for name in ("rtml_forecast_wql", "rtml_drift_share", "rtml_model_version", "rtml_feature_freshness_seconds",
+                         "rtml_ingest_rate_per_second", "rtml_forecast_latency_ms", "rtml_aggregate_", "rtml_ingest_"):
+                assert name in metrics, name
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server.url}/dashboard/")
+            page.wait_for_function("window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000)
+            state = page.evaluate("({points: window.rtmlDashboard.points, errors: window.rtmlDashboard.errors})")
+            assert state["errors"] == []
+            for chart in CHARTS:
+                assert state["points"].get(chart, 0) > 0, (chart, state)
+                # uPlot drew on a canvas of the chart's size.
+                assert page.locator(f"#chart-{chart} canvas").count() == 1
+            assert state["points"]["forecast"] >= 4 * sent // 2  # P10, P50, P90 and the actual per minute
+            assert state["points"]["events"] > 0
+            kinds = page.locator("#events td.kind").all_inner_texts()
+            for kind in ("monitor.breach", "model.gate", "model.promoted", "drift.alert"):
+                assert kind in kinds, kind
+            assert page.locator("#champion").inner_text() == f"champion v{first.version}"
+            assert page.locator("#drift-status").inner_text() == "drift: alert"
+            page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+            link = page.locator("#drift-reports a").first
+            report_page = httpx.get(f"{server.url}/dashboard/{link.get_attribute('href')}", timeout=30)
+            assert report_page.status_code == 200 and "<html" in report_page.text[:2000].lower()
+            browser.close()
+    finally:
+        server.stop()
