@@ -292,16 +292,19 @@ def load_tx(settings: Settings, window: Window) -> pd.DataFrame | None:
     return pd.concat(found, ignore_index=True) if found else None
 
 
-def default_windows(settings: Settings, now: datetime | None = None) -> tuple[Window | None, Window | None]:
-    """Reference = the champion's training window, else the first day of data; current = last hour."""
+def default_windows(
+    settings: Settings, span: tuple[datetime, datetime] | None
+) -> tuple[Window | None, Window | None]:
+    """Reference = the champion's training window, else the first day of data; current = last hour.
+
+    `span` is (start of the first minute, end of the newest) of the data there is.
+    """
     from rtml.quality import sources
 
-    span = sources.data_span(settings)
     if span is None:
         return None, None
     first, last = span
-    end = min(now, last) if now else last
-    current = Window(end - DEFAULT_CURRENT, end)
+    current = Window(last - DEFAULT_CURRENT, last)
     reference = sources.champion_training_window(settings)
     if reference is None:
         reference = Window(first, min(first + DEFAULT_REFERENCE, current.start))
@@ -317,11 +320,12 @@ def run_drift_check(
     record: bool = True,
 ) -> DriftResult:
     """The hourly job: drift + rules over the windows, report files, events. Never raises on no data."""
-    from rtml.quality import reports, rules
+    from rtml.quality import reports, rules, sources
 
     now = now or datetime.now(UTC)
+    span = sources.data_span(settings)
     if reference is None or current is None:
-        default_ref, default_cur = default_windows(settings)
+        default_ref, default_cur = default_windows(settings, span)
         reference, current = reference or default_ref, current or default_cur
     result = DriftResult(
         columns=[], drift_share=settings.drift.drift_share, reference=reference, current=current
@@ -335,7 +339,8 @@ def run_drift_check(
         ref_tx = load_tx(settings, reference) if reference else None
         found = drift_report(ref_minutes, cur_minutes, ref_tx, cur_tx, drift_share=settings.drift.drift_share)
         result.columns, result.snapshots = found.columns, found.snapshots
-    result.rules = rules.run_rules(settings, cur_minutes, cur_tx, now=now)
+    newest = span[1] if span else None
+    result.rules = rules.run_rules(settings, cur_minutes, cur_tx, now=now, newest_end=newest)
     reports.write_report(settings, result, kind="drift", now=now)
     if record:
         reports.record_events(settings, result, drift=True)
@@ -346,17 +351,18 @@ def run_quality_check(
     settings: Settings, current: Window | None = None, *, now: datetime | None = None, record: bool = True
 ) -> DriftResult:
     """The rules alone over `current` (default: the last hour of data), with report and events."""
-    from rtml.quality import reports, rules
+    from rtml.quality import reports, rules, sources
 
     now = now or datetime.now(UTC)
+    span = sources.data_span(settings)
     if current is None:
-        current = default_windows(settings)[1]
+        current = default_windows(settings, span)[1]
     result = DriftResult(
         columns=[], drift_share=settings.drift.drift_share, current=current, skipped="rules only"
     )
     minutes = load_minutes(settings, current) if current else None
     tx = load_tx(settings, current) if current else None
-    result.rules = rules.run_rules(settings, minutes, tx, now=now)
+    result.rules = rules.run_rules(settings, minutes, tx, now=now, newest_end=span[1] if span else None)
     reports.write_report(settings, result, kind="quality", now=now)
     if record:
         reports.record_events(settings, result, drift=False)

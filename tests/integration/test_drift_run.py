@@ -141,13 +141,18 @@ def test_commands_take_explicit_windows(settings: Settings) -> None:
     assert bad.exit_code != 0 and "START..END" in bad.output
 
 
-def test_quality_run_alone(settings: Settings) -> None:
-    store_minutes(settings, START, 120, 4000.0, seed=7)
-    result = run_quality_check(
-        settings, Window(START, START + timedelta(hours=2)), now=START + timedelta(hours=2)
-    )
-    assert not result.columns and {r.name: r.status for r in result.rules}["tx_count_in_band"] == "pass"
+def test_quality_run_alone_judges_freshness_on_the_whole_store(settings: Settings) -> None:
+    store_minutes(settings, START, 240, 4000.0, seed=7)
+    now = START + timedelta(hours=4, minutes=1)
+    result = run_quality_check(settings, Window(START, START + timedelta(hours=2)), now=now)
+    statuses = {r.name: r.status for r in result.rules}
+    assert not result.columns and statuses["tx_count_in_band"] == statuses["freshness_s"] == "pass"
     assert reports.load_index(settings)[-1]["verdict"] == "pass"
+    stale = run_quality_check(
+        settings, Window(START, START + timedelta(hours=2)), now=now + timedelta(hours=1)
+    )
+    assert stale.failed_rules == ["freshness_s"]
+    assert reports.load_index(settings)[-1]["verdict"] == "fail"
 
 
 def test_transactions_from_the_archive_join_the_verdict(settings: Settings) -> None:
