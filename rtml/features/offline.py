@@ -103,6 +103,8 @@ class ParquetMinutes:
         days = source["minute"].dt.strftime("%Y-%m-%d")
         winners = []
         with self._lock():
+            for orphan in self.dir.glob(".date=*.tmp"):  # left by a writer killed mid-write
+                orphan.unlink()
             for day, part in source.groupby(days, sort=True):
                 path = self.dir / f"date={day}.parquet"
                 merged = pd.concat([pd.read_parquet(path), part]) if path.exists() else part
