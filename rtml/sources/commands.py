@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from enum import StrEnum
 from pathlib import Path
@@ -58,21 +59,21 @@ def register(app: typer.Typer) -> None:
         if file is not None and not file.exists():
             raise typer.BadParameter(f"{file} does not exist", param_hint="--file")
         stop = threading.Event()
-        try:
-            run_ingest(
-                get_settings(),
-                source.value,
-                file=file,
-                speed=pace,
-                duration_s=duration,
-                ws_url=ws_url,
-                rest_url=rest_url,
-                archive=archive,
-                stop=stop,
-                console=console,
-            )
-        except KeyboardInterrupt:
-            stop.set()
+        # Ctrl-C or SIGTERM (the supervisor) ends the run cleanly: last batch, archive, counters.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        run_ingest(
+            get_settings(),
+            source.value,
+            file=file,
+            speed=pace,
+            duration_s=duration,
+            ws_url=ws_url,
+            rest_url=rest_url,
+            archive=archive,
+            stop=stop,
+            console=console,
+        )
 
     dlq = typer.Typer(
         help="The dead-letter store: input that was refused, with the reason.", no_args_is_help=True

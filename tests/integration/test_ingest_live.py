@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from blockchain_server import BlockchainServer
 
 from rtml.config import Settings
@@ -184,3 +185,37 @@ def test_unreachable_server_never_crashes(settings: Settings) -> None:
             duration_s=1.0,
         )
     assert stats.connects == 0 and stats.drops >= 2 and stats.rest_polls == 0
+
+
+def test_cli_ingest_ws_against_the_local_server_stops_cleanly_on_sigterm(
+    data_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RTML_INGEST__REST_MIN_INTERVAL_S", "0.1")
+    frames = real_frames(shared_data, 50)
+    with BlockchainServer(frames, [[("await_rest",), ("idle",)]], rest_429=1) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtml", "ingest", "--source", "ws",
+             "--ws-url", server.ws_url, "--rest-url", server.rest_url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda: proc.poll() is not None
+                or (server.done.is_set() and ingest_counters(Settings())["appended"] >= len(frames)),
+                "the CLI to ingest every frame",
+                timeout=90,
+            )
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err[-2000:]
+        assert not server.errors
+    assert "1 connects" in out and "1 x 429" in out and "appended" in out
+    counters = ingest_counters(Settings())
+    assert counters["appended"] == len(frames)
+    assert counters["received"] == server.frames_sent + server.rest_txs_served
