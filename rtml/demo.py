@@ -91,6 +91,7 @@ STAGES: list[tuple[str, str]] = [
     ("ingest", "rtml.sources.ingest:demo_stage"),
     ("aggregate", "rtml.aggregate.embedded:demo_stage"),
     ("drift + data quality", "rtml.quality.drift:demo_stage"),
+    ("monitor + retrain", "rtml.monitoring.loop:demo_stage"),
 ]
 
 

@@ -233,7 +233,7 @@ def demo_stage(ctx: DemoContext) -> None:
 
     from rtml.monitoring.events import EventLog
 
-    url = ctx.resources.get("serving_url")
+    url = getattr(ctx, "resources", {}).get("serving_url")  # set by the serving stage
     if url is None:
         ctx.summary["monitoring"] = "skipped: the forecast API is not running (no serving stage)"
         return
