@@ -87,16 +87,16 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be table, csv or json", param_hint="--format")
         if last is not None and (start is not None or end is not None):
             raise typer.BadParameter("give either --last or --start/--end", param_hint="--last")
-        from rtml.aggregate.sinks import read_minutes
         from rtml.config import get_settings
         from rtml.contracts import MinuteFeatures
+        from rtml.features.offline import read_feature_minutes  # the feature store, else the engine
 
         try:
             low = _utc(start) if start else None
             high = _utc(end) if end else None
         except ValueError as exc:
             raise typer.BadParameter(f"not an ISO-8601 time: {exc}") from None
-        rows = read_minutes(get_settings(), low, high)
+        rows = read_feature_minutes(get_settings(), low, high)
         if last is not None:
             rows = rows[-last:] if last > 0 else []
         cells = [

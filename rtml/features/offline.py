@@ -237,3 +237,37 @@ def read_minutes_df(
     finally:
         if isinstance(store, PostgresMinutes):
             store.close()
+
+
+def read_feature_minutes(
+    settings: Settings, start: datetime | None = None, end: datetime | None = None
+) -> list[MinuteFeatures]:
+    """`rtml features show`: the feature store's minutes once it holds any, else the engine's table."""
+    frame = read_minutes_df(settings, start, end)
+    if frame.empty and not open_offline_has_rows(settings):
+        from rtml.aggregate.sinks import read_minutes
+
+        return read_minutes(settings, start, end)
+    return [
+        MinuteFeatures(
+            minute=m.to_pydatetime(),
+            tx_count=int(c),
+            fee_total_sat=int(t),
+            fee_avg_sat=None if pd.isna(a) else float(a),
+            event_time=e.to_pydatetime(),
+            revision=int(r),
+        )
+        for m, c, t, a, e, r in zip(
+            frame["minute"], frame["tx_count"], frame["fee_total_sat"], frame["fee_avg_sat"],
+            frame["event_time"], frame["revision"], strict=True,
+        )
+    ]  # fmt: skip
+
+
+def open_offline_has_rows(settings: Settings) -> bool:
+    store = open_offline(settings)
+    try:
+        return store.count()[0] > 0
+    finally:
+        if isinstance(store, PostgresMinutes):
+            store.close()

@@ -310,3 +310,22 @@ def test_services_state_stays_in_the_namespace(
     assert store_settings.namespace in tables
     teardown(store_settings)
     assert online_redis_keys(store_settings) == []
+
+
+def test_features_show_reads_the_feature_store(store_settings: Settings, replay_minutes: pd.DataFrame) -> None:
+    from typer.testing import CliRunner
+
+    from rtml.cli import app
+
+    minutes = replay_minutes.iloc[:20].copy()
+    minutes.loc[minutes.index[-1], ["fee_avg_sat", "revision"]] = [12.5, 3]
+    sink = _sink(store_settings)
+    try:
+        sink.write_frame(minutes)  # only the feature store has these minutes, not the engine's table
+    finally:
+        sink.close()
+    result = CliRunner().invoke(app, ["features", "show", "--last", "2", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert [r["minute"] for r in shown] == [m.strftime("%Y-%m-%dT%H:%M:%SZ") for m in minutes["minute"].iloc[-2:]]
+    assert shown[-1]["fee_avg_sat"] == 12.5 and shown[-1]["revision"] == 3
