@@ -95,6 +95,10 @@ def main() -> None:
             f"end to end (read, parse, validate, dedup, append): {totals.received / elapsed:,.0f} events/s"
             f" ({elapsed:.2f} s wall, {cpu:.2f} s CPU of this process)"
         )
+        print(
+            f"CPU cost: {cpu / totals.received * 1e6:.2f} µs per event ="
+            f" {totals.received / cpu:,.0f} events per CPU-second (what the wall rate approaches on idle cores)"
+        )
         print(f"load after: {loadavg()} on {os.cpu_count()} cores")
 
 

@@ -49,7 +49,7 @@ def truth(frames: list[str]) -> set[tuple[str, int]]:
 def fast_settings(settings: Settings) -> Settings:
     settings.ingest = settings.ingest.model_copy(
         update={
-            "stall_timeout_s": 2.0,
+            "stall_timeout_s": 3.0,
             "ping_interval_s": 0.3,
             "reconnect_base_s": 0.05,
             "reconnect_max_s": 0.4,
