@@ -13,6 +13,7 @@ import importlib
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
@@ -117,11 +118,36 @@ def champion_training_window(settings: Settings) -> Window | None:
     """The training window the model registry recorded for the champion, or None without one."""
     from rtml.quality.drift import Window
 
+    if not _registry_exists(settings):
+        return None
     found = _call(CHAMPION_WINDOW, settings)
     if not found:
         return None
     start, end = found
     return Window(_as_utc(start), _as_utc(end))
+
+
+def _registry_exists(settings: Settings) -> bool:
+    """Whether an MLflow registry was ever created: asking one creates it, which takes 10-20 s
+    of schema migrations, too much for a question whose answer is then "no champion"."""
+    try:
+        from rtml.model.registry import tracking_uri
+    except ImportError:
+        return False
+    uri = tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).exists()
+    try:
+        import psycopg
+
+        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)
+            ).fetchone()
+    except Exception as exc:  # PostgreSQL down: no reference from the registry this time
+        log.warning("model registry unavailable: %s", exc)
+        return False
+    return row is not None and row[0] is not None
 
 
 def _as_utc(value: datetime | str) -> datetime:

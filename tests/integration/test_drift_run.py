@@ -199,3 +199,23 @@ def test_transactions_from_the_archive_join_the_verdict(settings: Settings) -> N
     assert result.drifted
     page = Path(result.html_path or "").read_text()
     assert page.count("<iframe") == 2  # the minutes report and the transactions report
+
+
+def test_default_reference_is_the_champions_training_window(settings: Settings) -> None:
+    """The registry (real MLflow, embedded) names the champion's training window: it is the reference."""
+    registry = pytest.importorskip("rtml.model.registry")
+    store_minutes(settings, START, 1440 + 480, 4000.0, seed=8)
+    train_start, train_end = START + timedelta(hours=6), START + timedelta(hours=18)
+    client = registry.client(settings)
+    client.create_registered_model(registry.MODEL_NAME)
+    version = client.create_model_version(
+        registry.MODEL_NAME,
+        source=settings.path("mlflow", "artifacts", "none").as_uri(),
+        tags={"train_start": train_start.isoformat(), "train_end": train_end.isoformat()},
+    )
+    client.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, version.version)
+
+    result = run_drift_check(settings, now=START + DAY + timedelta(hours=8))
+    assert result.reference == Window(train_start, train_end)
+    assert result.current == Window(START + DAY + timedelta(hours=7), START + DAY + timedelta(hours=8))
+    assert result.columns[0].reference_rows == 12 * 60 and result.verdict == "no drift"
