@@ -62,7 +62,10 @@ class SqliteDedup(Dedup):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS seen (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, expires INTEGER NOT NULL)"
+            # AUTOINCREMENT: ids are never reused after a purge, so another process's catch-up
+            # position (`_last_id`) stays valid.
+            "CREATE TABLE IF NOT EXISTS seen"
+            " (id INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL, expires INTEGER NOT NULL)"
         )
         self._expiry: dict[str, int] = {}
         self._last_id = 0

@@ -82,6 +82,8 @@ def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -
         assert a.first_seen([h(3)], now_ms=1_000) == [False]
         assert a.purge(now_ms=200_000) == 3
         assert b.first_seen([h(1)], now_ms=200_000) == [True]
+        # After a purge emptied the table, new rows still reach the other process.
+        assert a.first_seen([h(1), h(5)], now_ms=200_000) == [False, True]
     finally:
         a.close()
         b.close()
