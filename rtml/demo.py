@@ -90,6 +90,7 @@ STAGES: list[tuple[str, str]] = [
     ("generate synthetic traffic", "rtml.demo:generate"),
     ("ingest", "rtml.sources.ingest:demo_stage"),
     ("aggregate", "rtml.aggregate.embedded:demo_stage"),
+    ("feature store + training set", "rtml.features.writer:demo_stage"),
     ("drift + data quality", "rtml.quality.drift:demo_stage"),
     ("monitor + retrain", "rtml.monitoring.loop:demo_stage"),
 ]

@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
     def build(
         start: Annotated[str, typer.Option("--start", help="First as-of time, ISO-8601 (UTC if no zone).")],
         end: Annotated[str, typer.Option("--end", help="Last as-of time (inclusive), ISO-8601.")],
-        horizon: Annotated[int, typer.Option("--horizon", min=1, help="Label = fee_avg_sat this many minutes ahead.")] = 5,
+        horizon: Annotated[
+            int, typer.Option("--horizon", min=1, help="Label = fee_avg_sat this many minutes ahead.")
+        ] = 5,
         out: Annotated[
             Path | None, typer.Option("--out", help="Parquet file (default <data_dir>/datasets/...).")
         ] = None,
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
         missing = card["missing_minutes"]
         console.print(
             f"{card['rows']:,} rows, as-of {card['span']['first_asof']} .. {card['span']['last_asof']}, "
-            f"{missing['count']} missing minutes in the span read"
+            f"{missing['count']} missing minutes between the first and last stored"
         )
         typer.echo(card["path"])
         typer.echo(card["card_path"])

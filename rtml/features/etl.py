@@ -110,7 +110,12 @@ def build_dataset(
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, out)
     grid = pd.date_range(first, last, freq="min", tz="UTC")
-    missing = grid.difference(pd.DatetimeIndex(minutes["minute"]))
+    absent = grid.difference(pd.DatetimeIndex(minutes["minute"]))
+    if len(minutes):
+        inside = (absent > minutes["minute"].iloc[0]) & (absent < minutes["minute"].iloc[-1])
+        missing, outside = absent[inside], int((~inside).sum())
+    else:
+        missing, outside = absent[:0], len(absent)
     card = {
         "path": str(out),
         "rows": len(frame),
@@ -127,7 +132,10 @@ def build_dataset(
         "asof": "features use only minutes whose event_time (window end) <= asof",
         "feature_columns": feature_columns(lags),
         "minutes_in_store": len(minutes),
+        # gaps between the first and last minute the store has in the span read
         "missing_minutes": {"count": len(missing), "ranges": _ranges(missing)},
+        # minutes of the span read before the store's first / after its last minute
+        "minutes_outside_store": outside,
         "label_missing_rows": int(
             ((pd.date_range(start_ts, end_ts, freq="min", tz="UTC")).size) - len(frame)
         ),

@@ -127,7 +127,7 @@ def demo_stage(ctx: Any) -> None:
         card = build_dataset(settings, start, end, store=sink.store)
         ctx.summary["training set"] = (
             f"{card['rows']:,} rows (horizon {card['horizon_min']} min, "
-            f"{card['missing_minutes']['count']} missing minutes in span) -> {card['path']}"
+            f"{card['missing_minutes']['count']} missing minutes) -> {card['path']}"
         )
     finally:
         sink.close()

@@ -205,7 +205,8 @@ def test_training_set_is_point_in_time_correct_on_a_real_replay(
         frame = pd.read_parquet(card["path"]).set_index("asof")
         assert card["rows"] == len(frame) > 600
         assert json.loads(Path(card["card_path"]).read_text())["rows"] == len(frame)
-        assert card["missing_minutes"]["count"] == history_minutes(15) + len(gap) + horizon
+        assert card["missing_minutes"]["count"] == len(gap)
+        assert card["minutes_outside_store"] == history_minutes(15) + horizon
         assert [
             replay_minutes["minute"].iloc[200].isoformat(),
             replay_minutes["minute"].iloc[203].isoformat(),
@@ -312,7 +313,9 @@ def test_services_state_stays_in_the_namespace(
     assert online_redis_keys(store_settings) == []
 
 
-def test_features_show_reads_the_feature_store(store_settings: Settings, replay_minutes: pd.DataFrame) -> None:
+def test_features_show_reads_the_feature_store(
+    store_settings: Settings, replay_minutes: pd.DataFrame
+) -> None:
     from typer.testing import CliRunner
 
     from rtml.cli import app
@@ -327,5 +330,7 @@ def test_features_show_reads_the_feature_store(store_settings: Settings, replay_
     result = CliRunner().invoke(app, ["features", "show", "--last", "2", "--format", "json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    assert [r["minute"] for r in shown] == [m.strftime("%Y-%m-%dT%H:%M:%SZ") for m in minutes["minute"].iloc[-2:]]
+    assert [r["minute"] for r in shown] == [
+        m.strftime("%Y-%m-%dT%H:%M:%SZ") for m in minutes["minute"].iloc[-2:]
+    ]
     assert shown[-1]["fee_avg_sat"] == 12.5 and shown[-1]["revision"] == 3
