@@ -241,6 +241,56 @@ class SparkRun:
     seconds: float
 
 
+class _Driver:
+    """The driver side of one run: applies micro-batches and idle advances under one lock.
+
+    `foreachBatch` calls arrive on a Py4J callback thread while the main thread watches the
+    query and the idle clock, hence the lock.
+    """
+
+    def __init__(self, state: DriverState, sinks: Sequence[MinuteSink], on_batch: Callable[[int, int], None] | None):
+        self.state = state
+        self.sinks = sinks
+        self.on_batch = on_batch
+        self.lock = threading.Lock()
+        self.batches = 0
+        self.last_data = time.monotonic()
+        self.emitted = state.deliver(sinks)  # a crash between commit and delivery left rows here
+
+    def micro_batch(self, df: DataFrame, batch_id: int) -> None:
+        rows = [tuple(r) for r in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()]
+        with self.lock:
+            if not self.state.apply(batch_id, rows):
+                return  # a replayed batch: its effect is already committed
+            if rows:
+                self.last_data = time.monotonic()
+            self.state.save()
+            delivered = self.state.deliver(self.sinks)
+            self.emitted += delivered
+            self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(batch_id, delivered)
+
+    def idle_tick(self, idle_ms: float) -> None:
+        """A quiet stream still closes windows: the embedded engine's wall-clock advance."""
+        with self.lock:
+            w = self.state.windows
+            quiet_ms = (time.monotonic() - self.last_data) * 1000
+            if self.batches and quiet_ms >= idle_ms and w.max_event_time != NO_WATERMARK:
+                self.state.advance(w.max_event_time + int(quiet_ms) - w.lateness_ms)
+                self._commit()
+
+    def drain(self) -> None:
+        with self.lock:
+            self.state.drain()
+            self._commit()
+
+    def _commit(self) -> None:
+        if self.state.outbox:
+            self.state.save()
+            self.emitted += self.state.deliver(self.sinks)
+
+
 def run_spark(
     settings: Settings,
     *,
@@ -257,68 +307,45 @@ def run_spark(
     """Run the job: `drain` reads what the stream holds now (AvailableNow) then closes every
     window; otherwise it follows the stream until `stop` is set (or SIGINT/SIGTERM via `main`).
 
-    `on_batch(batch_id, rows_emitted)` is called after each delivered micro-batch.
+    `spark`: an existing session to reuse (else one is built, and stopped at the end).
+    `on_batch(batch_id, rows_delivered)` is called after each applied micro-batch.
     """
     started = time.monotonic()
     ckpt = checkpoint_dir(settings, checkpoint)
     state = DriverState(state_path(settings, ckpt), int(settings.window.allowed_lateness_s * 1000))
-    targets = list(sinks) if sinks is not None else minute_sinks(settings)
-    lock = threading.Lock()
-    emitted = state.deliver(targets)  # a crash between commit and delivery left rows here
-    batches = 0
-    last_data = time.monotonic()
-
-    def on_micro_batch(df: DataFrame, batch_id: int) -> None:
-        nonlocal emitted, batches, last_data
-        rows = [tuple(r) for r in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()]
-        with lock:
-            if not state.apply(batch_id, rows):
-                return
-            if rows:
-                last_data = time.monotonic()
-            state.save()
-            n = state.deliver(targets)
-            emitted += n
-            batches += 1
-        if on_batch is not None:
-            on_batch(batch_id, n)
-
-    session = spark if spark is not None else spark_session(master)
-    writer = (
-        minute_totals(session, settings, max_rows_per_batch)
-        .writeStream.outputMode("update")
-        .foreachBatch(on_micro_batch)
-        .option("checkpointLocation", ckpt)
-        .queryName(f"rtml-aggregate-{settings.namespace}")
-    )
-    writer = writer.trigger(availableNow=True) if drain else writer.trigger(processingTime=f"{trigger_s} seconds")
-    query = writer.start()
+    driver = _Driver(state, list(sinks) if sinks is not None else minute_sinks(settings), on_batch)
     stop = stop if stop is not None else threading.Event()
-    idle_ms = settings.window.idle_timeout_s * 1000
+    session = spark if spark is not None else spark_session(master)
     try:
-        while query.isActive and not stop.is_set():
-            query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds, floats accepted
-            if drain:
-                continue
-            with lock:  # a quiet stream still closes windows, as in the embedded engine
-                quiet_ms = (time.monotonic() - last_data) * 1000
-                w = state.windows
-                if batches and quiet_ms >= idle_ms and w.max_event_time != NO_WATERMARK:
-                    state.advance(w.max_event_time + int(quiet_ms) - w.lateness_ms)
-                    if state.outbox:
-                        state.save()
-                        emitted += state.deliver(targets)
+        writer = (
+            minute_totals(session, settings, max_rows_per_batch)
+            .writeStream.outputMode("update")
+            .foreachBatch(driver.micro_batch)
+            .option("checkpointLocation", ckpt)
+            .queryName(f"rtml_aggregate_{settings.namespace}")
+        )
+        if drain:
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=f"{trigger_s} seconds")
+        query = writer.start()
+        try:
+            while query.isActive and not stop.is_set():
+                query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds, floats accepted
+                if not drain:
+                    driver.idle_tick(settings.window.idle_timeout_s * 1000)
+        finally:
+            if query.isActive:
+                query.stop()
+        failure = query.exception()
+        if failure is not None:
+            raise RuntimeError(f"the Spark query failed: {failure}")
+        if drain and not stop.is_set():
+            driver.drain()
     finally:
-        if query.isActive:
-            query.stop()
-    if query.exception() is not None:
-        raise RuntimeError(f"the Spark query failed: {query.exception()}")
-    if drain:
-        with lock:
-            state.drain()
-            state.save()
-            emitted += state.deliver(targets)
-    return SparkRun(batches=batches, emitted=emitted, seconds=time.monotonic() - started)
+        if spark is None:
+            session.stop()  # also lets the driver process exit under spark-submit
+    return SparkRun(batches=driver.batches, emitted=driver.emitted, seconds=time.monotonic() - started)
 
 
 def run_command(
