@@ -26,6 +26,8 @@ from rtml.model.backtest import QUANTILES
 QUANTILE_FILES = tuple(f"p{int(q * 100)}.txt" for q in QUANTILES)
 META_FILE = "meta.json"
 _REF = ("fee_total_sat_mean15", "tx_count_mean15", "fee_avg_sat_mean60")
+RAW_COUNT_LAGS = 5
+MAX_BIN = 63
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class _Design:
         if missing:
             raise ValueError(f"feature columns lack {missing}, needed for the reference level")
         pos = {c: i for i, c in enumerate(columns)}
+        # Raw inputs: everything but the long lag lists, which enter relative to the level
+        # (fee averages) or not at all (totals = average x count); a few count lags stay.
+        self.raw = [
+            i
+            for i, c in enumerate(columns)
+            if not c.startswith(("fee_avg_sat_lag", "fee_total_sat_lag", "tx_count_lag"))
+            or c in {f"tx_count_lag{k}" for k in range(1, RAW_COUNT_LAGS + 1)}
+        ]
         self.total15, self.count15, self.mean60 = (pos[c] for c in _REF)
         self.lags = [pos[c] for c in columns if c.startswith("fee_avg_sat_lag")]
         self.relative = self.lags + [pos[c] for c in columns if c.startswith("fee_avg_sat_mean")]
@@ -59,7 +69,7 @@ class _Design:
             if c.startswith(("fee_avg_sat_std", "fee_avg_sat_spread")) or c == "fee_avg_sat_diff1"
         ]
         self.names = (
-            list(columns)
+            [columns[i] for i in self.raw]
             + ["log_ref"]
             + [f"rel_{columns[i]}" for i in self.relative]
             + [f"scaled_{columns[i]}" for i in self.scaled]
@@ -86,7 +96,7 @@ class _Design:
             median = np.where(k > 0, (lo + hi) / 2, np.nan)
             mean = np.where(k > 0, np.where(np.isnan(log_lags), 0.0, log_lags).sum(axis=1) / k, np.nan)
         return np.concatenate(
-            [x, log_ref, rel, scaled, median[:, None] - log_ref, mean[:, None] - log_ref], axis=1
+            [x[:, self.raw], log_ref, rel, scaled, median[:, None] - log_ref, mean[:, None] - log_ref], axis=1
         )
 
 
@@ -133,7 +143,7 @@ class QuantileGBM:
             self._design.matrix(x, ref),
             label=target,
             feature_name=self._design.names,
-            params={"verbose": -1, "num_threads": self.n_jobs},
+            params={"verbose": -1, "num_threads": self.n_jobs, "max_bin": MAX_BIN},
             free_raw_data=False,
         )
         self.boosters = [

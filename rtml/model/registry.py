@@ -46,6 +46,7 @@ def quiet_mlflow() -> None:
     """No telemetry, no tracking of users (NOTES.md: MLflow otherwise calls out)."""
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ["DO_NOT_TRACK"] = "1"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(settings: Settings) -> str:
