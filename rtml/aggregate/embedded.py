@@ -12,6 +12,7 @@ nothing lost, nothing counted twice.
 
 from __future__ import annotations
 
+import fcntl
 import signal
 import threading
 import time
@@ -104,6 +105,13 @@ class Engine:
         batch: int = BATCH,
     ) -> None:
         self.settings = settings
+        # One engine per state database: a second one would re-apply the same offsets.
+        self._lock = open(settings.path("aggregate.lock"), "w")  # held for the engine's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RuntimeError(f"another aggregator is running on {settings.root}") from None
         self.stream = stream if stream is not None else open_stream(settings)
         self._own_stream = stream is None
         self.sinks = list(sinks) if sinks is not None else minute_sinks(settings)
@@ -278,6 +286,7 @@ class Engine:
                 close()
         if self._redis is not None:
             self._redis.close()
+        self._lock.close()
 
 
 def run(
@@ -286,9 +295,10 @@ def run(
     drain: bool,
     on_progress: Callable[[Progress], None] | None = None,
     batch: int = BATCH,
+    sinks: Sequence[MinuteSink] | None = None,
 ) -> int:
     """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop)."""
-    engine = Engine(settings, batch=batch)
+    engine = Engine(settings, sinks=sinks, batch=batch)
     try:
         if drain:
             return engine.drain(on_progress)

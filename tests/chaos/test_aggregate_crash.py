@@ -22,6 +22,16 @@ from rtml.sources.synthetic import SyntheticConfig, SyntheticSource
 from rtml.stream import Row, open_stream
 
 KILLS = 12
+# The engine with its own output table (the feature store's sink has its own kill test), small
+# batches so that kills land between and inside many commits.
+LIVE_ENGINE = (
+    "from rtml.aggregate.embedded import run\n"
+    "from rtml.aggregate.sinks import MinutesTable, aggregate_db_path\n"
+    "from rtml.config import get_settings\n"
+    "s = get_settings()\n"
+    "run(s, drain=False, batch=3000, sinks=[MinutesTable(aggregate_db_path(s))])\n"
+)
+DRAIN = LIVE_ENGINE.replace("drain=False", "drain=True")
 
 
 def _replay() -> tuple[list[Row], list[Row], int]:
@@ -55,7 +65,7 @@ def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(
     try:
         for _ in range(KILLS):
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rtml", "aggregate", "--batch", "3000"],
+                [sys.executable, "-c", LIVE_ENGINE],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -73,7 +83,7 @@ def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(
         writer.join()
     assert consumed[-1] < len(delivered)  # every kill landed mid-replay
     done = subprocess.run(
-        [sys.executable, "-m", "rtml", "aggregate", "--drain"],
+        [sys.executable, "-c", DRAIN],
         env=env,
         capture_output=True,
         text=True,
