@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 # A batch of the max-speed path: big enough to amortise the per-batch transactions.
@@ -41,7 +42,7 @@ def read_lines(path: Path) -> Iterator[bytes]:
     with stream:
         for line in stream:
             line = line.rstrip(b"\r\n")
-            if line.strip():
+            if line and not line.isspace():
                 yield line
 
 
@@ -79,18 +80,12 @@ def paced_batches(
     def over() -> bool:
         return stop.is_set() or (deadline is not None and clock() >= deadline)
 
-    batch: list[bytes] = []
     if speed is None:
-        for line in lines:
-            batch.append(line)
-            if len(batch) >= batch_size:
-                if over():
-                    return
-                yield batch
-                batch = []
-        if batch and not over():
-            yield batch
+        source = iter(lines)
+        while (chunk := list(islice(source, batch_size))) and not over():
+            yield chunk
         return
+    batch: list[bytes] = []
     first_ms: int | None = None
     start = clock()
     last_flush = start
