@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,30 @@ def test_live_mode_follows_the_stream_and_commits_on_sigterm(
     engine.drain()
     engine.close()
     assert read_minutes(settings) == expected
+
+
+def test_live_idle_stream_still_closes_its_windows(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No event will ever pass the last window's end: the wall clock must close it."""
+    monkeypatch.setenv("RTML_WINDOW__ALLOWED_LATENESS_S", "1")
+    monkeypatch.setenv("RTML_WINDOW__IDLE_TIMEOUT_S", "0.3")
+    settings = get_settings()
+    t0 = 1_700_000_000_000 - 1_700_000_000_000 % MINUTE_MS
+    rows: list[Row] = [
+        (f"{i:064x}", t, 100 * i, 200, "test", 0)
+        for i, t in enumerate((t0 + 1_000, t0 + 30_000, t0 + MINUTE_MS + 59_000), start=1)
+    ]
+    _append(settings, rows)
+    engine = _engine(settings)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run_live, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(read_minutes(settings)) < 2:
+            assert time.monotonic() < deadline, read_minutes(settings)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join()
+        engine.close()
+    assert read_minutes(settings) == reference_minutes(rows)
