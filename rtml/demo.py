@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,6 +42,9 @@ class DemoContext:
     wire_file: Path
     summary: dict[str, str] = field(default_factory=dict)
     events_sent: int = 0
+    # Handles later stages may use (e.g. the API server's URL), and what to stop when the demo ends.
+    resources: dict[str, Any] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Iterate with a rich progress bar."""
@@ -92,6 +95,7 @@ STAGES: list[tuple[str, str]] = [
     ("aggregate", "rtml.aggregate.embedded:demo_stage"),
     ("feature store + training set", "rtml.features.writer:demo_stage"),
     ("drift + data quality", "rtml.quality.drift:demo_stage"),
+    ("serve", "rtml.serving.app:demo_stage"),
     ("monitor + retrain", "rtml.monitoring.loop:demo_stage"),
 ]
 
@@ -124,10 +128,14 @@ def run_demo(hours: float = 36, seed: int = 7, console: Console | None = None) -
         wire_file=settings.path("demo-input", "utx.jsonl.gz"),
     )
     t0 = time.monotonic()
-    for title, ref in STAGES:
-        t = time.monotonic()
-        _load(ref)(ctx)
-        console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - t:.1f} s)[/]")
+    try:
+        for title, ref in STAGES:
+            t = time.monotonic()
+            _load(ref)(ctx)
+            console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - t:.1f} s)[/]")
+    finally:
+        for cleanup in reversed(ctx.cleanups):
+            cleanup()
     table = Table(title=f"rtml demo — {time.monotonic() - t0:.0f} s, data in {demo_dir}", show_header=False)
     for key, value in ctx.summary.items():
         table.add_row(f"[bold]{key}", value)

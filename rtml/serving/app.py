@@ -15,6 +15,7 @@ import importlib
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -46,12 +47,15 @@ from rtml.serving.swap import Loaded, ModelSource, ModelWatcher
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
+    from rtml.demo import DemoContext
+
 log = logging.getLogger(__name__)
 
 # Modules that add routers to every app, when present: each defines build_router(settings).
 ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
 MAX_TX_PER_MINUTE = 10_000_000
 MAX_SATOSHI = 2_100_000_000_000_000  # every bitcoin there will ever be
+DEMO_REQUESTS = 200
 
 
 # ---------------------------------------------------------------- request and response bodies
@@ -229,6 +233,9 @@ class ServingState:
     watcher: ModelWatcher
     log: PredictionLog
     metrics: ServingMetrics
+    # The last online forecast's (model, feature batch, quantiles): while neither changed (a new
+    # minute closes once a minute), the same deterministic prediction is not recomputed.
+    memo: tuple[Loaded, FeatureBatch, Any] | None = None
 
 
 def _state(request: Request) -> ServingState:
@@ -327,7 +334,13 @@ def create_app(
         loaded = state.watcher.current  # read once: this request finishes on this model
         if loaded is None:
             raise HTTPException(503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})")
-        quantiles = loaded.model.predict(batch.values)
+        memo = state.memo
+        if memo is not None and memo[0] is loaded and memo[1] is batch:
+            quantiles = memo[2]
+        else:
+            quantiles = loaded.model.predict(batch.values)
+            if kind == "online":
+                state.memo = (loaded, batch, quantiles)
         horizon = state.settings.model.horizon_min
         latency_ms = (time.perf_counter() - started) * 1000
         logged_ms = int(time.time() * 1000)
@@ -575,3 +588,66 @@ class _Instrument:
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)
+
+
+class BackgroundServer:
+    """uvicorn in a thread on a free port (demo, tests): `start()`, `url`, `stop()`."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
+        self.url = ""
+
+    def start(self, timeout_s: float = 60.0) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the forecast API did not start (see the log above)")
+            time.sleep(0.02)
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+def demo_stage(ctx: DemoContext) -> None:
+    """Start the API on a free port, ask it for forecasts, and leave it running for later stages."""
+    import httpx
+    import numpy as np
+
+    from rtml.serving.real import RegistryModelSource
+
+    try:
+        champion = RegistryModelSource(ctx.settings).champion_version()
+    except ImportError:
+        champion = None
+    if champion is None:
+        ctx.summary["serving"] = "skipped: no champion model in the registry (no training stage ran)"
+        return
+    server = BackgroundServer(create_app(ctx.settings)).start()
+    ctx.cleanups.append(server.stop)
+    ctx.resources["serving_url"] = server.url
+    latencies, codes = [], []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in ctx.track(range(DEMO_REQUESTS), "forecasting over HTTP", DEMO_REQUESTS):
+            started = time.perf_counter()
+            response = client.get("/forecast")
+            latencies.append((time.perf_counter() - started) * 1000)
+            codes.append(response.status_code)
+        last = response.json()
+    if response.status_code != 200:
+        ctx.summary["serving"] = f"{server.url}: GET /forecast answered {response.status_code}: {last['detail']}"
+        return
+    p50, p99 = np.percentile(latencies, [50, 99])
+    ctx.summary["serving"] = (
+        f"{server.url} (docs /docs), model v{last['model_version']}: {codes.count(200)}/{len(codes)} "
+        f"GET /forecast ok, p50 {p50:.1f} ms, p99 {p99:.1f} ms; P10/P50/P90 for "
+        f"{last['target_minute'][11:16]} UTC = {last['p10']:,.0f} / {last['p50']:,.0f} / {last['p90']:,.0f} sat"
+    )

@@ -39,16 +39,16 @@ class ModelSource(Protocol):
 
     def load_champion(self) -> ServedModel: ...
 
-    def info(self, version: str) -> dict[str, Any]:
-        """What GET /model shows: training window, metrics, registration time."""
+    def info(self, model: ServedModel) -> dict[str, Any]:
+        """What GET /model shows: training_start, training_end, metrics, anything else."""
         ...
 
     def promote(self, version: str) -> str:
-        """Make `version` champion; returns the new champion version."""
+        """Make `version` champion and return it; LookupError if it does not exist."""
         ...
 
     def rollback(self) -> str:
-        """Give the alias back to the previous champion; returns it."""
+        """Give the alias back to the previous champion and return it; ValueError if there is none."""
         ...
 
 
@@ -93,7 +93,7 @@ class ModelWatcher:
                 current = self.current
                 if version is not None and (current is None or current.version != version):
                     model = self.source.load_champion()
-                    loaded = Loaded(model, self.source.info(model.version))
+                    loaded = Loaded(model, self.source.info(model))
                     self.current = loaded
                     log.info("serving model %s (was %s)", loaded.version, current and current.version)
                     if self._on_swap is not None:

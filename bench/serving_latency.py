@@ -1,0 +1,149 @@
+"""Serving latency: GET /forecast at a steady 200 requests/s, online feature read included.
+
+A fresh data directory gets a day of synthetic minutes ending now in the real feature store
+and a trained champion in the real MLflow registry (rtml.serving.seed). Then `rtml serve`
+runs in one subprocess (uvicorn, one worker) and the load client in another: an open-loop
+schedule (request i is due at t0 + i/rate, so a slow answer cannot hide the next one's
+wait), one keep-alive connection, latency measured from the due time to the last byte.
+It prints p50/p90/p99/max, achieved throughput and failures, then the most requests per
+second one closed-loop client gets. Target (issue 8): p99 < 5 ms on the embedded profile.
+
+    .venv/bin/python bench/serving_latency.py [--rate 200] [--seconds 30] [--profile embedded|services]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def client(port: int, rate: float, seconds: float, closed: bool) -> None:
+    """The load loop (runs in its own process): prints one JSON line of results."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    versions: dict[str, int] = {}
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    deadline = start + seconds
+    i = 0
+    while (i < n) if not closed else (time.perf_counter() < deadline):
+        due = start + i / rate if not closed else time.perf_counter()
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        try:
+            conn.request("GET", "/forecast")
+            response = conn.getresponse()
+            body = response.read()
+            if response.status == 200:
+                version = json.loads(body)["model_version"]
+                versions[version] = versions.get(version, 0) + 1
+            else:
+                failures[str(response.status)] = failures.get(str(response.status), 0) + 1
+        except (OSError, http.client.HTTPException) as exc:
+            failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        latencies.append(time.perf_counter() - due)
+        i += 1
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"latencies": latencies, "elapsed": elapsed, "failures": failures, "versions": versions}))
+
+
+def run_client(port: int, rate: float, seconds: float, closed: bool = False) -> dict:
+    args = [sys.executable, __file__, "--client", str(port), "--rate", str(rate), "--seconds", str(seconds)]
+    out = subprocess.run([*args, *(["--closed"] if closed else [])], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def report(title: str, result: dict) -> None:
+    import numpy as np
+
+    lat = np.array(result["latencies"]) * 1000
+    p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+    print(
+        f"{title}: {len(lat)} requests in {result['elapsed']:.1f} s = {len(lat) / result['elapsed']:.0f} req/s; "
+        f"latency p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms, max {lat.max():.2f} ms; "
+        f"failures {result['failures'] or 0}; versions {result['versions']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--profile", choices=("embedded", "services"), default="embedded")
+    parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--closed", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        client(args.client, args.rate, args.seconds, args.closed)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="rtml-bench-serving-") as tmp:
+        env = {
+            **os.environ,
+            "RTML_DATA_DIR": str(Path(tmp) / "data"),
+            "RTML_PROFILE": args.profile,
+            "RTML_CONFIG": str(Path(tmp) / "absent.toml"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+        }
+        os.environ.update(env)
+        from rtml.config import get_settings
+        from rtml.serving.seed import purge, seed
+
+        settings = get_settings()
+        t = time.perf_counter()
+        versions = seed(settings, models=1)
+        print(f"seeded a day of minutes and model {versions} in {time.perf_counter() - t:.1f} s ({args.profile})")
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rtml", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                    conn.request("GET", "/ready")
+                    if conn.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"server did not get ready: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                time.sleep(0.2)
+            run_client(port, 50, 2)  # warm-up
+            report(f"GET /forecast at {args.rate:g}/s open loop", run_client(port, args.rate, args.seconds))
+            report("GET /forecast closed loop (max throughput)", run_client(port, 1e9, 10, closed=True))
+            print(f"load average {Path('/proc/loadavg').read_text().split()[:3]}, {os.cpu_count()} cores")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            if args.profile == "services":
+                purge(settings)
+
+
+if __name__ == "__main__":
+    main()

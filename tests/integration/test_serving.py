@@ -1,0 +1,319 @@
+"""The forecast API on the real feature store and the real MLflow registry (embedded profile).
+
+One test bed per module (rtml.serving.seed): a day of synthetic minutes ending now, written
+through the feature store's writer, and two small forecasters registered in MLflow, v1
+champion. Tests that move the champion put v1 back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from rtml.config import Settings, get_settings
+from rtml.contracts import MinuteFeatures
+from rtml.model import registry
+from rtml.serving.app import BackgroundServer, create_app
+from rtml.serving.prediction_log import read_predictions, serving_counters
+from rtml.serving.seed import seed, write_minutes
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[str]]]:
+    """The session's serving bed (test_api_schema.py shares it: seeding costs ~30 s)."""
+    root = tmp_path_factory.getbasetemp() / "serving-bed"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RTML_DATA_DIR", str(root / "rtml-data"))
+        mp.setenv("RTML_PROFILE", "embedded")
+        mp.setenv("RTML_CONFIG", str(root / "absent.toml"))
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.setenv("RTML_SERVING__ADMIN_TOKEN", TOKEN)
+        settings = get_settings()
+        yield settings, seed(settings, minutes=24 * 60, models=2)
+
+
+@pytest.fixture
+def champion_back(bed: tuple[Settings, list[str]]) -> Iterator[None]:
+    yield
+    settings, versions = bed
+    if registry.champion_version(settings) != versions[0]:
+        registry.promote(settings, versions[0], reason="test cleanup")
+
+
+@pytest.fixture
+def client(bed: tuple[Settings, list[str]]) -> Iterator[TestClient]:
+    with TestClient(create_app(bed[0])) as test_client:
+        yield test_client
+
+
+def _minutes(settings: Settings) -> pd.DataFrame:
+    from rtml.features.online import last_minutes
+
+    return last_minutes(settings, 60)
+
+
+def test_get_forecast_uses_the_newest_online_minutes_and_the_champion(
+    bed: tuple[Settings, list[str]], client: TestClient
+) -> None:
+    settings, versions = bed
+    newest = _minutes(settings)["minute"].max().to_pydatetime()
+    response = client.get("/forecast")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == versions[0]
+    assert datetime.fromisoformat(body["feature_time"]) == newest + timedelta(minutes=1)
+    assert datetime.fromisoformat(body["target_minute"]) == newest + timedelta(minutes=5)
+    assert 0 <= body["p10"] <= body["p50"] <= body["p90"]
+
+    ready = client.get("/ready").json()
+    assert ready == {
+        "ready": True,
+        "model_version": versions[0],
+        "feature_time": body["feature_time"],
+        "reasons": [],
+    }
+    model = client.get("/model").json()
+    assert model["version"] == versions[0]
+    assert model["training_start"] < model["training_end"] <= body["feature_time"]
+    assert "fee_avg_sat_lag1" in model["features"]
+    metrics = client.get("/metrics").text
+    assert 'rtml_serving_forecasts_total{kind="online"} 1.0' in metrics
+    assert 'rtml_serving_requests_total{method="GET",route="/forecast",status="200"} 1.0' in metrics
+
+    state = client.app.state.serving  # type: ignore[attr-defined]
+    state.log.flush()
+    logged = [r for r in state.log.read() if r.kind == "online"][-1]
+    assert (logged.model_version, logged.p10, logged.p50, logged.p90) == (
+        versions[0],
+        body["p10"],
+        body["p50"],
+        body["p90"],
+    )
+    assert logged.feature_time_ms == int((newest + timedelta(minutes=1)).timestamp() * 1000)
+    assert logged.target_minute_ms == int((newest + timedelta(minutes=5)).timestamp() * 1000)
+    assert logged.latency_ms > 0
+
+
+def test_what_if_minutes_and_batch_rows_agree_with_the_online_forecast(
+    bed: tuple[Settings, list[str]], client: TestClient
+) -> None:
+    from rtml.features.dataset import FEATURE_COLUMNS, features_for_asof
+
+    settings, _ = bed
+    online = client.get("/forecast").json()
+    minutes = _minutes(settings)
+    body = {
+        "minutes": [
+            {"minute": m.isoformat(), "tx_count": int(c), "fee_total_sat": int(f)}
+            for m, c, f in zip(minutes["minute"], minutes["tx_count"], minutes["fee_total_sat"], strict=True)
+        ]
+    }
+    response = client.post("/forecast", json=body)
+    assert response.status_code == 200, response.text
+    (what_if,) = response.json()["forecasts"]
+    assert what_if == online
+
+    row = features_for_asof(minutes)
+    features = {c: (None if pd.isna(row[c].iloc[0]) else float(row[c].iloc[0])) for c in FEATURE_COLUMNS}
+    last = minutes["minute"].max()
+    rows = [
+        {"minute": last.isoformat(), "features": features},
+        {"minute": (last - timedelta(hours=1)).isoformat(), "features": {**features, "fee_avg_sat_lag1": 1e6}},
+    ]
+    response = client.post("/forecast", json={"rows": rows})
+    assert response.status_code == 200, response.text
+    first, changed = response.json()["forecasts"]
+    assert first == online
+    assert changed["target_minute"] == (last - timedelta(hours=1) + timedelta(minutes=5)).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+    client.app.state.serving.log.flush()  # type: ignore[attr-defined]
+    kinds = [r.kind for r in read_predictions(settings)]
+    assert kinds.count("what-if") >= 1 and kinds.count("batch") >= 2
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "message"),
+    [
+        ({}, ["body"], "give exactly one of 'minutes' (what-if) or 'rows' (batch)"),
+        ({"minutes": [{"minute": "2024-10-01T12:00:00Z", "tx_count": 1, "fee_total_sat": 5}]},
+         ["body", "minutes"], "need at least 60 consecutive minutes, got 1"),
+        ({"minutes": [{"minute": "2024-10-01T12:00:30Z", "tx_count": 1, "fee_total_sat": 5}]},
+         ["body", "minutes", 0, "minute"], "must be the start of a minute"),
+        ({"minutes": [{"minute": "2024-10-01T12:00:00", "tx_count": 1, "fee_total_sat": 5}]},
+         ["body", "minutes", 0, "minute"], "timezone"),
+        ({"minutes": [{"minute": "2024-10-01T12:00:00Z", "tx_count": -1, "fee_total_sat": 5}]},
+         ["body", "minutes", 0, "tx_count"], "greater than or equal to 0"),
+        ({"minutes": [{"minute": "2024-10-01T12:00:00Z", "tx_count": 2, "fee_total_sat": 5, "fee_avg_sat": 3}]},
+         ["body", "minutes", 0], "fee_avg_sat 3.0 is not fee_total_sat / tx_count = 2.5"),
+        ({"minutes": [{"minute": "2024-10-01T12:00:00Z", "tx_count": 1, "fee_total_sat": 5},
+                      {"minute": "2024-10-01T12:02:00Z", "tx_count": 1, "fee_total_sat": 5}]},
+         ["body"], "minutes[1] is 2024-10-01T12:02:00+00:00, expected 2024-10-01T12:01:00+00:00"),
+        ({"rows": [{"minute": "2024-10-01T12:00:00Z", "features": {"fee_avg_sat_lag1": 1.0, "bogus": 2.0}}]},
+         ["body", "rows", 0, "features"], "unknown bogus"),
+        ({"rows": [{"minute": "2024-10-01T12:00:00Z", "features": {"fee_avg_sat_lag1": "NaN"}}]},
+         ["body", "rows", 0, "features", "fee_avg_sat_lag1"], "finite number"),
+    ],
+)  # fmt: skip
+def test_bad_input_gets_a_422_that_says_what_and_where(
+    client: TestClient, body: dict, where: list, message: str
+) -> None:
+    response = client.post("/forecast", json=body)
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert any(e["loc"] == where and message in e["msg"] for e in errors), errors
+
+
+def test_batch_rows_must_carry_every_feature(client: TestClient) -> None:
+    response = client.post("/forecast", json={"rows": [{"minute": "2024-10-01T12:00:00Z", "features": {}}]})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "rows", 0, "features"]
+    assert error["msg"].startswith("missing tx_count_lag1, tx_count_lag2")
+
+
+def test_stale_features_get_a_clear_503_never_a_forecast(bed: tuple[Settings, list[str]]) -> None:
+    settings, _ = bed
+    stale = settings.model_copy(update={"serving": settings.serving.model_copy(update={"max_feature_age_s": 0.0})})
+    with TestClient(create_app(stale)) as client:
+        response = client.get("/forecast")
+        assert response.status_code == 503
+        assert "features are stale: the newest closed minute ended at" in response.json()["detail"]
+        assert "no forecast on old data" in response.json()["detail"]
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False
+        assert ready.json()["reasons"][0].startswith("features are stale")
+        assert "rtml_serving_stale_refusals_total 1.0" in client.get("/metrics").text
+        client.app.state.serving.log.flush()  # type: ignore[attr-defined]
+    assert serving_counters(settings)["stale_refusals"] >= 1
+
+
+def test_admin_endpoints_are_off_without_a_token_and_guarded_with_one(
+    bed: tuple[Settings, list[str]], client: TestClient, champion_back: None
+) -> None:
+    settings, versions = bed
+    closed = settings.model_copy(update={"serving": settings.serving.model_copy(update={"admin_token": None})})
+    with TestClient(create_app(closed)) as off:
+        response = off.post("/admin/rollback", headers=AUTH)
+        assert response.status_code == 404
+        assert "admin endpoints are off" in response.json()["detail"]
+
+    assert client.post("/admin/promote", json={"version": versions[1]}).status_code == 401
+    wrong = client.post("/admin/promote", json={"version": versions[1]}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    missing = client.post("/admin/promote", json={"version": "999"}, headers=AUTH)
+    assert missing.status_code == 404 and "999" in missing.json()["detail"]
+    assert registry.champion_version(settings) == versions[0]
+
+    promoted = client.post("/admin/promote", json={"version": versions[1]}, headers=AUTH)
+    assert promoted.json() == {"champion": versions[1], "serving": versions[1]}
+    assert client.get("/forecast").json()["model_version"] == versions[1]
+    rolled = client.post("/admin/rollback", headers=AUTH)
+    assert rolled.json() == {"champion": versions[0], "serving": versions[0]}
+    assert client.get("/forecast").json()["model_version"] == versions[0]
+
+
+def test_no_request_fails_while_the_champion_is_promoted_and_rolled_back(
+    bed: tuple[Settings, list[str]], champion_back: None
+) -> None:
+    """A steady 50 requests/s over real HTTP while the champion changes six times, through the
+    admin API and behind the service's back in the registry (the watcher follows the alias)."""
+    settings, versions = bed
+    server = BackgroundServer(create_app(settings, poll_s=0.2), host=settings.serving.host).start()
+    port = int(server.url.rsplit(":", 1)[1])
+    assert f"0100007F:{port:04X}" in Path("/proc/net/tcp").read_text()  # bound to 127.0.0.1 by default
+    results: list[tuple[int, dict]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            start = time.perf_counter()
+            i = 0
+            while not stop.is_set():
+                due = start + i / 50
+                time.sleep(max(0.0, due - time.perf_counter()))
+                response = http.get("/forecast") if i % 5 else http.post("/forecast", json=what_if)
+                results.append((response.status_code, response.json()))
+                i += 1
+
+    minutes = _minutes(settings)
+    what_if = {
+        "minutes": [
+            {"minute": m.isoformat(), "tx_count": int(c), "fee_total_sat": int(f)}
+            for m, c, f in zip(minutes["minute"], minutes["tx_count"], minutes["fee_total_sat"], strict=True)
+        ]
+    }
+
+    def served(version: str, after: int) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(_version(body) == version for _, body in results[after:]):
+                return True
+            time.sleep(0.02)
+        return False
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as admin:
+            for _ in range(3):
+                mark = len(results)
+                assert admin.post("/admin/promote", json={"version": versions[1]}).status_code == 200
+                assert served(versions[1], mark)
+                mark = len(results)
+                assert registry.rollback(settings) == versions[0]  # out of band: the poll notices
+                assert served(versions[0], mark)
+    finally:
+        stop.set()
+        thread.join()
+        server.stop()
+
+    failures = [(status, body) for status, body in results if status != 200]
+    assert not failures, failures[:5]
+    observed = [_version(body) for _, body in results]
+    switches = sum(1 for a, b in zip(observed, observed[1:], strict=False) if a != b)
+    assert switches >= 6, observed
+    # The same features give each version its own quantiles: a response's numbers show which
+    # model made them, so the version it names is the one that produced it.
+    by_version: dict[str, set[tuple[float, float, float]]] = {}
+    for _, body in results:
+        for forecast in body.get("forecasts", [body]):
+            by_version.setdefault(forecast["model_version"], set()).add(
+                (forecast["p10"], forecast["p50"], forecast["p90"])
+            )
+    assert set(by_version) == set(versions)
+    assert all(len(quantiles) == 1 for quantiles in by_version.values()), by_version
+    assert by_version[versions[0]] != by_version[versions[1]]
+
+
+def _version(body: dict) -> str:
+    return str(body["forecasts"][0]["model_version"] if "forecasts" in body else body["model_version"])
+
+
+def test_a_new_minute_in_the_store_moves_the_forecast(bed: tuple[Settings, list[str]], client: TestClient) -> None:
+    """Features are recomputed only when the online read returns something new, and then at once."""
+    settings, _ = bed
+    before = client.get("/forecast").json()
+    features = client.app.state.serving.features  # type: ignore[attr-defined]
+    assert features.latest() is features.latest()
+    newest = _minutes(settings)["minute"].max().to_pydatetime()
+    added = MinuteFeatures.from_window(int((newest + timedelta(minutes=1)).timestamp() * 1000), 150, 150 * 90_000, 1)
+    write_minutes(settings, [added])
+    after = client.get("/forecast").json()
+    assert datetime.fromisoformat(after["feature_time"]) == datetime.fromisoformat(before["feature_time"]) + timedelta(
+        minutes=1
+    )
+    assert after["p50"] != before["p50"]
