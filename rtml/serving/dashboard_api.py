@@ -112,6 +112,7 @@ def quality_payload(settings: Settings, hours: float) -> dict[str, Any]:
     alarm = bool(alarms) and (not promotions or promotions[-1].id < alarms[-1].id)
     return {
         "threshold": settings.monitoring.wql_threshold,
+        "breaches_for_alarm": settings.monitoring.breaches_for_alarm,
         "alarm": alarm,
         "hours": {
             "hour": [int(v.hour.timestamp()) for v in verdicts],

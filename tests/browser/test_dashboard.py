@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.config import Settings
 from rtml.features.writer import FeatureStoreSink
@@ -62,11 +63,21 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             # Two breaches, no alarm yet; then the hourly drift check sees the new regime.
             report = run_monitoring_pass(settings)
             assert [v["breach"] for v in report.judged] == [False, True, True] and report.trigger is None
-            run_drift_check(settings, Window(start.to_pydatetime(), shift.to_pydatetime()), Window(end - timedelta(hours=1), end))
-            metrics = client.get("/metrics").text
-            for name in ("rtml_forecast_wql", "rtml_drift_share", "rtml_model_version", "rtml_feature_freshness_seconds",
-                         "rtml_ingest_rate_per_second", "rtml_forecast_latency_ms", "rtml_aggregate_", "rtml_ingest_"):
-                assert name in metrics, name
+            drift = run_drift_check(settings, Window(start.to_pydatetime(), shift.to_pydatetime()), Window(end - timedelta(hours=1), end))
+            metrics = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(client.get("/metrics").text)
+                for sample in family.samples
+            }
+            last_hour = report.judged[-1]
+            version = (("model_version", first.version),)
+            assert metrics[("rtml_forecast_wql", version)] == pytest.approx(last_hour["wql"])
+            assert metrics[("rtml_model_version", (("version", first.version),))] == float(first.version)
+            assert metrics[("rtml_drift_share", ())] == pytest.approx(drift.share) and drift.drifted
+            assert 0 <= metrics[("rtml_feature_freshness_seconds", ())] < 2 * 3600
+            assert metrics[("rtml_forecast_latency_ms", (("quantile", "0.5"),))] > 0
+            for part in ("ingest", "aggregate", "quality", "serving"):
+                assert metrics[("rtml_part_up", (("part", part),))] == 1.0, part
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -86,6 +97,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
                 assert kind in kinds, kind
             assert page.locator("#champion").inner_text() == f"champion v{first.version}"
             assert page.locator("#drift-status").inner_text() == "drift: alert"
+            assert page.locator("#alarm-status").inner_text() == f"last hour wQL {last_hour['wql']:.2f} > 0.24"
             page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
             link = page.locator("#drift-reports a").first
             report_page = httpx.get(f"{server.url}/dashboard/{link.get_attribute('href')}", timeout=30)

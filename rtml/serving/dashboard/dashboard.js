@@ -126,8 +126,16 @@ async function drawQuality() {
     ],
   }, [xs, xs.map((x) => ok.get(x) ?? null), xs.map((x) => bad.get(x) ?? null), xs.map((x) => sliding.get(x) ?? null), xs.map(() => d.threshold)]);
   const alarm = document.getElementById("alarm-status");
-  alarm.textContent = d.alarm ? "alarm: wQL breached" : `wQL ≤ ${d.threshold}`;
-  alarm.className = "pill " + (d.alarm ? "bad" : "ok");
+  const n = d.hours.wql.length;
+  const last = n ? d.hours.wql[n - 1] : null;
+  if (d.alarm) {
+    alarm.textContent = `alarm: ${d.breaches_for_alarm} hours over wQL ${d.threshold}`;
+  } else if (last == null) {
+    alarm.textContent = "no hour judged yet";
+  } else {
+    alarm.textContent = `last hour wQL ${last.toFixed(2)} ${d.hours.breach[n - 1] ? ">" : "≤"} ${d.threshold}`;
+  }
+  alarm.className = "pill " + (d.alarm || (n && d.hours.breach[n - 1]) ? "bad" : last == null ? "" : "ok");
 }
 
 async function drawModels() {
