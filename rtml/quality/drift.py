@@ -193,16 +193,16 @@ def _evidently_drift(
     drift_share: float,
 ) -> tuple[list[ColumnDrift], Any]:
     """One Evidently report over the columns of two frames; verdicts from its own tests."""
+    columns = [c for c in reference.columns if reference[c].notna().any() and current[c].notna().any()]
+    if not columns:
+        raise ValueError(f"no {dataset} column has values in both periods")
     import_evidently()
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    columns = [c for c in reference.columns if reference[c].notna().any() and current[c].notna().any()]
     definition = DataDefinition(numerical_columns=columns)
     ref = Dataset.from_pandas(reference[columns], data_definition=definition)
     cur = Dataset.from_pandas(current[columns], data_definition=definition)
-    if threshold is None and method in (None, LOG_WASSERSTEIN):
-        threshold = DEFAULT_THRESHOLD if method == LOG_WASSERSTEIN else None
     preset = DataDriftPreset(columns=columns, drift_share=drift_share, method=method, threshold=threshold)
     snapshot = Report([preset], include_tests=True).run(current_data=cur, reference_data=ref)
     data = snapshot.dict()
@@ -337,8 +337,13 @@ def run_drift_check(
         result.skipped = "no data"
     else:
         ref_tx = load_tx(settings, reference) if reference else None
-        found = drift_report(ref_minutes, cur_minutes, ref_tx, cur_tx, drift_share=settings.drift.drift_share)
-        result.columns, result.snapshots = found.columns, found.snapshots
+        try:
+            found = drift_report(
+                ref_minutes, cur_minutes, ref_tx, cur_tx, drift_share=settings.drift.drift_share
+            )
+            result.columns, result.snapshots = found.columns, found.snapshots
+        except ValueError as exc:  # e.g. no fee in either period: a verdict is impossible, not an error
+            result.skipped = str(exc)
     newest = span[1] if span else None
     result.rules = rules.run_rules(settings, cur_minutes, cur_tx, now=now, newest_end=newest)
     reports.write_report(settings, result, kind="drift", now=now)
@@ -387,13 +392,10 @@ def demo_stage(ctx: Any) -> None:
         f"{result.verdict.upper()}: {result.share:.0%} of {len(result.columns)} columns drifted "
         f"({columns}); reference {reference}, current {current}; report {result.html_path}"
     )
-    failed = result.failed_rules
+    by_status = {
+        status: [r.name for r in result.rules if r.status == status] for status in ("pass", "fail", "skipped")
+    }
     ctx.summary["data quality"] = (
-        f"{sum(r.status == 'pass' for r in result.rules)} rules pass"
-        + (f", failed: {', '.join(failed)}" if failed else "")
-        + (
-            f", skipped: {sum(r.status == 'skipped' for r in result.rules)}"
-            if any(r.status == "skipped" for r in result.rules)
-            else ""
-        )
+        f"{len(by_status['pass'])} rules pass, failed: {', '.join(by_status['fail']) or 'none'}"
+        + (f", skipped (no data): {', '.join(by_status['skipped'])}" if by_status["skipped"] else "")
     )
