@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from rtml.aggregate.embedded import aggregate_counters
 from rtml.aggregate.reference import disorder, reference_minutes
 from rtml.aggregate.sinks import read_minutes
-from rtml.config import Settings
+from rtml.config import Settings, get_settings
 from rtml.sources.synthetic import SyntheticConfig, SyntheticSource
 from rtml.stream import Row, open_stream
 
@@ -43,10 +44,27 @@ def _replay() -> tuple[list[Row], list[Row], int]:
     return rows, delivered, duplicates
 
 
+@pytest.fixture(params=["embedded", "services"])
+def backend_settings(
+    request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    if request.param == "services":
+        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
+        monkeypatch.setenv("RTML_PROFILE", "services")
+    settings = get_settings()
+    yield settings
+    if settings.profile == "services":
+        import redis
+
+        r = redis.Redis.from_url(settings.redis_url)
+        keys = list(r.scan_iter(f"{settings.namespace}:*"))
+        if keys:
+            r.delete(*keys)
+
+
 @pytest.mark.slow
-def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(
-    settings: Settings, data_dir: Path
-) -> None:
+def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(backend_settings: Settings) -> None:
+    settings = backend_settings
     rows, delivered, duplicates = _replay()
     assert len(rows) >= 500_000
     expected = reference_minutes(rows)
