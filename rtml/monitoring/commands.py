@@ -25,7 +25,13 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         if loop:
-            run_loop(settings, interval)
+            import signal
+            import threading
+
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            run_loop(settings, interval, stop)  # a pass in progress finishes, then the loop ends
             return
         report = run_monitoring_pass(settings)
         if json_out:
