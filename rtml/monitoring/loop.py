@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
+from rtml.contracts import datetime_to_ms
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,7 +76,7 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog) -
 
     last = store.last_hour()
     # A forecast is logged no earlier than its feature time, `horizon` before its target.
-    since = datetime_ms(last) if last is not None else 0
+    since = datetime_to_ms(last) if last is not None else 0
     records = read_predictions(settings, since_ms=max(0, since - int(FORECAST_LOOKBACK.total_seconds() * 1000)))
     # What-if forecasts answer hypothetical minutes: only online and batch ones face the actuals.
     forecasts = forecasts_frame([r for r in records if r.kind in JUDGED_KINDS])
@@ -95,12 +96,6 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog) -
     hourly = hourly_quality(joined)
     hourly = hourly[hourly["n"] >= MIN_FORECASTS_PER_HOUR]
     return judge_hours(settings, hourly, store, events)
-
-
-def datetime_ms(value: datetime) -> int:
-    from rtml.contracts import datetime_to_ms
-
-    return datetime_to_ms(value)
 
 
 def retrain_trigger(settings: Settings, events: EventLog, alarm: bool, now: datetime | None = None) -> tuple[str, dict[str, Any]] | None:

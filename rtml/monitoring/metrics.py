@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from rtml.config import Settings
 
@@ -165,9 +165,3 @@ class PipelineCollector(Collector):
         info.add_metric([version], float(version) if version.isdigit() else 1.0)
         yield info
 
-
-def metrics_registry(settings: Settings) -> CollectorRegistry:
-    """A registry holding only the pipeline collector (the API adds its process metrics)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(settings))
-    return registry
