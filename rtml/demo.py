@@ -94,6 +94,7 @@ STAGES: list[tuple[str, str]] = [
     ("ingest", "rtml.sources.ingest:demo_stage"),
     ("aggregate", "rtml.aggregate.embedded:demo_stage"),
     ("feature store + training set", "rtml.features.writer:demo_stage"),
+    ("train + gate", "rtml.model.train:demo_stage"),
     ("drift + data quality", "rtml.quality.drift:demo_stage"),
     ("serve", "rtml.serving.app:demo_stage"),
     ("monitor + retrain", "rtml.monitoring.loop:demo_stage"),

@@ -51,12 +51,36 @@ class TrainResult:
         )
 
 
-def training_window(minutes: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """First minute start and last minute end of the data a model was trained on."""
+def training_window(frame: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The minutes a model learnt from: the first row's last closed minute .. the end of the last
+    label minute (what drift checks take as the champion's reference period)."""
     return (
-        pd.Timestamp(pd.to_datetime(minutes["minute"], utc=True).min()),
-        pd.Timestamp(pd.to_datetime(minutes["event_time"], utc=True).max()),
+        pd.Timestamp(frame["asof"].min()) - pd.Timedelta(minutes=1),
+        pd.Timestamp(frame["target_minute"].max()) + pd.Timedelta(minutes=1),
     )
+
+
+def etl_frame(
+    settings: Settings, start: datetime | None, end: datetime | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The training set through the ETL (Feast point-in-time retrieval -> feature rows) and its card.
+
+    Rows have as-of times from `start` (default: the store's first minute) and use no minute at
+    or after `end` (default: the store's newest minute is the last label).
+    """
+    from rtml.features.etl import build_dataset
+    from rtml.features.offline import read_minutes_df
+
+    stored = read_minutes_df(settings, start, end)
+    if stored.empty:
+        raise ValueError("the feature store has no minutes in the requested window; nothing to train on")
+    horizon = pd.Timedelta(minutes=settings.model.horizon_min)
+    first = pd.Timestamp(start) if start is not None else stored["minute"].iloc[0] + pd.Timedelta(minutes=1)
+    last_label_end = (
+        pd.Timestamp(end) if end is not None else stored["minute"].iloc[-1] + pd.Timedelta(minutes=1)
+    )
+    card = build_dataset(settings, first, last_label_end - horizon)
+    return pd.read_parquet(card["path"]), card
 
 
 def compare_with_champion(
@@ -135,7 +159,11 @@ def train(
     test_fraction: float = 0.3,
     console: Console | None = None,
 ) -> TrainResult:
-    """Train, backtest, gate and register one candidate; `minutes` overrides reading the store."""
+    """Train, backtest, gate and register one candidate.
+
+    The training set comes through the ETL from the feature store (`start`/`end`, see `etl_frame`);
+    `minutes` (a MinuteFeatures frame) bypasses the store, for tests and benchmarks.
+    """
     import tempfile
 
     import mlflow
@@ -146,14 +174,14 @@ def train(
 
     t0 = time.monotonic()
     cfg = settings.model
-    if minutes is None:
-        from rtml.features.offline import read_minutes_df
-
-        minutes = read_minutes_df(settings, start, end)
-    if minutes.empty:
-        raise ValueError("no minutes in the requested window; nothing to train on")
     lags = settings.features.lags
-    frame = build_training_frame(minutes, horizon=cfg.horizon_min, lags=lags)
+    card: dict[str, Any] | None = None
+    if minutes is None:
+        frame, card = etl_frame(settings, start, end)
+    else:
+        frame = build_training_frame(minutes, horizon=cfg.horizon_min, lags=lags)
+    if frame.empty:
+        raise ValueError("the training set is empty (no minute with a label in the window)")
     columns = feature_columns(lags)
     params = params or GBMParams(seed=settings.seed)
     make_model: Callable[[], QuantileGBM] = lambda: QuantileGBM(columns, params, n_jobs=cfg.n_jobs)  # noqa: E731
@@ -164,7 +192,7 @@ def train(
     baselines = {k: m.wql for k, m in result.summary.items() if k != name}
     comparison = compare_with_champion(settings, frame, result, name)
     decision = decide(result.summary[name].wql, baselines, cfg.min_gain_vs_baseline, comparison)
-    train_start, train_end = training_window(minutes)
+    train_start, train_end = training_window(frame)
 
     registry.quiet_mlflow()
     mlflow.set_tracking_uri(registry.tracking_uri(settings))
@@ -205,6 +233,9 @@ def train(
             )
             result.predictions.to_csv(Path(tmp) / "backtest_predictions.csv", index=False)
             mlflow.log_artifact(str(Path(tmp) / "backtest_predictions.csv"))
+        if card is not None:
+            mlflow.log_dict(card, "dataset_card.json")
+            mlflow.set_tag("dataset", card["path"])
     version = registry.log_candidate(settings, model, frame.tail(200), run.info.run_id, version_tags)
     log = EventLog(settings)
     try:
@@ -292,8 +323,5 @@ class _progress:
 
 def demo_stage(ctx: DemoContext) -> None:
     """Train on the demo's minutes before the fee regime shift, so monitoring can see the shift hurt."""
-    from rtml.features.offline import read_minutes_df
-
-    minutes = read_minutes_df(ctx.settings, None, ctx.shift_at)
-    result = train(ctx.settings, minutes=minutes, console=ctx.console)
+    result = train(ctx.settings, end=ctx.shift_at, console=ctx.console)
     ctx.summary["model quality"] = result.line() + f", {result.rows:,} rows, {result.seconds:.1f} s"

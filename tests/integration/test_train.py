@@ -177,3 +177,24 @@ def test_pure_noise_is_refused_by_the_gate(embedded: Settings) -> None:
     log.close()
     assert kinds == ["model.gate", "model.rejected"]
     assert os.environ.get("MLFLOW_DISABLE_TELEMETRY") == "true"
+
+
+def test_rtml_train_reads_the_training_set_through_the_etl(embedded: Settings) -> None:
+    """`rtml train --end T` on the feature store: Feast point-in-time rows, no minute at or after T."""
+    from rtml.cli import app
+    from rtml.features.writer import FeatureStoreSink
+
+    settings = embedded
+    minutes = signal_minutes(2200, seed=5)
+    FeatureStoreSink(settings).write_frame(minutes)
+    end = START + pd.Timedelta(minutes=2000)
+    out = CliRunner().invoke(app, ["train", "--end", end.isoformat()])
+    assert out.exit_code == 0, out.output
+    assert "promoted to champion" in out.output and "rolling_mean_15" in out.output
+    info = registry.champion_info(settings)
+    assert info is not None and info["train_end"] == end.isoformat()
+    client = registry.client(settings)
+    card = client.download_artifacts(info["run_id"], "dataset_card.json")
+    assert "feast get_historical_features" in Path(card).read_text()
+    bad = CliRunner().invoke(app, ["train", "--start", "yesterday"])
+    assert bad.exit_code != 0 and "not an ISO time" in bad.output
