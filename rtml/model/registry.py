@@ -305,3 +305,28 @@ def log_candidate(
             )
     mv = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
     return str(mv.version)
+
+
+def model_counters(settings: Settings) -> dict[str, float]:
+    """Trainings, promotions, rejections and rollbacks (from the event log), the champion's version
+    and backtest wQL; for /metrics (the registry and event log are this part's stores)."""
+    from rtml.monitoring.events import EventLog
+
+    log = EventLog(settings)
+    try:
+        kinds = [e.kind for e in log.recent(limit=1_000_000, prefix="model.")]
+    finally:
+        log.close()
+    out = {
+        "trainings": float(kinds.count("model.gate")),
+        "promotions": float(kinds.count("model.promoted")),
+        "rejections": float(kinds.count("model.rejected")),
+        "rollbacks": float(kinds.count("model.rollback")),
+        "champion_version": 0.0,
+        "champion_wql": float("nan"),
+    }
+    info = champion_info(settings)
+    if info is not None:
+        out["champion_version"] = float(info["version"])
+        out["champion_wql"] = float(info["metrics"].get("wql", float("nan")))
+    return out

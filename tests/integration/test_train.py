@@ -149,6 +149,10 @@ def test_a_learnable_signal_is_promoted_and_the_alias_can_move_back(backend: Set
     log.close()
     assert kinds[:2] == ["model.gate", "model.promoted"]
     assert kinds[-2:] == ["model.promoted", "model.rollback"]
+    counters = registry.model_counters(settings)
+    assert counters["trainings"] == 2 and counters["rollbacks"] == 1 and counters["champion_version"] == 1
+    assert counters["promotions"] == kinds.count("model.promoted")
+    assert counters["champion_wql"] == pytest.approx(model_wql)
 
     if settings.profile == "services":
         import psycopg
@@ -176,6 +180,8 @@ def test_pure_noise_is_refused_by_the_gate(embedded: Settings) -> None:
     kinds = [e.kind for e in log.recent(prefix="model.")]
     log.close()
     assert kinds == ["model.gate", "model.rejected"]
+    counters = registry.model_counters(settings)
+    assert counters["rejections"] == 1 and counters["promotions"] == 0 and counters["champion_version"] == 0
     assert os.environ.get("MLFLOW_DISABLE_TELEMETRY") == "true"
 
 
