@@ -1,9 +1,11 @@
 """ETL: a point-in-time correct training set from the feature store, with a data card.
 
 Two steps, each point-in-time correct, so their composition is:
-1. Feast historical retrieval (`get_historical_features`, DuckDB or PostgreSQL offline store):
-   one entity row per minute m of the span, timestamped at m's close (m + 1 min). Feast returns
-   the value of minute m as it was known when it closed; a minute with no row is missing.
+1. Feast historical retrieval (`get_historical_features`): on DuckDB one entity row per minute
+   m of the span, timestamped at m's close (m + 1 min), so Feast returns minute m as known when
+   it closed; on PostgreSQL the range retrieval of rows closed in the span (the same rows, as
+   the table holds one row per minute stamped at its close; see `historical_minutes`).
+   A minute with no row is missing.
 2. `build_training_frame`: the features of as-of t use only minutes closed by t (lags are
    shifts >= 0, rolling windows are trailing), the label is the minute closing at t + horizon.
 tests/integration/test_features_store.py proves it on a real replay: perturbing every minute
@@ -41,18 +43,32 @@ def _utc(value: datetime | str | pd.Timestamp) -> pd.Timestamp:
 
 
 def historical_minutes(store: FeatureStore, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
-    """Minutes first..last (inclusive) as known when each closed, via Feast's point-in-time join."""
+    """Minutes first..last (inclusive) as known when each closed, via Feast's historical retrieval.
+
+    DuckDB: an entity row per minute at its close time (the point-in-time join). PostgreSQL:
+    Feast's entity-less range retrieval of the rows whose event time (= close) lies in the
+    span; its entity-row join needs minutes for 43,200 rows. The two are the same rows: the
+    offline table holds one row per minute, timestamped at its close.
+    """
     minutes = pd.date_range(first, last, freq="min", tz="UTC")
-    entity_df = pd.DataFrame(
-        {
-            "minute_key": (minutes.as_unit("ns").asi8 // 10**9).astype("int64"),
-            "event_timestamp": minutes + MINUTE,
-        }
-    )
-    joined = store.get_historical_features(entity_df=entity_df, features=_FEATURES).to_df()
+    if store.config.offline_store.type == "postgres":
+        job = store.get_historical_features(
+            features=_FEATURES,
+            start_date=(first + MINUTE).to_pydatetime(),
+            end_date=(last + MINUTE).to_pydatetime(),
+        )
+    else:
+        entity_df = pd.DataFrame(
+            {
+                "minute_key": (minutes.as_unit("ns").asi8 // 10**9).astype("int64"),
+                "event_timestamp": minutes + MINUTE,
+            }
+        )
+        job = store.get_historical_features(entity_df=entity_df, features=_FEATURES)
+    joined = job.to_df()
     joined = joined[joined["revision"].notna()]
     minute = pd.to_datetime(joined["minute_key"].astype("int64"), unit="s", utc=True).dt.as_unit("ns")
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "minute": minute,
             "tx_count": joined["tx_count"].astype("int64"),
@@ -61,7 +77,9 @@ def historical_minutes(store: FeatureStore, first: pd.Timestamp, last: pd.Timest
             "event_time": minute + MINUTE,
             "revision": joined["revision"].astype("int64"),
         }
-    ).sort_values("minute", ignore_index=True)
+    )
+    frame = frame[(frame["minute"] >= first) & (frame["minute"] <= last)]
+    return frame.sort_values("minute", ignore_index=True)
 
 
 def _ranges(missing: pd.DatetimeIndex) -> list[list[str]]:
