@@ -50,20 +50,30 @@ SIZE_QUANTILES = (110, 111, 142, 165, 189, 205, 223, 225, 226, 331, 373, 731, 15
 # Regime shift: blocks-mempool-2024-09-16_2024-12-15.csv, daily median block_median_fee_rate
 # went from 3.0 sat/vB (2024-09-30..10-04) to 9.4 (2024-10-10..10-16): a 3.1x step in days.
 SHIFT_MULTIPLIER = 3.1
-# Slow levels (log scale, AR(1) per minute). Their spreads are modelling choices that keep the
-# hourly arrival CV near the 0.2 the 2024 block data's hour-of-day profile allows, and give the
-# average fee a persistent component that a 5-minute-ahead forecaster can learn.
-RATE_LEVEL_RHO, RATE_LEVEL_SD = 0.97, 0.12
-FEE_LEVEL_RHO, FEE_LEVEL_SD = 0.985, 0.35
+# Levels (log scale, AR(1) per minute): modelling choices, not measurements. Congestion (the
+# arrival-rate level) raises fees CONGESTION_LAG_MIN minutes later, as a filling mempool does;
+# with a slow independent fee level this gives the average fee a component that a 5-minute-ahead
+# forecaster can learn from recent counts, and that a rolling mean cannot follow. Spreads are
+# chosen so the per-transaction fee quantiles stay within 25 % of the recording's.
+RATE_LEVEL_RHO, RATE_LEVEL_SD = 0.9, 0.22
+FEE_LEVEL_RHO, FEE_LEVEL_SD = 0.985, 0.2
+CONGESTION_BETA, CONGESTION_LAG_MIN = 1.0, 5
+# After a regime shift (a scenario choice, not a measurement): the reaction to congestion.
+SHIFTED_CONGESTION_BETA = 2.5
 
 
 @dataclass(frozen=True)
 class RegimeShift:
-    """Fees are multiplied by `multiplier`, reached linearly over `ramp_minutes` from `at_minute`."""
+    """Fees are multiplied by `multiplier`, reached linearly over `ramp_minutes` from `at_minute`.
+
+    From then on fees also react `congestion_beta` times to congestion (a full mempool makes
+    bidding sharper): a change of dynamics a model trained before the shift cannot follow.
+    """
 
     at_minute: int
     multiplier: float = SHIFT_MULTIPLIER
     ramp_minutes: int = 30
+    congestion_beta: float = SHIFTED_CONGESTION_BETA
 
 
 @dataclass(frozen=True)
@@ -82,15 +92,23 @@ class SyntheticSource:
     def __init__(self, config: SyntheticConfig | None = None) -> None:
         self.config = config or SyntheticConfig()
 
-    def fee_multipliers(self) -> np.ndarray:
-        """Regime-shift multiplier per minute (1 before the shift)."""
+    def _ramp(self) -> np.ndarray:
+        """0 before the shift, rising linearly to 1 over its ramp."""
         cfg = self.config
-        mult = np.ones(cfg.minutes)
-        if cfg.shift is not None:
-            idx = np.arange(cfg.minutes) - cfg.shift.at_minute
-            ramp = np.clip((idx + 1) / max(cfg.shift.ramp_minutes, 1), 0.0, 1.0)
-            mult = 1.0 + (cfg.shift.multiplier - 1.0) * ramp
-        return mult
+        if cfg.shift is None:
+            return np.zeros(cfg.minutes)
+        idx = np.arange(cfg.minutes) - cfg.shift.at_minute
+        return np.clip((idx + 1) / max(cfg.shift.ramp_minutes, 1), 0.0, 1.0)
+
+    def fee_multipliers(self) -> np.ndarray:
+        """Regime-shift multiplier of fees per minute (1 before the shift)."""
+        shift = self.config.shift
+        return 1.0 + ((shift.multiplier if shift else 1.0) - 1.0) * self._ramp()
+
+    def congestion_betas(self) -> np.ndarray:
+        """How strongly fees react to congestion, per minute."""
+        shift = self.config.shift
+        return CONGESTION_BETA + ((shift.congestion_beta if shift else CONGESTION_BETA) - CONGESTION_BETA) * self._ramp()
 
     def _ar1(self, rng: np.random.Generator, rho: float, sd: float) -> np.ndarray:
         noise = rng.normal(0.0, sd * np.sqrt(1 - rho**2), self.config.minutes)
@@ -109,8 +127,10 @@ class SyntheticSource:
         fee_level = self._ar1(rng, FEE_LEVEL_RHO, FEE_LEVEL_SD)
         multipliers = self.fee_multipliers()
         p, ln_fee, ln_size = np.array(QUANTILE_P), np.array(LN_FEE_QUANTILES), np.log(SIZE_QUANTILES)
-        # Centre the fee level so its mean multiplier is 1 and the per-tx mean stays calibrated.
-        fee_centre = -(FEE_LEVEL_SD**2) / 2
+        betas = self.congestion_betas()
+        congestion = betas * np.concatenate([np.zeros(CONGESTION_LAG_MIN), rate_level])[: cfg.minutes]
+        # Centre the log-levels so their mean multiplier is 1 and per-tx fees stay calibrated.
+        fee_centre = -(FEE_LEVEL_SD**2 + (betas * RATE_LEVEL_SD) ** 2) / 2
         for m in range(cfg.minutes):
             minute_ms = start_ms + m * MINUTE_MS
             hour = (minute_ms // 3_600_000) % 24
@@ -119,7 +139,7 @@ class SyntheticSource:
             if n == 0:
                 continue
             offsets = np.sort(rng.integers(0, MINUTE_MS, n))
-            scale = np.exp(fee_level[m] + fee_centre) * multipliers[m]
+            scale = np.exp(fee_level[m] + congestion[m] + fee_centre[m]) * multipliers[m]
             fees = np.rint(np.exp(np.interp(rng.random(n), p, ln_fee)) * scale).astype(np.int64)
             sizes = np.rint(np.exp(np.interp(rng.random(n), p, ln_size))).astype(np.int64)
             hashes = rng.bytes(32 * n).hex()
