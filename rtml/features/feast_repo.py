@@ -297,13 +297,13 @@ def online_redis_keys(settings: Settings) -> list[bytes]:
 
 
 def teardown(settings: Settings) -> None:
-    """Delete the feature store's state outside the data directory (Redis keys, PG schema tables)."""
+    """Delete the feature store's state outside the data directory (Redis keys, its PG table)."""
     if settings.profile != "services":
         return
     import psycopg
     import redis
 
-    keys = online_redis_keys(settings)
+    keys: list[bytes | str] = [*online_redis_keys(settings), f"{settings.namespace}:counters:features"]
     client = redis.Redis.from_url(settings.redis_url)
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])

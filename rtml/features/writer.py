@@ -14,7 +14,10 @@ A writer killed at any point and retried converges: each offline day is replaced
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -64,7 +67,9 @@ class FeatureStoreSink:
         if minutes.empty:
             return 0
         winners = self.offline.upsert(to_source_frame(minutes))
-        return self.push_online(winners)
+        pushed = self.push_online(winners)
+        _count(self.settings, rows_written=len(minutes), writes=1, online_rows_pushed=pushed)
+        return pushed
 
     def push_online(self, source_rows: pd.DataFrame) -> int:
         """Push offline-table rows to the online store, then rebuild the online window."""
@@ -95,6 +100,75 @@ class FeatureStoreSink:
         if isinstance(self._offline, PostgresMinutes):
             self._offline.close()
         self._offline = None
+
+
+_COUNTERS_SCHEMA = "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)"
+
+
+def _counters_key(settings: Settings) -> str:
+    return f"{settings.namespace}:counters:features"
+
+
+def _count(settings: Settings, **increments: int) -> None:
+    """Add to the persisted writer counters (Redis hash in services, SQLite table embedded)."""
+    now = time.time()
+    if settings.profile == "services":
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url)
+        with client.pipeline() as pipe:
+            for name, value in increments.items():
+                pipe.hincrbyfloat(_counters_key(settings), name, value)
+            pipe.hset(_counters_key(settings), "last_write_time_s", str(now))
+            pipe.execute()
+        client.close()
+        return
+    with closing(
+        sqlite3.connect(settings.path("feature_repo", "data", "counters.sqlite"), timeout=30)
+    ) as conn:
+        with conn:
+            conn.execute(_COUNTERS_SCHEMA)
+            conn.executemany(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                list(increments.items()),
+            )
+            conn.execute("INSERT OR REPLACE INTO counters VALUES ('last_write_time_s', ?)", (now,))
+
+
+def feature_counters(settings: Settings) -> dict[str, float]:
+    """The feature store's counters: writes, rows written/pushed, offline rows vs minutes, freshness.
+
+    `offline_rows` == `offline_minutes` unless idempotency broke; `head_lag_s` is the age of the
+    newest stored minute's end (the feature freshness serving sees).
+    """
+    out = dict.fromkeys(("writes", "rows_written", "online_rows_pushed", "last_write_time_s"), 0.0)
+    if settings.profile == "services":
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url)
+        stored: dict[bytes, bytes] = client.hgetall(_counters_key(settings))  # type: ignore[assignment]
+        client.close()
+        out.update({k.decode(): float(v) for k, v in stored.items()})
+    else:
+        path = settings.path("feature_repo", "data", "counters.sqlite")
+        if path.exists():
+            with closing(sqlite3.connect(path, timeout=30)) as conn:
+                conn.execute(_COUNTERS_SCHEMA)
+                out.update(
+                    {name: float(value) for name, value in conn.execute("SELECT name, value FROM counters")}
+                )
+    offline = open_offline(settings)
+    try:
+        rows, distinct = offline.count()
+        recent = offline.recent(1)
+    finally:
+        if isinstance(offline, PostgresMinutes):
+            offline.close()
+    out["offline_rows"], out["offline_minutes"] = float(rows), float(distinct)
+    out["head_lag_s"] = (
+        time.time() - pd.Timestamp(recent["event_time"].iloc[-1]).timestamp() if len(recent) else 0.0
+    )
+    return out
 
 
 def demo_stage(ctx: Any) -> None:

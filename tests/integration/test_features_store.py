@@ -27,7 +27,7 @@ from rtml.features.etl import build_dataset
 from rtml.features.feast_repo import online_redis_keys, teardown
 from rtml.features.offline import open_offline, read_minutes_df
 from rtml.features.online import OnlineMinutes, online_count
-from rtml.features.writer import FeatureStoreSink
+from rtml.features.writer import FeatureStoreSink, feature_counters
 
 REPLAY = "utx-2020-11-24.jsonl.gz"
 MINUTE = pd.Timedelta(minutes=1)
@@ -101,6 +101,10 @@ def test_writes_are_idempotent_and_the_latest_revision_wins(
         assert around["revision"].iloc[-1] == 2 and around["tx_count"].iloc[-1] == newer["tx_count"].iloc[0]
         assert len(reader.last(k + 30)) == k + 30
         assert online_count(store_settings) == 300
+        counters = feature_counters(store_settings)
+        assert counters["writes"] == 4 and counters["rows_written"] == 603
+        assert counters["offline_rows"] == counters["offline_minutes"] == 300
+        assert counters["head_lag_s"] > 0 and counters["last_write_time_s"] > 0
     finally:
         sink.close()
 
@@ -125,7 +129,7 @@ WRITER = textwrap.dedent(
     import sys
     import pandas as pd
     from rtml.config import get_settings
-    from rtml.features.writer import FeatureStoreSink
+    from rtml.features.writer import FeatureStoreSink, feature_counters
 
     minutes = pd.read_parquet(sys.argv[1])
     sink = FeatureStoreSink(get_settings())
