@@ -234,7 +234,8 @@ def load_version(settings: Settings, version: str) -> LoadedModel:
 
     c = client(settings)
     mv = c.get_model_version(MODEL_NAME, version)
-    cache = settings.path("mlflow", "cache", f"v{version}")
+    # keyed by run too: a registry recreated under the same data directory reuses version numbers
+    cache = settings.path("mlflow", "cache", f"v{version}-{mv.run_id}")
     target = cache / "artifacts" / MODEL_DIR
     if not (target / "meta.json").exists():
         mlflow.artifacts.download_artifacts(
@@ -330,3 +331,16 @@ def model_counters(settings: Settings) -> dict[str, float]:
         out["champion_version"] = float(info["version"])
         out["champion_wql"] = float(info["metrics"].get("wql", float("nan")))
     return out
+
+
+def registry_exists(settings: Settings) -> bool:
+    """Whether an MLflow registry was ever created. Asking a registry anything creates it (10-20 s
+    of schema migrations), too much for a question whose answer would be "no champion"."""
+    uri = tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).exists()
+    import psycopg
+
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)).fetchone()
+    return row is not None and row[0] is not None

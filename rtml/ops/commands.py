@@ -43,6 +43,13 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(bring_down(purge, yes))
 
     @app.command(hidden=True)
+    def archiver(interval: Annotated[float, typer.Option(help="Seconds between archive passes.")] = 5.0) -> None:
+        """Keep the Parquet archive up to date with the stream (started by `rtml up`)."""
+        from rtml.ops.scheduler import run_archiver
+
+        run_archiver(interval)
+
+    @app.command(hidden=True)
     def scheduler() -> None:
         """The periodic jobs of a running pipeline (started by `rtml up`)."""
         from rtml.ops.scheduler import run_scheduler

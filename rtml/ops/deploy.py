@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -24,13 +25,13 @@ console = Console()
 
 def components(settings: Settings, source: str, file: Path | None, speed: str, port: int) -> list[Component]:
     """The long-running parts of the pipeline, in data-flow order."""
-    ingest = ["ingest", "--source", source]
+    ingest = ["ingest", "--source", source, "--no-archive"]
     if file is not None:
         ingest += ["--file", str(Path(file).resolve()), "--speed", speed]
     host = settings.serving.host
     return [
         Component("ingest", ingest),
-        Component("archiver", ["archive", "--follow"]),
+        Component("archiver", ["archiver"]),
         Component("aggregate", ["aggregate"]),
         Component("serve", ["serve", "--host", host, "--port", str(port)], ready_url=f"http://{host}:{port}/health"),
         Component("scheduler", ["scheduler"]),
@@ -118,7 +119,38 @@ def gather_status(settings: Settings) -> dict:
                 "last_exit": comp["last_exit"],
             }
         )
-    return {"supervisor_pid": pid, "profile": settings.profile, "data_dir": str(settings.root), "components": comps}
+    return {
+        "supervisor_pid": pid,
+        "profile": settings.profile,
+        "data_dir": str(settings.root),
+        "components": comps,
+        **pipeline_facts(settings),
+    }
+
+
+def pipeline_facts(settings: Settings) -> dict[str, object]:
+    """Stream lag, freshness of the newest minute, champion version, last drift verdict."""
+    from rtml.aggregate.embedded import aggregate_counters
+    from rtml.aggregate.sinks import read_minutes
+    from rtml.model.registry import champion_version, registry_exists
+    from rtml.monitoring.events import EventLog
+
+    counters = aggregate_counters(settings)
+    recent = read_minutes(settings, datetime.now(UTC) - timedelta(days=1))
+    newest = recent[-1].event_time if recent else None
+    drift = EventLog(settings).recent(limit=1, prefix="drift.")
+    return {
+        "stream_lag_events": int(counters["lag_events"]),
+        "newest_minute_end": newest.isoformat() if newest else None,
+        "freshness_s": round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None,
+        "champion_version": champion_version(settings) if registry_exists(settings) else None,
+        "last_drift": (
+            f"{drift[0].kind} at {datetime.fromtimestamp(drift[0].time_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC"
+            f" (share {drift[0].details.get('share')})"
+            if drift
+            else None
+        ),
+    }
 
 
 def _pid_alive(pid: int) -> bool:

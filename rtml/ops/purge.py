@@ -1,8 +1,9 @@
 """`rtml down --purge`: find every piece of state this pipeline created, list it, delete it.
 
 The pipeline keeps all its files under the data directory, every Redis key under
-`<namespace>:` and every PostgreSQL table in the schema `<namespace>` (see rtml.config), so
-the plan is exact: nothing of another application's is ever listed.
+`<namespace>:` (Feast's online keys, which take no prefix, end with the namespace instead) and
+every PostgreSQL table in the schema `<namespace>` (see rtml.config), so the plan is exact:
+nothing of another application's is ever listed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rtml.config import Settings
 class PurgePlan:
     data_dir: Path
     files: int = 0
-    redis_keys: list[str] = field(default_factory=list)
+    redis_keys: list[bytes] = field(default_factory=list)
     pg_tables: list[str] = field(default_factory=list)
     pg_schema: str | None = None
 
@@ -31,17 +32,20 @@ class PurgePlan:
         if self.data_dir.exists():
             lines.append(f"directory {self.data_dir} ({self.files} files)")
         if self.redis_keys:
-            lines.append(f"{len(self.redis_keys)} Redis keys matching {self.redis_keys[0].split(':')[0]}:*")
+            lines.append(f"{len(self.redis_keys)} Redis keys (the namespace's and the feature store's)")
         if self.pg_schema:
             lines.append(f"PostgreSQL schema {self.pg_schema} with {len(self.pg_tables)} tables")
         return lines
 
 
-def _redis_keys(settings: Settings) -> list[str]:
+def _redis_keys(settings: Settings) -> list[bytes]:
     import redis
 
+    from rtml.features.feast_repo import online_redis_keys
+
     client = redis.Redis.from_url(settings.redis_url)
-    return sorted(k.decode() for k in client.scan_iter(match=f"{settings.namespace}:*", count=1000))
+    own = client.scan_iter(match=f"{settings.namespace}:*".encode(), count=1000)
+    return sorted({*own, *online_redis_keys(settings)})
 
 
 def _pg_tables(settings: Settings) -> tuple[str | None, list[str]]:

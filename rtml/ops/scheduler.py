@@ -38,6 +38,21 @@ def jobs(settings: Settings) -> list[Job]:
     ]
 
 
+def run_archiver(interval_s: float, stop: threading.Event | None = None) -> None:
+    """The archiver component: archive what the stream gained, compact, until SIGTERM."""
+    from rtml.archive.parquet_lake import archive_pending, compact
+
+    settings = get_settings()
+    stop = stop or threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while True:
+        archive_pending(settings)
+        if stop.wait(interval_s):
+            break
+    archive_pending(settings)
+    compact(settings)
+
+
 def run_scheduler(stop: threading.Event | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()

@@ -13,7 +13,6 @@ import importlib
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
@@ -128,26 +127,13 @@ def champion_training_window(settings: Settings) -> Window | None:
 
 
 def _registry_exists(settings: Settings) -> bool:
-    """Whether an MLflow registry was ever created: asking one creates it, which takes 10-20 s
-    of schema migrations, too much for a question whose answer is then "no champion"."""
-    try:
-        from rtml.model.registry import tracking_uri
-    except ImportError:
-        return False
-    uri = tracking_uri(settings)
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).exists()
-    try:
-        import psycopg
+    from rtml.model.registry import registry_exists
 
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)
-            ).fetchone()
+    try:
+        return registry_exists(settings)
     except Exception as exc:  # PostgreSQL down: no reference from the registry this time
         log.warning("model registry unavailable: %s", exc)
         return False
-    return row is not None and row[0] is not None
 
 
 def _as_utc(value: datetime | str) -> datetime:
