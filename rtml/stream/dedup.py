@@ -5,10 +5,11 @@ per batch, not per event. A hash is new when it was not seen within the TTL; see
 inside the TTL does not extend it (like Redis `SET NX EX`).
 
 Embedded: `<data_dir>/dedup.sqlite`. Random-key B-tree inserts cost ~8 µs each at a million keys,
-far from the 200k events/s target, so the table is an append-only log (hash, expiry) in insertion
-order and the membership test runs on an in-memory index of the unexpired rows, rebuilt on open.
-Every batch runs in one `BEGIN IMMEDIATE` transaction that first reads rows other processes
-appended since this one last looked, so two ingesters on one data directory still agree.
+far from the 200k events/s target, so the table is an append-only log with one row per batch
+(its new hashes, their expiry) and the membership test runs on an in-memory index of the
+unexpired entries, rebuilt on open. Every batch runs in one `BEGIN IMMEDIATE` transaction that
+first replays rows other processes appended since this one last looked, so two ingesters on
+one data directory still agree.
 Services: Redis keys `{namespace}:dedup:<hash>` set with `SET NX EX`, one pipeline per batch.
 """
 
@@ -61,30 +62,42 @@ class SqliteDedup(Dedup):
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # One row per batch: the batch's new hashes as a JSON array, all with the same expiry, or
+        # (forgotten = 1) hashes to drop again. AUTOINCREMENT: ids are never reused after a purge,
+        # so every process's catch-up position (`_last_id`) stays valid.
         self._db.execute(
-            # AUTOINCREMENT: ids are never reused after a purge, so another process's catch-up
-            # position (`_last_id`) stays valid.
-            "CREATE TABLE IF NOT EXISTS seen"
-            " (id INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL, expires INTEGER NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS seen_batches (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " expires INTEGER NOT NULL, forgotten INTEGER NOT NULL, hashes TEXT NOT NULL)"
         )
         self._expiry: dict[str, int] = {}
         self._last_id = 0
-        self.purge()
+        self._db.execute("DELETE FROM seen_batches WHERE expires <= ?", (_now_ms(),))
         self._catch_up(_now_ms())
 
     def _catch_up(self, now_ms: int) -> None:
-        """Load rows appended since we last looked (by us or by another process)."""
+        """Replay, in order, the batches appended since we last looked (by us or another process)."""
         rows = self._db.execute(
-            "SELECT id, hash, expires FROM seen WHERE id > ? AND expires > ? ORDER BY id",
-            (self._last_id, now_ms),
+            "SELECT id, expires, forgotten, hashes FROM seen_batches WHERE id > ? ORDER BY id", (self._last_id,)
         ).fetchall()
         if not rows:
             return
         expiry = self._expiry
-        for _, tx_hash, expires in rows:
-            if expiry.get(tx_hash, 0) < expires:
-                expiry[tx_hash] = expires
+        for _, expires, forgotten, hashes in rows:
+            if forgotten:
+                for tx_hash in json.loads(hashes):
+                    expiry.pop(tx_hash, None)
+            elif expires > now_ms:
+                for tx_hash in json.loads(hashes):
+                    if expiry.get(tx_hash, 0) < expires:
+                        expiry[tx_hash] = expires
         self._last_id = rows[-1][0]
+
+    def _log(self, expires: int, forgotten: bool, hashes: list[str]) -> None:
+        self._db.execute(
+            "INSERT INTO seen_batches (expires, forgotten, hashes) VALUES (?, ?, ?)",
+            (expires, int(forgotten), json.dumps(hashes)),
+        )
+        self._last_id = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
 
     def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
         if not hashes:
@@ -92,7 +105,7 @@ class SqliteDedup(Dedup):
         now = _now_ms() if now_ms is None else now_ms
         expires = now + self.ttl_ms
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")  # serialises check-and-mark with other processes
         try:
             self._catch_up(now)
             expiry = self._expiry
@@ -107,13 +120,7 @@ class SqliteDedup(Dedup):
                     fresh.append(tx_hash)
                     flags.append(True)
             if fresh:
-                # One statement for the whole batch, the hashes as one JSON array: 2.5x cheaper than
-                # executemany's per-row binding.
-                db.execute(
-                    "INSERT INTO seen (hash, expires) SELECT value, ? FROM json_each(?)",
-                    (expires, json.dumps(fresh)),
-                )
-                self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                self._log(expires, False, fresh)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -127,16 +134,18 @@ class SqliteDedup(Dedup):
         if not hashes:
             return
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany("DELETE FROM seen WHERE hash = ?", [(h,) for h in hashes])
+        # Kept until every mark it cancels has expired, so a restart never revives them.
+        self._log(_now_ms() + self.ttl_ms, True, list(hashes))
         self._db.execute("COMMIT")
         for tx_hash in hashes:
             self._expiry.pop(tx_hash, None)
 
     def purge(self, now_ms: int | None = None) -> int:
         now = _now_ms() if now_ms is None else now_ms
-        gone = self._db.execute("DELETE FROM seen WHERE expires <= ?", (now,)).rowcount
+        self._db.execute("DELETE FROM seen_batches WHERE expires <= ?", (now,))
+        before = len(self._expiry)
         self._expiry = {h: e for h, e in self._expiry.items() if e > now}
-        return gone
+        return before - len(self._expiry)
 
     def close(self) -> None:
         self._db.close()

@@ -84,6 +84,8 @@ def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -
         assert b.first_seen([h(1)], now_ms=200_000) == [True]
         # After a purge emptied the table, new rows still reach the other process.
         assert a.first_seen([h(1), h(5)], now_ms=200_000) == [False, True]
+        b.forget([h(5)])  # an append failed in b: the mark is undone for a too
+        assert a.first_seen([h(5)], now_ms=200_000) == [True]
     finally:
         a.close()
         b.close()
