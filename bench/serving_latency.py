@@ -108,7 +108,7 @@ def main() -> None:
         }
         os.environ.update(env)
         from rtml.config import get_settings
-        from rtml.serving.seed import purge, seed
+        from rtml.serving.seed import seed
 
         settings = get_settings()
         t = time.perf_counter()
@@ -142,7 +142,11 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
             if args.profile == "services":
-                purge(settings)
+                from rtml.features.feast_repo import teardown
+                from rtml.ops.purge import execute_purge, plan_purge
+
+                teardown(settings)
+                execute_purge(settings, plan_purge(settings, services=True))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ class RegistryModelSource:
         registry.quiet_mlflow()
         self.settings = settings
         self._registry = registry
+        # registry.load_version downloads `models:/...` URIs, which MLflow resolves against the
+        # process-wide registry URI whatever URI is passed: in a fresh serving process that is
+        # not this pipeline's store until set here.
+        import mlflow
+
+        mlflow.set_tracking_uri(registry.tracking_uri(settings))
+        mlflow.set_registry_uri(registry.tracking_uri(settings))
         self._db = settings.path("mlflow", "mlflow.db") if settings.profile == "embedded" else None
         self._seen: tuple[tuple[int, int], ...] | None = None
         self._version: str | None = None

@@ -80,3 +80,11 @@ def seed(settings: Settings, minutes: int = 24 * 60, models: int = 2) -> list[st
     versions = register_models(settings, rows, models)
     marker.write_text(json.dumps(versions))
     return versions
+
+
+if __name__ == "__main__":
+    # `python -m rtml.serving.seed`: seed the configured data directory from a process of its own
+    # (as a trainer would), print the versions as JSON.
+    from rtml.config import get_settings
+
+    print(json.dumps(seed(get_settings())))

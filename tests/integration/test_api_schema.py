@@ -8,6 +8,9 @@ the champion is put back afterwards.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +27,6 @@ from schemathesis.specs.openapi.checks import (
 from rtml.config import Settings, get_settings
 from rtml.model import registry
 from rtml.serving.app import BackgroundServer, create_app
-from rtml.serving.seed import seed
 
 TOKEN = "test-admin-token"
 
@@ -39,7 +41,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, li
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         mp.setenv("RTML_SERVING__ADMIN_TOKEN", TOKEN)
         settings = get_settings()
-        versions = seed(settings, minutes=24 * 60, models=2)
+        versions = seed_in_another_process()
         yield settings, versions
         if registry.champion_version(settings) != versions[0]:
             registry.promote(settings, versions[0], reason="test cleanup")
@@ -87,3 +89,13 @@ def _fuzz(operation: schemathesis.APIOperation, checks: list) -> None:
         case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=checks)
 
     check()
+
+
+def seed_in_another_process() -> list[str]:
+    """The serving bed, written by another process as a trainer would: the service must find the
+    models through the registry alone (no MLflow state left in this process)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rtml.serving.seed"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -7,6 +7,9 @@ champion. Tests that move the champion put v1 back.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ from rtml.contracts import MinuteFeatures
 from rtml.model import registry
 from rtml.serving.app import BackgroundServer, create_app
 from rtml.serving.prediction_log import read_predictions, serving_counters
-from rtml.serving.seed import seed, write_minutes
+from rtml.serving.seed import write_minutes
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,7 +43,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, li
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         mp.setenv("RTML_SERVING__ADMIN_TOKEN", TOKEN)
         settings = get_settings()
-        yield settings, seed(settings, minutes=24 * 60, models=2)
+        yield settings, seed_in_another_process()
 
 
 @pytest.fixture
@@ -317,3 +320,13 @@ def test_a_new_minute_in_the_store_moves_the_forecast(bed: tuple[Settings, list[
         minutes=1
     )
     assert after["p50"] != before["p50"]
+
+
+def seed_in_another_process() -> list[str]:
+    """The serving bed, written by another process as a trainer would: the service must find the
+    models through the registry alone (no MLflow state left in this process)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rtml.serving.seed"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
