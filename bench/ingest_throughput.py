@@ -97,7 +97,7 @@ def main() -> None:
         )
         print(
             f"CPU cost: {cpu / totals.received * 1e6:.2f} µs per event ="
-            f" {totals.received / cpu:,.0f} events per CPU-second (what the wall rate approaches on idle cores)"
+            f" {totals.received / cpu:,.0f} events per CPU-second (the rate one uncontended core gives)"
         )
         print(f"load after: {loadavg()} on {os.cpu_count()} cores")
 
