@@ -61,12 +61,12 @@ pack() {
   "$build/env/bin/pip" install -q "${EXECUTOR_REQUIREMENTS[@]}" venv-pack
   "$build/env/bin/pip" install -q --no-deps "$REPO"   # a real install: venv-pack refuses editable ones
   mkdir -p "$DIST"
-  "$build/env/bin/venv-pack" -q -p "$build/env" -o "$ARCHIVE.part" --force
+  "$build/env/bin/venv-pack" -q -p "$build/env" -o "$ARCHIVE.part" --format tar.gz --force
   mv "$ARCHIVE.part" "$ARCHIVE"
 }
 
 ENV_ARGS=(--archives "$ARCHIVE#environment" --conf spark.pyspark.python=./environment/bin/python)
-if [[ "$MASTER" == local* ]]; then
+if [[ "$MASTER" == local || "$MASTER" == local\[* ]]; then
   # Local masters run the Python workers on this machine: no archive, this venv's Python.
   ENV_ARGS=(--conf spark.pyspark.python="$PYTHON")
 elif [ ! -f "$ARCHIVE" ]; then
@@ -106,4 +106,15 @@ if [ "$DRY_RUN" = 1 ]; then
 fi
 # The driver must not build its own local[2] session: spark-submit's master wins (spark_job.spark_session).
 export PYSPARK_DRIVER_PYTHON="$PYTHON"
+if [[ "$MASTER" != local && "$MASTER" != local\[* ]]; then
+  # Spark plans a Python data source in Python workers on the driver, started with the same
+  # spark.pyspark.python as the executors: give the driver a ./environment too (this venv).
+  # Paths the job resolves from the working directory are made absolute first.
+  export RTML_CONFIG="$(realpath -m "${RTML_CONFIG:-rtml.toml}")"
+  export RTML_DATA_DIR="$("$PYTHON" -c 'from rtml.config import get_settings; print(get_settings().root)')"
+  RUN_DIR="$DIST/driver"
+  mkdir -p "$RUN_DIR"
+  ln -sfn "$(cd "$(dirname "$PYTHON")/.." && pwd)" "$RUN_DIR/environment"
+  cd "$RUN_DIR"
+fi
 exec "${CMD[@]}"

@@ -104,6 +104,8 @@ class _Log:
                 if entries and after is not None and _id(entries[0][0].decode()) <= _id(after):
                     return None
             else:
+                # Redis cannot skip n entries by id alone: this reads up to max_rows entries
+                # on the driver (cheap next to the batch the executors then read).
                 low = f"({after}" if after is not None else "-"
                 entries = client.xrange(self.options["key"], min=low, max="+", count=max_rows)[-1:]
             return entries[-1][0].decode() if entries else None
