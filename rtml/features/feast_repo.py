@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,12 +289,38 @@ def ensure_repo(settings: Settings) -> FeatureStore:
     return store
 
 
+def _entity_key(join_key: str, value_type: int, value: bytes) -> bytes:
+    """Feast's entity key serialization v3 for one join key (see feast.infra.key_encoding_utils)."""
+    name = join_key.encode()
+    return struct.pack("<III", 1, _STRING, len(name)) + name + struct.pack("<II", value_type, len(value)) + value
+
+
+_STRING, _INT64 = 2, 4  # feast ValueType.STRING, ValueType.INT64
+
+
 def online_redis_keys(settings: Settings) -> list[bytes]:
-    """Feast's Redis keys of this pipeline (binary; they end with the project name)."""
+    """Feast's Redis keys of this pipeline: `<serialized entity key><project>`, matched exactly.
+
+    Only keys of this project's two entities are returned (a minute key, or the window key),
+    so a project whose name merely ends like this one's is never touched.
+    """
     import redis
 
+    project = project_name(settings).encode()
+    # a minute key: the int64 value's 8 bytes follow this prefix, then the project
+    minute_prefix = _entity_key("minute_key", _INT64, bytes(8))[:-8]
+    minute_len = len(minute_prefix) + 8 + len(project)
+    window = _entity_key("chain_id", _STRING, CHAIN_ID.encode()) + project
     client = redis.Redis.from_url(settings.redis_url)
-    return list(client.scan_iter(match=f"*{project_name(settings)}".encode(), count=1000))
+    try:
+        found = client.scan_iter(match=b"*" + project, count=1000)
+        return [
+            k
+            for k in found
+            if k == window or (len(k) == minute_len and k.startswith(minute_prefix) and k.endswith(project))
+        ]
+    finally:
+        client.close()
 
 
 def teardown(settings: Settings) -> None:

@@ -24,7 +24,7 @@ from rtml.aggregate.reference import load_replay, reference_minutes
 from rtml.config import Settings, get_settings
 from rtml.features.dataset import FEATURE_COLUMNS, history_minutes, minutes_frame
 from rtml.features.etl import build_dataset
-from rtml.features.feast_repo import online_redis_keys, teardown
+from rtml.features.feast_repo import online_redis_keys, project_name, teardown
 from rtml.features.offline import open_offline, read_minutes_df
 from rtml.features.online import OnlineMinutes, online_count
 from rtml.features.writer import FeatureStoreSink, feature_counters
@@ -306,8 +306,14 @@ def test_services_state_stays_in_the_namespace(
         sink.write_frame(replay_minutes.iloc[:30])
     finally:
         sink.close()
+    import redis
+
+    client = redis.Redis.from_url(store_settings.redis_url)
+    decoy = b"someone_else_" + project_name(store_settings).encode()  # merely ends like our keys
+    client.set(decoy, b"x", ex=60)
     keys = online_redis_keys(store_settings)
-    assert len(keys) == 31  # 30 minutes + the window
+    assert len(keys) == 31 and decoy not in keys  # 30 minutes + the window, exactly
+    client.delete(decoy)
     with psycopg.connect(store_settings.postgres_dsn) as conn:
         tables = {r[0] for r in conn.execute(
             "SELECT table_schema FROM information_schema.tables WHERE table_name = 'minute_features'"
