@@ -169,10 +169,11 @@ def test_replay_at_max_speed_fills_stream_and_a_compacted_archive(settings: Sett
 
 
 def test_archiver_crash_before_commit_doubles_nothing(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    any_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import duckdb
 
+    settings = any_settings
     with Ingestor(settings) as ingestor:
         ingestor.ingest([json.dumps(to_utx_message(event(i))) for i in range(300)], "replay")
     with open_stream(settings) as stream:
