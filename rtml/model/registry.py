@@ -98,10 +98,17 @@ def _has_model(c: MlflowClient) -> bool:
     return True
 
 
+def _absent(settings: Settings) -> bool:
+    """No registry yet: reading must not create one (MLflow's migrations take 5-20 s)."""
+    return tracking_uri(settings) not in _clients and not registry_exists(settings)
+
+
 def champion_version(settings: Settings) -> str | None:
     """The version the `champion` alias points at, or None; cheap enough to poll."""
     from mlflow.exceptions import MlflowException
 
+    if _absent(settings):
+        return None
     try:
         return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
     except MlflowException:
@@ -148,6 +155,8 @@ def champion_training_window(settings: Settings) -> tuple[datetime, datetime] | 
 
 def list_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every registered version, newest first, with the same fields as `champion_info`."""
+    if _absent(settings):
+        return []
     c = client(settings)
     if not _has_model(c):
         return []
@@ -159,6 +168,8 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
 
 
 def champion_history(settings: Settings) -> list[str]:
+    if _absent(settings):
+        return []
     c = client(settings)
     if not _has_model(c):
         return []
@@ -189,7 +200,6 @@ def rollback(settings: Settings) -> str:
     """Move `champion` back to the previous champion in the history; returns that version."""
     from rtml.monitoring.events import EventLog
 
-    c = client(settings)
     current = champion_version(settings)
     history = champion_history(settings)
     if current is not None and current in history:
@@ -197,6 +207,7 @@ def rollback(settings: Settings) -> str:
     if not history:
         raise LookupError("no previous champion to roll back to")
     target = history[-1]
+    c = client(settings)
     c.set_registered_model_alias(MODEL_NAME, CHAMPION, target)
     c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history))
     log = EventLog(settings)

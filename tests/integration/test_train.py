@@ -204,3 +204,15 @@ def test_rtml_train_reads_the_training_set_through_the_etl(embedded: Settings) -
     assert "feast get_historical_features" in Path(card).read_text()
     bad = CliRunner().invoke(app, ["train", "--start", "yesterday"])
     assert bad.exit_code != 0 and "not an ISO time" in bad.output
+
+
+def test_asking_an_absent_registry_does_not_create_it(settings: Settings) -> None:
+    """Serving, drift and `rtml status` poll the champion; a fresh data directory has no registry."""
+    assert registry.champion_version(settings) is None
+    assert registry.champion_info(settings) is None
+    assert registry.list_versions(settings) == []
+    with pytest.raises(LookupError):
+        registry.rollback(settings)
+    assert registry.model_counters(settings)["trainings"] == 0
+    assert not registry.registry_exists(settings)
+    assert not settings.path("mlflow", "mlflow.db").exists()
