@@ -13,6 +13,7 @@ nothing lost, nothing counted twice.
 from __future__ import annotations
 
 import fcntl
+import logging
 import signal
 import threading
 import time
@@ -29,7 +30,7 @@ from rtml.stream import Offset, Stream, open_stream
 if TYPE_CHECKING:
     from rtml.demo import DemoContext
 
-CONSUMER = "aggregator"
+log = logging.getLogger(__name__)
 BATCH = 50_000
 POLL_S = 0.005
 
@@ -86,6 +87,10 @@ def stream_identity(settings: Settings) -> str:
     return "sqlite:stream.sqlite"
 
 
+class DeliveryError(RuntimeError):
+    """A sink refused rows; they stay in the outbox and are offered again."""
+
+
 @dataclass
 class Progress:
     """What one `step` did, for progress bars and the live loop."""
@@ -120,12 +125,16 @@ class Engine:
         self._conn = connect(aggregate_db_path(settings))
         self._conn.executescript(STATE_SCHEMA)
         self.state, self.offset = self._load()
+        self._undelivered = False
         self._redis = None
         if settings.profile == "services":
             import redis
 
             self._redis = redis.Redis.from_url(settings.redis_url)
-        self.deliver()
+        try:
+            self.deliver()  # rows a crash left between commit and delivery
+        except DeliveryError as exc:
+            log.warning("%s; will retry", exc)
 
     # -- state -----------------------------------------------------------------------------
     def _load(self) -> tuple[WindowState, Offset | None]:
@@ -212,9 +221,14 @@ class Engine:
         # Several revisions of one minute may wait in the outbox: the latest (last) wins.
         latest = {m: MinuteFeatures.from_window(m, c, t, r) for _, m, c, t, r in rows}
         features = [latest[m] for m in sorted(latest)]
+        self._undelivered = True
         for sink in self.sinks:
-            sink.upsert(features)
+            try:
+                sink.upsert(features)
+            except Exception as exc:
+                raise DeliveryError(f"{type(sink).__name__} refused {len(features)} rows: {exc}") from exc
         self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (rows[-1][0],))
+        self._undelivered = False
         return len(features)
 
     def counters(self) -> dict[str, float]:
@@ -235,11 +249,11 @@ class Engine:
         """Read one batch, apply it, commit, deliver."""
         rows, last = self.stream.read_slim(self.offset, self.batch)
         if not rows:
-            return Progress(0, 0)
+            return Progress(0, self.deliver() if self._undelivered else 0)
         late = self.state.add(rows)
         windows = self.state.pop_final()
         self._commit(last, late, windows)
-        emitted = self.deliver() if windows else 0
+        emitted = self.deliver() if windows or self._undelivered else 0
         return Progress(len(rows), emitted)
 
     def drain(self, on_progress: Callable[[Progress], None] | None = None) -> int:
@@ -262,18 +276,28 @@ class Engine:
         idle_ms = self.settings.window.idle_timeout_s * 1000
         lateness = self.state.lateness_ms
         last_event = time.monotonic()
+        backoff = 0.0
         while not stop.is_set():
-            p = self.step()
-            if p.events:
-                last_event = time.monotonic()
+            try:
+                if self.step().events:
+                    last_event = time.monotonic()
+                    backoff = 0.0
+                    continue
+                quiet_ms = (time.monotonic() - last_event) * 1000
+                if quiet_ms >= idle_ms and self.state.max_event_time != NO_WATERMARK:
+                    self.state.advance(self.state.max_event_time + int(quiet_ms) - lateness)
+                    windows = self.state.pop_final()
+                    if windows:
+                        self._commit(self.offset, [], windows)
+                        self.deliver()
+                backoff = 0.0
+            except DeliveryError as exc:
+                # The state is committed and the rows wait in the outbox: keep aggregating and
+                # retry delivery with each step, backing off while the sink stays down.
+                backoff = min(max(backoff * 2, 0.5), 30.0)
+                log.warning("%s; retrying in %.1f s (nothing is lost: rows wait in the outbox)", exc, backoff)
+                stop.wait(backoff)
                 continue
-            quiet_ms = (time.monotonic() - last_event) * 1000
-            if quiet_ms >= idle_ms and self.state.max_event_time != NO_WATERMARK:
-                self.state.advance(self.state.max_event_time + int(quiet_ms) - lateness)
-                windows = self.state.pop_final()
-                if windows:
-                    self._commit(self.offset, [], windows)
-                    self.deliver()
             stop.wait(poll_s)
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -289,3 +289,42 @@ def test_live_idle_stream_still_closes_its_windows(data_dir: Path, monkeypatch: 
         worker.join()
         engine.close()
     assert read_minutes(settings) == reference_minutes(rows)
+
+
+def test_live_mode_rides_out_a_failing_sink(settings: Settings, dense_replay: list[Row]) -> None:
+    """A sink that is down loses nothing: rows wait in the outbox and are re-offered."""
+    rows = dense_replay[:3_000]
+    _append(settings, rows)
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.failures = 3
+            self.rows: dict[object, object] = {}
+
+        def upsert(self, got: Sequence[MinuteFeatures]) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("store unavailable")
+            self.rows.update((r.minute, r) for r in got)
+
+    flaky = Flaky()
+    engine = Engine(settings, sinks=[MinutesTable(aggregate_db_path(settings)), flaky])
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run_live, args=(stop,))
+    worker.start()
+    try:
+        expected = reference_minutes(rows)
+        deadline = time.monotonic() + 60
+        while flaky.failures or aggregate_counters(settings)["events_in"] < len(rows):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        engine_rows = read_minutes(settings)
+        while len(flaky.rows) < len(engine_rows):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join()
+        engine.close()
+    assert engine_rows and engine_rows == expected[: len(engine_rows)]
+    assert [flaky.rows[m.minute] for m in engine_rows] == engine_rows
