@@ -629,7 +629,7 @@ def demo_stage(ctx: DemoContext) -> None:
     except ImportError:
         champion = None
     if champion is None:
-        ctx.summary["serving"] = "skipped: no champion model in the registry (no training stage ran)"
+        ctx.summary["serving"] = "skipped: the registry has no champion (no model trained, or the gate refused it)"
         return
     server = BackgroundServer(create_app(ctx.settings)).start()
     ctx.cleanups.append(server.stop)
