@@ -305,7 +305,7 @@ def log_candidate(
         c.create_registered_model(MODEL_NAME, description="P10/P50/P90 of fee_avg_sat 5 minutes ahead")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The signature is explicit; an input example would only slow logging down (NOTES.md).
-        warnings.filterwarnings("ignore", message="An input example was not provided")
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
         model.save(Path(tmp) / MODEL_DIR)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
