@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,9 @@ from rtml.config import Settings
 from rtml.features.dataset import FEATURE_COLUMNS, features_for_asof, history_minutes
 from rtml.serving.sources import FeatureBatch, NoFeatures
 from rtml.serving.swap import ServedModel
+
+# A registry file modified this recently may be modified again within the same mtime tick.
+RECENT_S = 0.5
 
 
 class StoreFeatureSource:
@@ -81,14 +85,22 @@ class RegistryModelSource:
         self._version: str | None = None
 
     def champion_version(self) -> str | None:
-        """Asks the registry only when its SQLite file changed (a query costs ~5 ms, a stat ~5 µs)."""
+        """Asks the registry only when its SQLite file changed (a query costs ~5 ms, a stat ~5 µs).
+
+        A file's mtime has the kernel clock's tick (a few ms) as granularity, and an alias
+        update keeps the file size, so a file written within the last RECENT_S is not trusted to
+        show the next write: the following poll asks again.
+        """
+        now_ns = time.time_ns()
         marker = self._db_marker()
         if marker is None or marker != self._seen:
             self._version = self._registry.champion_version(self.settings)
-            self._seen = marker
+            recent = marker is not None and now_ns - max(m for m, _ in marker) < RECENT_S * 1e9
+            self._seen = None if recent else marker
         return self._version
 
     def _db_marker(self) -> tuple[tuple[int, int], ...] | None:
+        """(mtime_ns, size) of the SQLite file and its journals; None in the services profile."""
         if self._db is None:
             return None
         marks = []
@@ -96,8 +108,9 @@ class RegistryModelSource:
             try:
                 st = os.stat(f"{self._db}{suffix}")
             except FileNotFoundError:
-                st = None
-            marks.append((st.st_mtime_ns, st.st_size) if st else (0, 0))
+                marks.append((0, 0))
+            else:
+                marks.append((st.st_mtime_ns, st.st_size))
         return tuple(marks)
 
     def load_champion(self) -> ServedModel:

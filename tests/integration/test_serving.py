@@ -330,3 +330,18 @@ def seed_in_another_process() -> list[str]:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_the_champion_poll_sees_changes_in_quick_succession(
+    bed: tuple[Settings, list[str]], champion_back: None
+) -> None:
+    from rtml.serving.real import RegistryModelSource
+
+    settings, versions = bed
+    source = RegistryModelSource(settings)
+    assert source.champion_version() == versions[0]
+    for version in [versions[1], versions[0], versions[1]]:
+        registry.promote(settings, version, reason="test")
+        assert source.champion_version() == version
+    assert registry.rollback(settings) == versions[0]
+    assert source.champion_version() == versions[0]
