@@ -37,7 +37,7 @@ POLL_S = 0.005
 STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS engine_state (
   id INTEGER PRIMARY KEY CHECK (id = 1),
-  stream TEXT NOT NULL,              -- which log the offset belongs to
+  stream TEXT NOT NULL,              -- the identity of the log the offset belongs to
   input_offset TEXT,
   watermark INTEGER NOT NULL,
   max_event_time INTEGER NOT NULL,
@@ -80,13 +80,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-def stream_identity(settings: Settings) -> str:
-    """Names the log an offset belongs to, so a state is never applied to another stream."""
-    if settings.profile == "services":
-        return f"redis:{settings.namespace}:stream:tx"
-    return "sqlite:stream.sqlite"
-
-
 class DeliveryError(RuntimeError):
     """A sink refused rows; they stay in the outbox and are offered again."""
 
@@ -119,9 +112,9 @@ class Engine:
             raise RuntimeError(f"another aggregator is running on {settings.root}") from None
         self.stream = stream if stream is not None else open_stream(settings)
         self._own_stream = stream is None
+        self._identity = self.stream.identity
         self.sinks = list(sinks) if sinks is not None else minute_sinks(settings)
         self.batch = batch
-        self._identity = stream_identity(settings)
         self._conn = connect(aggregate_db_path(settings))
         self._conn.executescript(STATE_SCHEMA)
         self.state, self.offset = self._load()
@@ -148,8 +141,9 @@ class Engine:
             return state, None
         if row[0] != self._identity:
             raise RuntimeError(
-                f"{aggregate_db_path(self.settings)} holds the state of stream {row[0]!r}, "
-                f"not {self._identity!r}: use another data directory or delete that file"
+                f"{aggregate_db_path(self.settings)} holds the state of stream {row[0]!r}, but the "
+                f"stream is now {self._identity!r} (recreated?): its offsets mean nothing here; "
+                "delete that file to aggregate the new stream from its start"
             )
         (state.watermark, state.max_event_time, state.next_emit, state.max_minute) = row[2:6]
         (state.events_in, state.late, state.duplicates, state.windows_emitted) = row[6:10]

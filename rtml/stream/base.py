@@ -26,6 +26,10 @@ COLUMNS = ("tx_hash", "event_time", "fee_sat", "size", "source", "ingest_time")
 
 
 class Stream(ABC):
+    # Names this log for its whole life (a recreated log gets a new one), so a consumer that
+    # keeps its offset elsewhere can tell that the offset no longer means anything.
+    identity: str
+
     def append(self, events: Sequence[TxEvent]) -> Offset | None:
         """Append durably, in order; returns the offset of the last event (None for no events)."""
         return self.append_rows(

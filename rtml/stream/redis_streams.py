@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,9 @@ class RedisStream(Stream):
         self._xadd_all = self._r.register_script(_XADD_ALL)
         self.key = f"{namespace}:stream:tx"
         self.offsets_key = f"{namespace}:offsets"
+        id_key = f"{namespace}:stream:identity"
+        self._r.set(id_key, f"redis:{self.key}:{uuid.uuid4().hex}", nx=True)
+        self.identity = self._r.get(id_key).decode()  # type: ignore[union-attr]
 
     def append_rows(self, rows: Sequence[Row]) -> Offset | None:
         last: Offset | None = None

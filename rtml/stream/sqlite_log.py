@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,10 @@ CREATE TABLE IF NOT EXISTS events (
   size INTEGER NOT NULL,
   source TEXT NOT NULL,
   ingest_time INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS consumer_offsets (
   consumer TEXT PRIMARY KEY,
@@ -47,6 +52,12 @@ class SqliteStream(Stream):
         self.path = path
         self._conn = connect(path)
         self._conn.executescript(SCHEMA)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO stream_meta VALUES ('identity', ?)", (f"sqlite:{uuid.uuid4().hex}",)
+        )
+        self.identity = self._conn.execute("SELECT value FROM stream_meta WHERE key = 'identity'").fetchone()[
+            0
+        ]
 
     def append_rows(self, rows: Sequence[Row]) -> Offset | None:
         if not rows:

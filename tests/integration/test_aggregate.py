@@ -22,7 +22,7 @@ from rtml.aggregate.reference import disorder, load_replay, reference_minutes, r
 from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, read_minutes
 from rtml.config import Settings, get_settings
 from rtml.contracts import MINUTE_MS, MinuteFeatures
-from rtml.stream import Row, open_stream
+from rtml.stream import Row, open_stream, stream_path
 
 REPLAY = "utx-2020-11-24.jsonl.gz"
 # The engine with its own output table only: the feature store's sink has its own suite, and
@@ -328,3 +328,23 @@ def test_live_mode_rides_out_a_failing_sink(settings: Settings, dense_replay: li
         engine.close()
     assert engine_rows and engine_rows == expected[: len(engine_rows)]
     assert [flaky.rows[m.minute] for m in engine_rows] == engine_rows
+
+
+def test_a_recreated_stream_is_refused_not_skipped(
+    backend_settings: Settings, dense_replay: list[Row]
+) -> None:
+    """New offsets restart from the beginning: an old offset would silently skip events."""
+    _append(backend_settings, dense_replay[:1_000])
+    engine = _engine(backend_settings)
+    engine.drain()
+    engine.close()
+    if backend_settings.profile == "services":
+        import redis
+
+        r = redis.Redis.from_url(backend_settings.redis_url)
+        r.delete(*r.scan_iter(f"{backend_settings.namespace}:stream:*"))
+    else:
+        Path(stream_path(backend_settings)).unlink()
+    _append(backend_settings, dense_replay[1_000:2_000])
+    with pytest.raises(RuntimeError, match="recreated"):
+        _engine(backend_settings)
