@@ -176,10 +176,14 @@ class Engine:
                     now,
                 ),
             )
-            conn.execute("DELETE FROM open_windows")
+            # Only the windows touched since the last commit: live mode commits every few ms.
+            changed = [m for m in s.dirty if m in s.open]
             conn.executemany(
-                "INSERT INTO open_windows VALUES (?, ?, ?, ?)",
-                [(m, w[0], w[1], ",".join(w[2])) for m, w in s.open.items()],
+                "DELETE FROM open_windows WHERE minute = ?", [(m,) for m in s.dirty if m not in s.open]
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO open_windows VALUES (?, ?, ?, ?)",
+                [(m, s.open[m][0], s.open[m][1], ",".join(s.open[m][2])) for m in changed],
             )
             conn.execute("DELETE FROM provisional")
             conn.executemany(
@@ -201,6 +205,7 @@ class Engine:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        s.dirty.clear()
         self.offset = offset
         if self._redis is not None:
             self._redis.hset(f"{self.settings.namespace}:counters:aggregate", mapping=self.counters())

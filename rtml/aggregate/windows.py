@@ -59,6 +59,8 @@ class WindowState:
     open: dict[int, list[Any]] = field(default_factory=dict)
     # Windows emitted by a drain but not final yet: minute -> (revision, tx_count, fee_total_sat).
     provisional: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # Minutes whose open window may have changed since the engine last persisted them.
+    dirty: set[int] = field(default_factory=set)
     events_in: int = 0
     late: int = 0
     duplicates: int = 0
@@ -74,6 +76,7 @@ class WindowState:
         top = self.max_event_time
         lateness = self.lateness_ms
         windows = self.open
+        dirty = self.dirty
         late: list[LateEvent] = []
         cur_minute = None
         cur: list[Any] = [0, 0, set()]
@@ -95,6 +98,7 @@ class WindowState:
                 cur = found
                 seen = cur[2]
                 cur_minute = minute
+                dirty.add(minute)
             if tx_hash in seen:
                 dups += 1
                 continue
@@ -125,6 +129,7 @@ class WindowState:
         minute = self.next_emit
         while minute + MINUTE_MS <= self.watermark and minute <= self.max_minute:
             count, total, _ = self.open.pop(minute, (0, 0, None))
+            self.dirty.add(minute)
             window = self._revise(minute, count, total, final=True)
             if window is not None:
                 out.append(window)
