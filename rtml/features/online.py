@@ -102,7 +102,8 @@ class OnlineMinutes:
             found.append(key)
             tx.append(_value(values["tx_count"]))
             total.append(_value(values["fee_total_sat"]))
-            avg.append(_value(values["fee_avg_sat"]))
+            fee = _value(values["fee_avg_sat"])
+            avg.append(np.nan if fee is None else fee)
             rev.append(_value(values["revision"]))
         return _frame(found, tx, total, avg, rev)
 
@@ -116,7 +117,7 @@ def _frame(keys: list[int], tx: list[Any], total: list[Any], avg: list[Any], rev
             "minute": minute,
             "tx_count": np.asarray(tx, dtype="int64"),
             "fee_total_sat": np.asarray(total, dtype="int64"),
-            "fee_avg_sat": np.asarray([np.nan if v is None else v for v in avg], dtype="float64"),
+            "fee_avg_sat": np.asarray(avg, dtype="float64"),
             "event_time": minute + pd.Timedelta(minutes=1),
             "revision": np.asarray(rev, dtype="int64"),
         },

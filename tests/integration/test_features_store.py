@@ -67,7 +67,8 @@ def _sink(settings: Settings) -> FeatureStoreSink:
 def test_writes_are_idempotent_and_the_latest_revision_wins(
     store_settings: Settings, replay_minutes: pd.DataFrame
 ) -> None:
-    minutes = replay_minutes.iloc[:300]
+    minutes = replay_minutes.iloc[:300].copy()
+    minutes.loc[280, ["tx_count", "fee_total_sat", "fee_avg_sat"]] = [0, 0, np.nan]  # an empty minute
     sink = _sink(store_settings)
     try:
         sink.write_frame(minutes)
@@ -94,6 +95,7 @@ def test_writes_are_idempotent_and_the_latest_revision_wins(
         k = store_settings.features.online_minutes
         pd.testing.assert_frame_equal(window, expected.tail(k).reset_index(drop=True), check_dtype=False)
         assert window["revision"].iloc[-1] == 2 and window["fee_avg_sat"].iloc[-1] == 4242.0
+        assert np.isnan(window.set_index("minute").loc[minutes["minute"].iloc[280], "fee_avg_sat"])
         # an explicit end reads minute keys: the revised minute 120 online too, a range with k > window
         asof = minutes["minute"].iloc[121]
         around = reader.last(3, end=asof)
