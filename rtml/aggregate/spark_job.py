@@ -119,16 +119,18 @@ class DriverState:
     def apply(self, batch_id: int, totals: Sequence[tuple[int, int, int, int]]) -> bool:
         """Merge one batch of (minute, tx_count, fee_total_sat, max_event_time); False if already applied.
 
-        Spark only updates windows its watermark has not passed; a window the driver already
-        emitted final (an idle advance ran ahead of Spark's watermark) keeps its value: its
-        new events are late, exactly as the embedded engine would rule them.
+        Spark filtered this batch with the watermark of the batches before it, so windows are
+        judged against the watermark at batch start, whatever order the rows come in. Spark
+        only updates windows that watermark has not passed, except after an idle advance ran
+        the driver's watermark ahead of Spark's: such a window is already final and keeps its
+        value (its new events count as late, as in the embedded engine).
         """
         if batch_id <= self.last_batch:
             return False
         w = self.windows
-        emitted_below = w.next_emit if w.next_emit is not None and w.watermark != NO_WATERMARK else None
+        watermark_before = w.watermark
         for minute, count, total, max_et in totals:
-            if emitted_below is not None and minute < emitted_below and minute + MINUTE_MS <= w.watermark:
+            if minute + MINUTE_MS <= watermark_before:
                 self.ignored_updates += 1
                 continue
             w.open[minute] = [count, total, set()]

@@ -171,7 +171,7 @@ class RtmlStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def __init__(self, options: dict[str, str]) -> None:
         self.log = _Log(options)
-        self.max_rows = int(options.get("maxRowsPerBatch", "100000"))
+        self.max_rows = int(options.get("maxrowsperbatch", "100000"))
         self.parts = int(options.get("partitions", "2"))
         self.target: str | None = None
         self.available_now = False
@@ -233,4 +233,5 @@ class RtmlStreamSource(DataSource):
         return SCHEMA
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:
-        return RtmlStreamReader(dict(self.options))
+        # Spark hands options over with lower-cased keys (they are case-insensitive).
+        return RtmlStreamReader({k.lower(): v for k, v in self.options.items()})
