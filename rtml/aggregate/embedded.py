@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rtml.demo import DemoContext
 
 log = logging.getLogger(__name__)
+CONSUMER = "aggregator"
 BATCH = 50_000
 POLL_S = 0.005
 
@@ -119,6 +120,7 @@ class Engine:
         self._conn.executescript(STATE_SCHEMA)
         self.state, self.offset = self._load()
         self._undelivered = False
+        self._published_at = 0.0
         self._redis = None
         if settings.profile == "services":
             import redis
@@ -207,8 +209,19 @@ class Engine:
             raise
         s.dirty.clear()
         self.offset = offset
+        if now - self._published_at >= 1:
+            self._publish_offset()
         if self._redis is not None:
             self._redis.hset(f"{self.settings.namespace}:counters:aggregate", mapping=self.counters())
+
+    def _publish_offset(self) -> None:
+        """Mirror the offset into the stream's consumer offsets (for lag and safe trimming).
+
+        At most once a second: the authoritative offset is the one in the state transaction.
+        """
+        if self.offset is not None:
+            self.stream.commit(CONSUMER, self.offset)
+        self._published_at = time.time()
 
     def deliver(self) -> int:
         """Hand the outbox to every sink, then clear it; safe to repeat after any crash."""
@@ -300,6 +313,7 @@ class Engine:
             stop.wait(poll_s)
 
     def close(self) -> None:
+        self._publish_offset()
         self._conn.close()
         if self._own_stream:
             self.stream.close()
