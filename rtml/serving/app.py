@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import math
 import secrets
 import threading
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from rtml.demo import DemoContext
-
-log = logging.getLogger(__name__)
 
 # Modules that add routers to every app, when present: each defines build_router(settings).
 ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
@@ -374,8 +371,10 @@ def create_app(
         state.log.count(f"forecasts_{kind}", len(forecasts))
         return forecasts
 
-    # Handlers that read features or predict are async: they all run on the event loop thread,
-    # so the feature store's connections and the model are never used from two threads at once.
+    # Handlers that read the online store are async: they all run on the event loop thread, so
+    # the store's connections are never used from two threads at once. POST /forecast touches
+    # no store and may compute features for milliseconds: it runs in the thread pool, beside
+    # the loop (LightGBM predicts under a shared lock, the log and metrics are thread-safe).
     @app.get(
         "/forecast",
         response_model=Forecast,
@@ -408,7 +407,7 @@ def create_app(
         summary="Forecast from features given in the body (what-if, batch)",
         responses=_error(503, "No model loaded."),
     )
-    async def post_forecast(body: ForecastRequest, request: Request) -> ForecastBatch:
+    def post_forecast(body: ForecastRequest, request: Request) -> ForecastBatch:
         """`minutes`: one forecast from these minutes, as if they were the newest. `rows`: one per row."""
         started = time.perf_counter()
         state = _state(request)
