@@ -154,14 +154,27 @@ def _where(start: datetime | None, end: datetime | None, mark: str) -> tuple[str
 
 
 class PostgresMinutes:
-    """Services: a table keyed by minute in the namespace schema; upsert = one statement."""
+    """Services: a table keyed by minute in the namespace schema; upsert = one statement.
+
+    The schema and table are created by the first upsert; reading creates nothing (a reader
+    of a pipeline that never wrote sees no rows and leaves no schema behind).
+    """
 
     def __init__(self, settings: Settings) -> None:
         import psycopg
 
-        ensure_offline_table(settings)
+        self.settings = settings
         self.table = pg_table(settings)
         self.conn = psycopg.connect(settings.postgres_dsn, autocommit=True)
+        self._exists = self._table_exists()
+
+    def _table_exists(self) -> bool:
+        row = self.conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()
+        return row is not None and row[0] is not None
+
+    def _readable(self) -> bool:
+        self._exists = self._exists or self._table_exists()
+        return self._exists
 
     def close(self) -> None:
         self.conn.close()
@@ -169,6 +182,9 @@ class PostgresMinutes:
     def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
         if source.empty:
             return source
+        if not self._exists:
+            ensure_offline_table(self.settings)
+            self._exists = True
         cols = ", ".join(SOURCE_COLUMNS)
         buf = io.StringIO()
         source.to_csv(buf, index=False, header=False, date_format="%Y-%m-%d %H:%M:%S%z")
@@ -199,12 +215,16 @@ class PostgresMinutes:
         )
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+        if not self._readable():
+            return self._frame([])
         where, params = _where(start, end, "%s")
         cols = ", ".join(SOURCE_COLUMNS)
         rows = self.conn.execute(f"SELECT {cols} FROM {self.table} {where} ORDER BY minute_key", params)
         return self._frame(rows.fetchall())
 
     def recent(self, minutes: int) -> pd.DataFrame:
+        if not self._readable():
+            return self._frame([])
         cols = ", ".join(SOURCE_COLUMNS)
         rows = self.conn.execute(
             f"SELECT {cols} FROM {self.table} WHERE minute_key >= "
@@ -214,6 +234,8 @@ class PostgresMinutes:
         return self._frame(rows.fetchall())
 
     def count(self) -> tuple[int, int]:
+        if not self._readable():
+            return 0, 0
         row = self.conn.execute(f"SELECT count(*), count(DISTINCT minute_key) FROM {self.table}").fetchone()
         assert row is not None
         return int(row[0]), int(row[1])

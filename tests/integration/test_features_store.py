@@ -303,6 +303,14 @@ def test_services_state_stays_in_the_namespace(
         pytest.skip("the embedded profile keeps everything under the data directory")
     import psycopg
 
+    # Reading a pipeline that never wrote finds nothing and creates nothing.
+    assert read_minutes_df(store_settings).empty
+    assert feature_counters(store_settings)["offline_rows"] == 0
+    with psycopg.connect(store_settings.postgres_dsn) as conn:
+        schema = conn.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (store_settings.namespace,)
+        ).fetchone()
+    assert schema is None
     sink = _sink(store_settings)
     try:
         sink.write_frame(replay_minutes.iloc[:30])
