@@ -136,7 +136,9 @@ def pipeline_facts(settings: Settings) -> dict[str, object]:
     from rtml.monitoring.events import EventLog
 
     counters = aggregate_counters(settings)
-    recent = read_minutes(settings, datetime.now(UTC) - timedelta(days=1))
+    # The newest closed minute is just behind the engine's watermark.
+    since = datetime.fromtimestamp(counters["watermark"], UTC) - timedelta(hours=1)
+    recent = read_minutes(settings, since) if counters["watermark"] else []
     newest = recent[-1].event_time if recent else None
     drift = EventLog(settings).recent(limit=1, prefix="drift.")
     return {
