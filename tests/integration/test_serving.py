@@ -345,3 +345,37 @@ def test_the_champion_poll_sees_changes_in_quick_succession(
         assert source.champion_version() == version
     assert registry.rollback(settings) == versions[0]
     assert source.champion_version() == versions[0]
+
+
+def test_forecasts_swaps_and_the_log_on_the_services_profile(
+    services_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis online store, MLflow on PostgreSQL, the prediction log in PostgreSQL and the
+    counters in Redis, all in a namespace of the test's own, purged afterwards."""
+    from rtml.features.feast_repo import teardown
+    from rtml.ops.purge import execute_purge, plan_purge
+
+    monkeypatch.setenv("RTML_SERVING__ADMIN_TOKEN", TOKEN)
+    settings = get_settings()
+    assert settings.profile == "services"
+    try:
+        versions = seed_in_another_process()
+        with TestClient(create_app(settings)) as client:
+            first = client.get("/forecast")
+            assert first.status_code == 200, first.text
+            assert first.json()["model_version"] == versions[0]
+            promoted = client.post("/admin/promote", json={"version": versions[1]}, headers=AUTH)
+            assert promoted.json() == {"champion": versions[1], "serving": versions[1]}
+            second = client.get("/forecast").json()
+            assert second["model_version"] == versions[1]
+            assert second["feature_time"] == first.json()["feature_time"]
+            client.app.state.serving.log.flush()  # type: ignore[attr-defined]
+        logged = read_predictions(settings)
+        assert [(r.model_version, r.p50) for r in logged] == [
+            (versions[0], first.json()["p50"]),
+            (versions[1], second["p50"]),
+        ]
+        assert serving_counters(settings)["forecasts_online"] == 2
+    finally:
+        teardown(settings)
+        execute_purge(settings, plan_purge(settings, services=True))
