@@ -1,10 +1,10 @@
 """The ingestion pipeline every source feeds: parse -> validate -> dedup -> stream append, plus dead letters and counters.
 
 Sources hand over batches of raw input (wire frames, REST transactions, replay lines); one
-batch costs one dedup transaction, one stream append and one store write, which is what makes
-hundreds of thousands of events a second reachable. Order of effects per batch: dedup marks,
-then the stream append; if the append fails the marks are undone, so a retry of the same
-input is not mistaken for a duplicate. Then the batch's dead letters and counts are recorded.
+batch costs one dedup check, one stream append, one dedup mark and one store write. Order of
+effects per batch: check, append, then mark, so a crash (even kill -9) at any point loses
+nothing: unmarked events are appended again when re-sent, and the aggregation engine counts a
+repeated tx_hash once. Then the batch's dead letters and counts are recorded.
 """
 
 from __future__ import annotations
@@ -95,15 +95,12 @@ class Ingestor:
     def _store(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
         fresh = rows
         if rows:
-            flags = self.dedup.first_seen([r[0] for r in rows])
+            flags = self.dedup.unseen([r[0] for r in rows])
             if not all(flags):
                 fresh = [r for r, new in zip(rows, flags, strict=True) if new]
             if fresh:
-                try:
-                    self.stream.append_rows(fresh)
-                except BaseException:
-                    self.dedup.forget([r[0] for r in fresh])
-                    raise
+                self.stream.append_rows(fresh)
+                self.dedup.mark([r[0] for r in fresh])
         counts = Counts(received, len(rows), len(rows) - len(fresh), len(dead), len(fresh))
         self.store.record(dead, counts.as_dict())
         self.totals += counts

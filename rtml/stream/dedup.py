@@ -1,15 +1,17 @@
 """Dedup by transaction hash with a TTL that survives restarts (DynamoDB conditional puts in the AWS original).
 
-One interface, `first_seen(hashes) -> list[bool]`, batch-shaped so ingestion pays one round trip
-per batch, not per event. A hash is new when it was not seen within the TTL; seeing it again
-inside the TTL does not extend it (like Redis `SET NX EX`).
+Two batch-shaped calls, so ingestion pays one round trip per batch, not per event:
+`unseen(hashes)` tells which are new (not marked within the TTL; the first of repeats within a
+batch counts), and `mark(hashes)` records them once their events are durably in the stream.
+Marking after the append is what makes a kill -9 lose nothing: an ingester killed between the
+two re-sends the batch, and the aggregation engine counts a repeated tx_hash once. A mark inside
+the TTL does not extend it (like Redis `SET NX EX`).
 
 Embedded: `<data_dir>/dedup.sqlite`. Random-key B-tree inserts cost ~8 µs each at a million keys,
 far from the 200k events/s target, so the table is an append-only log with one row per batch
 (its new hashes, their expiry) and the membership test runs on an in-memory index of the
-unexpired entries, rebuilt on open. Every batch runs in one `BEGIN IMMEDIATE` transaction that
-first replays rows other processes appended since this one last looked, so two ingesters on
-one data directory still agree.
+unexpired entries, rebuilt on open. Both calls first replay rows other processes appended since
+this one last looked, so two ingesters on one data directory still agree.
 Services: Redis keys `{namespace}:dedup:<hash>` set with `SET NX EX`, one pipeline per batch.
 """
 
@@ -20,6 +22,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import cast
 
 from rtml.config import Settings
 
@@ -35,12 +38,12 @@ class Dedup(ABC):
         self.ttl_ms = int(ttl_s * 1000)
 
     @abstractmethod
-    def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
-        """Mark every hash seen; True where it was new (the first of repeats within a batch counts)."""
+    def unseen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+        """True where a hash is not marked (the first of repeats within the batch counts); marks nothing."""
 
     @abstractmethod
-    def forget(self, hashes: Sequence[str]) -> None:
-        """Undo marks whose events could not be appended, so a retry is not taken for a duplicate."""
+    def mark(self, hashes: Sequence[str], now_ms: int | None = None) -> None:
+        """Mark hashes seen for the TTL (call once their events are in the stream)."""
 
     @abstractmethod
     def purge(self, now_ms: int | None = None) -> int:
@@ -62,12 +65,12 @@ class SqliteDedup(Dedup):
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # One row per batch: the batch's new hashes as a JSON array, all with the same expiry, or
-        # (forgotten = 1) hashes to drop again. AUTOINCREMENT: ids are never reused after a purge,
+        # One row per batch: the batch's new hashes as a JSON array, all with the same expiry.
+        # AUTOINCREMENT: ids are never reused after a purge,
         # so every process's catch-up position (`_last_id`) stays valid.
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS seen_batches (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " expires INTEGER NOT NULL, forgotten INTEGER NOT NULL, hashes TEXT NOT NULL)"
+            " expires INTEGER NOT NULL, hashes TEXT NOT NULL)"
         )
         self._expiry: dict[str, int] = {}
         self._last_id = 0
@@ -77,68 +80,55 @@ class SqliteDedup(Dedup):
     def _catch_up(self, now_ms: int) -> None:
         """Replay, in order, the batches appended since we last looked (by us or another process)."""
         rows = self._db.execute(
-            "SELECT id, expires, forgotten, hashes FROM seen_batches WHERE id > ? ORDER BY id", (self._last_id,)
+            "SELECT id, expires, hashes FROM seen_batches WHERE id > ? ORDER BY id", (self._last_id,)
         ).fetchall()
         if not rows:
             return
         expiry = self._expiry
-        for _, expires, forgotten, hashes in rows:
-            if forgotten:
-                for tx_hash in json.loads(hashes):
-                    expiry.pop(tx_hash, None)
-            elif expires > now_ms:
+        for _, expires, hashes in rows:
+            if expires > now_ms:
                 for tx_hash in json.loads(hashes):
                     if expiry.get(tx_hash, 0) < expires:
                         expiry[tx_hash] = expires
         self._last_id = rows[-1][0]
 
-    def _log(self, expires: int, forgotten: bool, hashes: list[str]) -> None:
+    def _log(self, expires: int, hashes: list[str]) -> None:
         self._db.execute(
-            "INSERT INTO seen_batches (expires, forgotten, hashes) VALUES (?, ?, ?)",
-            (expires, int(forgotten), json.dumps(hashes)),
+            "INSERT INTO seen_batches (expires, hashes) VALUES (?, ?)", (expires, json.dumps(hashes))
         )
         self._last_id = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
 
-    def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+    def unseen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+        now = _now_ms() if now_ms is None else now_ms
+        self._catch_up(now)
+        get = self._expiry.get
+        batch: set[str] = set()
+        flags = []
+        for tx_hash in hashes:
+            new = get(tx_hash, 0) <= now and tx_hash not in batch
+            batch.add(tx_hash)
+            flags.append(new)
+        return flags
+
+    def mark(self, hashes: Sequence[str], now_ms: int | None = None) -> None:
         if not hashes:
-            return []
+            return
         now = _now_ms() if now_ms is None else now_ms
         expires = now + self.ttl_ms
         db = self._db
-        db.execute("BEGIN IMMEDIATE")  # serialises check-and-mark with other processes
+        db.execute("BEGIN IMMEDIATE")  # serialises marks with other processes
         try:
             self._catch_up(now)
             expiry = self._expiry
-            get = expiry.get
-            fresh = []
-            flags = []
-            for tx_hash in hashes:
-                if get(tx_hash, 0) > now:
-                    flags.append(False)
-                else:
-                    expiry[tx_hash] = expires
-                    fresh.append(tx_hash)
-                    flags.append(True)
+            fresh = [h for h in hashes if expiry.get(h, 0) <= now]
             if fresh:
-                self._log(expires, False, fresh)
+                self._log(expires, fresh)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self._expiry.clear()
-            self._last_id = 0
-            self._catch_up(now)
             raise
-        return flags
-
-    def forget(self, hashes: Sequence[str]) -> None:
-        if not hashes:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        # Kept until every mark it cancels has expired, so a restart never revives them.
-        self._log(_now_ms() + self.ttl_ms, True, list(hashes))
-        self._db.execute("COMMIT")
-        for tx_hash in hashes:
-            self._expiry.pop(tx_hash, None)
+        for tx_hash in fresh:
+            expiry[tx_hash] = expires
 
     def purge(self, now_ms: int | None = None) -> int:
         now = _now_ms() if now_ms is None else now_ms
@@ -159,17 +149,23 @@ class RedisDedup(Dedup):
         self._r = redis.Redis.from_url(url)
         self.prefix = f"{namespace}:dedup:"
 
-    def first_seen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
+    def unseen(self, hashes: Sequence[str], now_ms: int | None = None) -> list[bool]:
         # The TTL runs on Redis' clock; `now_ms` only matters to the embedded backend.
-        pipe = self._r.pipeline(transaction=False)
-        prefix = self.prefix
-        for tx_hash in hashes:
-            pipe.set(prefix + tx_hash, 1, nx=True, px=self.ttl_ms)
-        return [bool(ok) for ok in pipe.execute()]
+        if not hashes:
+            return []
+        found = cast(list[bytes | None], self._r.mget([self.prefix + h for h in hashes]))
+        batch: set[str] = set()
+        flags = []
+        for tx_hash, value in zip(hashes, found, strict=True):
+            flags.append(value is None and tx_hash not in batch)
+            batch.add(tx_hash)
+        return flags
 
-    def forget(self, hashes: Sequence[str]) -> None:
-        if hashes:
-            self._r.delete(*(self.prefix + h for h in hashes))
+    def mark(self, hashes: Sequence[str], now_ms: int | None = None) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        for tx_hash in hashes:
+            pipe.set(self.prefix + tx_hash, 1, nx=True, px=self.ttl_ms)
+        pipe.execute()
 
     def purge(self, now_ms: int | None = None) -> int:
         return 0

@@ -21,7 +21,7 @@ from rtml.sources.ingest import Ingestor, ingest_counters, run_ingest
 from rtml.sources.replay import paced_batches
 from rtml.sources.synthetic import to_utx_message
 from rtml.stream import open_stream
-from rtml.stream.dedup import SqliteDedup, open_dedup
+from rtml.stream.dedup import Dedup, SqliteDedup, open_dedup
 
 
 def h(i: int) -> str:
@@ -51,23 +51,31 @@ def any_settings(
         r.delete(*keys)
 
 
+def first_seen(dedup: Dedup, hashes: list[str], now_ms: int | None = None) -> list[bool]:
+    """Check, then mark what was new: what the ingestor does around its stream append."""
+    flags = dedup.unseen(hashes, now_ms)
+    dedup.mark([x for x, new in zip(hashes, flags, strict=True) if new], now_ms)
+    return flags
+
+
 def test_dedup_marks_batches_once_and_survives_restart(any_settings: Settings) -> None:
     with open_dedup(any_settings) as dedup:
-        assert dedup.first_seen([h(1), h(2), h(1), h(3)]) == [True, True, False, True]
-        assert dedup.first_seen([h(2), h(4)]) == [False, True]
-        assert dedup.first_seen([]) == []
-        dedup.forget([h(4)])
+        assert first_seen(dedup, [h(1), h(2), h(1), h(3)]) == [True, True, False, True]
+        assert first_seen(dedup, [h(2), h(4)]) == [False, True]
+        assert first_seen(dedup, []) == []
+        assert dedup.unseen([h(5), h(5)]) == [True, False]
+        assert dedup.unseen([h(5)]) == [True]  # checking marks nothing
     with open_dedup(any_settings) as dedup:
-        assert dedup.first_seen([h(1), h(2), h(3), h(4)]) == [False, False, False, True]
+        assert dedup.unseen([h(1), h(2), h(3), h(4), h(5)]) == [False, False, False, False, True]
 
 
 def test_dedup_entries_expire_after_the_ttl(any_settings: Settings) -> None:
     any_settings.ingest = any_settings.ingest.model_copy(update={"dedup_ttl_s": 1})
     with open_dedup(any_settings) as dedup:
         start = time.monotonic()
-        assert dedup.first_seen([h(7)]) == [True]
-        assert dedup.first_seen([h(7)]) == [False]
-        while dedup.first_seen([h(7)]) != [True]:  # seen again only once the TTL has passed
+        assert first_seen(dedup, [h(7)]) == [True]
+        assert first_seen(dedup, [h(7)]) == [False]
+        while first_seen(dedup, [h(7)]) != [True]:  # seen again only once the TTL has passed
             assert time.monotonic() - start < 10, "the dedup entry never expired"
             time.sleep(0.05)
         assert time.monotonic() - start >= 0.9
@@ -77,18 +85,36 @@ def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -
     path = str(settings.path("dedup.sqlite"))
     a, b = SqliteDedup(path, 100), SqliteDedup(path, 100)
     try:
-        assert a.first_seen([h(1), h(2)], now_ms=1_000) == [True, True]
-        assert b.first_seen([h(2), h(3)], now_ms=1_000) == [False, True]
-        assert a.first_seen([h(3)], now_ms=1_000) == [False]
+        assert first_seen(a, [h(1), h(2)], now_ms=1_000) == [True, True]
+        assert first_seen(b, [h(2), h(3)], now_ms=1_000) == [False, True]
+        assert first_seen(a, [h(3)], now_ms=1_000) == [False]
         assert a.purge(now_ms=200_000) == 3
-        assert b.first_seen([h(1)], now_ms=200_000) == [True]
+        assert first_seen(b, [h(1)], now_ms=200_000) == [True]
         # After a purge emptied the table, new rows still reach the other process.
-        assert a.first_seen([h(1), h(5)], now_ms=200_000) == [False, True]
-        b.forget([h(5)])  # an append failed in b: the mark is undone for a too
-        assert a.first_seen([h(5)], now_ms=200_000) == [True]
+        assert first_seen(a, [h(1), h(5)], now_ms=200_000) == [False, True]
     finally:
         a.close()
         b.close()
+
+
+def test_a_crash_between_append_and_mark_loses_nothing_and_counts_once(any_settings: Settings) -> None:
+    """The batch is in the stream but unmarked; the re-sent batch is appended again, and the
+    aggregation engine still counts every transaction once."""
+    from rtml.aggregate.embedded import run
+    from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, read_minutes
+
+    frames = [json.dumps(to_utx_message(event(i))) for i in range(20)]
+    with Ingestor(any_settings) as ingestor:
+        ingestor.dedup.mark = lambda hashes, now_ms=None: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            ingestor.ingest(frames[:10], "ws")
+    with Ingestor(any_settings) as ingestor:
+        again = ingestor.ingest(frames, "ws")
+    assert (again.appended, again.duplicates) == (20, 0)
+    run(any_settings, drain=True, sinks=[MinutesTable(aggregate_db_path(any_settings))])
+    rows = read_minutes(any_settings)
+    assert sum(r.tx_count for r in rows) == 20
+    assert sum(r.fee_total_sat for r in rows) == sum(event(i).fee_sat for i in range(20))
 
 
 def test_pipeline_counts_dead_letters_and_appends_first_sightings(any_settings: Settings) -> None:
