@@ -13,6 +13,7 @@ Executors open their own connection in `read` (nothing unpicklable crosses to th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -80,6 +81,8 @@ class _Log:
     def latest(self, after: str | None, max_rows: int | None) -> str | None:
         """The offset of the last event within `max_rows` after `after` (None: nothing new)."""
         if self.backend == "sqlite":
+            if not os.path.exists(self.options["path"]):
+                return None  # the log is created by its first writer
             conn = self._sqlite()
             try:
                 if max_rows is None:
@@ -91,7 +94,7 @@ class _Log:
                     )
                 value = row.fetchone()[0]
             except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):  # the log is created by its first writer
+                if "no such table" in str(exc):
                     return None
                 raise
             finally:
