@@ -11,6 +11,7 @@ through `request.app.state.serving` (a `ServingState`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import math
 import secrets
@@ -302,6 +303,11 @@ def create_app(
         await asyncio.to_thread(watcher.refresh)
         watcher.start()
         app.state.serving = ServingState(settings, feature_source, watcher, prediction_log, metrics)
+        # Everything loaded so far (Feast, MLflow, pandas: millions of objects) lives as long as
+        # the process; moved out of the collector's view, a full collection no longer walks it,
+        # which takes tens of milliseconds out of the slowest requests.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
