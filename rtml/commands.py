@@ -30,6 +30,5 @@ def register(app: typer.Typer) -> None:
         from rtml.config import get_settings
 
         settings = get_settings()
-        data = settings.model_dump(mode="json", exclude_none=True, by_alias=True)
-        data["namespace"] = settings.namespace
+        data = settings.model_dump(mode="json", exclude_none=True)
         Console().print(Syntax(tomli_w.dumps(data), "toml"))

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -79,7 +79,9 @@ class Settings(BaseSettings):
 
     profile: Profile = "embedded"
     data_dir: Path = Path(".rtml")
-    namespace_override: str | None = Field(default=None, alias="namespace")
+    namespace: str = Field(
+        default="", description="Prefix of Redis keys and PostgreSQL schema; derived from data_dir when empty."
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/test"
     seed: int = 7
@@ -111,13 +113,13 @@ class Settings(BaseSettings):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    @cached_property
-    def namespace(self) -> str:
-        """Prefix of every Redis key and PostgreSQL schema this pipeline owns."""
-        if self.namespace_override:
-            return self.namespace_override
-        digest = hashlib.sha1(str(self.data_dir.expanduser().resolve()).encode()).hexdigest()[:10]
-        return f"rtml_{digest}"
+    @model_validator(mode="after")
+    def _derive_namespace(self) -> Settings:
+        """Two data directories never share Redis keys or PostgreSQL schemas."""
+        if not self.namespace:
+            digest = hashlib.sha1(str(self.data_dir.expanduser().resolve()).encode()).hexdigest()[:10]
+            self.namespace = f"rtml_{digest}"
+        return self
 
     def path(self, *parts: str) -> Path:
         """A path under the data directory; its parent folder exists."""

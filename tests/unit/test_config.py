@@ -25,3 +25,8 @@ def test_two_data_dirs_get_two_namespaces(tmp_path: Path) -> None:
     b = get_settings(data_dir=tmp_path / "b")
     assert a.namespace != b.namespace
     assert a.path("x.db").parent == (tmp_path / "a").resolve()
+
+
+def test_namespace_can_be_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTML_NAMESPACE", "shared_pg_app1")
+    assert get_settings(data_dir=tmp_path / "a").namespace == "shared_pg_app1"
