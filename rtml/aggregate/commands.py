@@ -48,22 +48,26 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be 'embedded' or 'spark'", param_hint="--engine")
         from rich.console import Console
 
-        from rtml.aggregate.embedded import Progress, aggregate_counters, run
+        from rtml.aggregate.embedded import EngineError, Progress, aggregate_counters, run
 
         console = Console(stderr=True)
-        if not drain:
-            console.print("aggregating live; stop with Ctrl-C or SIGTERM")
-            run(settings, drain=False, batch=batch)
-            return
         done = 0
-        with console.status("aggregating") as status:
+        try:
+            if not drain:
+                console.print("aggregating live; stop with Ctrl-C or SIGTERM")
+                run(settings, drain=False, batch=batch)
+                return
+            with console.status("aggregating") as status:
 
-            def show(p: Progress) -> None:
-                nonlocal done
-                done += p.events
-                status.update(f"aggregating: {done:,} events")
+                def show(p: Progress) -> None:
+                    nonlocal done
+                    done += p.events
+                    status.update(f"aggregating: {done:,} events")
 
-            emitted = run(settings, drain=True, on_progress=show, batch=batch)
+                emitted = run(settings, drain=True, on_progress=show, batch=batch)
+        except EngineError as exc:
+            console.print(f"[red]{exc}")
+            raise typer.Exit(1) from None
         c = aggregate_counters(settings)
         console.print(
             f"{done:,} events, {emitted:,} minute rows emitted; totals: {int(c['events_in']):,} events in, "

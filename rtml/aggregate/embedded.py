@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+class EngineError(RuntimeError):
+    """The engine cannot start on this data directory; the message says why and what to do."""
+
+
 class DeliveryError(RuntimeError):
     """A sink refused rows; they stay in the outbox and are offered again."""
 
@@ -110,7 +114,7 @@ class Engine:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise RuntimeError(f"another aggregator is running on {settings.root}") from None
+            raise EngineError(f"another aggregator is running on {settings.root}") from None
         self.stream = stream if stream is not None else open_stream(settings)
         self._own_stream = stream is None
         self._identity = self.stream.identity
@@ -141,8 +145,10 @@ class Engine:
         state = WindowState(lateness_ms=lateness)
         if row is None:
             return state, None
-        if row[0] != self._identity:
-            raise RuntimeError(
+        # States written before logs had an identity named the log by its place.
+        legacy = ("sqlite:stream.sqlite", f"redis:{self.settings.namespace}:stream:tx")
+        if row[0] != self._identity and row[0] not in legacy:
+            raise EngineError(
                 f"{aggregate_db_path(self.settings)} holds the state of stream {row[0]!r}, but the "
                 f"stream is now {self._identity!r} (recreated?): its offsets mean nothing here; "
                 "delete that file to aggregate the new stream from its start"
@@ -335,13 +341,15 @@ def run(
     sinks: Sequence[MinuteSink] | None = None,
 ) -> int:
     """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop)."""
+    stop = threading.Event()
+    if not drain:
+        # Before the engine opens: a stop asked for while it starts is honoured, not lost.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     engine = Engine(settings, sinks=sinks, batch=batch)
     try:
         if drain:
             return engine.drain(on_progress)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         engine.run_live(stop)
         return 0
     finally:
