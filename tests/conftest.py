@@ -75,7 +75,19 @@ def services_settings(
     monkeypatch.setenv("RTML_PROFILE", "services")
     monkeypatch.setenv("RTML_REDIS_URL", redis_url)
     monkeypatch.setenv("RTML_POSTGRES_DSN", postgres_dsn)
-    yield get_settings()
+    settings = get_settings()
+    yield settings
+    # Leave nothing in the shared Redis and PostgreSQL: the same purge as `rtml down --purge`.
+    from rtml.ops.purge import execute_purge, plan_purge
+
+    execute_purge(settings, plan_purge(settings, services=True))
+
+
+@pytest.fixture(params=["embedded", "services"])
+def backend_settings(request: pytest.FixtureRequest, data_dir: Path) -> Settings:
+    """One suite for every backend of a part (as Feast runs one universal suite on every store)."""
+    name = "settings" if request.param == "embedded" else "services_settings"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from rtml.aggregate.embedded import aggregate_counters
 from rtml.aggregate.reference import disorder, reference_minutes
 from rtml.aggregate.sinks import aggregate_db_path, read_minutes
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.sources.synthetic import SyntheticConfig, SyntheticSource
 from rtml.stream import Row, open_stream
 
@@ -58,24 +56,6 @@ def _events_in(settings: Settings) -> float:
     finally:
         conn.close()
     return float(row[0]) if row else 0.0
-
-
-@pytest.fixture(params=["embedded", "services"])
-def backend_settings(
-    request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    if request.param == "services":
-        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("RTML_PROFILE", "services")
-    settings = get_settings()
-    yield settings
-    if settings.profile == "services":
-        import redis
-
-        r = redis.Redis.from_url(settings.redis_url)
-        keys = list(r.scan_iter(f"{settings.namespace}:*"))
-        if keys:
-            r.delete(*keys)
 
 
 @pytest.mark.slow

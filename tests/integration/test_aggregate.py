@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -38,24 +38,6 @@ LIVE_ENGINE = (
 
 def _engine(settings: Settings, batch: int = 50_000) -> Engine:
     return Engine(settings, sinks=[MinutesTable(aggregate_db_path(settings))], batch=batch)
-
-
-@pytest.fixture(params=["embedded", "services"])
-def backend_settings(
-    request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    if request.param == "services":
-        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("RTML_PROFILE", "services")
-    settings = get_settings()
-    yield settings
-    if settings.profile == "services":
-        import redis
-
-        r = redis.Redis.from_url(settings.redis_url)
-        keys = list(r.scan_iter(f"{settings.namespace}:*"))
-        if keys:
-            r.delete(*keys)
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,6 @@ START = datetime(2024, 10, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(params=["embedded", "services"])
-def any_settings(request: pytest.FixtureRequest) -> Settings:
-    return request.getfixturevalue("settings" if request.param == "embedded" else "services_settings")  # type: ignore[no-any-return]
-
-
 def store_minutes(settings: Settings, start: datetime, n: int, fee_level: float, seed: int) -> None:
     """n calm synthetic minutes from `start` at `fee_level` sat, written to the offline store."""
     rng = np.random.default_rng(seed)
@@ -59,20 +54,20 @@ def kinds(settings: Settings) -> list[str]:
         log.close()
 
 
-def test_without_data_the_run_is_skipped_not_crashed(any_settings: Settings) -> None:
-    result = run_drift_check(any_settings)
+def test_without_data_the_run_is_skipped_not_crashed(backend_settings: Settings) -> None:
+    result = run_drift_check(backend_settings)
     assert result.verdict == "skipped: no data" and not result.drifted
     assert {r.status for r in result.rules} <= {"skipped", "pass"}
     assert Path(result.html_path or "").exists() and Path(result.json_path or "").exists()
-    assert {"drift.skipped", "quality.ok"} <= set(kinds(any_settings))
+    assert {"drift.skipped", "quality.ok"} <= set(kinds(backend_settings))
 
 
-def test_fee_regime_shift_is_caught_with_report_index_and_alert(any_settings: Settings) -> None:
-    store_minutes(any_settings, START, 1440, 4000.0, seed=1)  # the first day: the default reference
-    store_minutes(any_settings, START + DAY, 600, 4000.0, seed=2)
-    store_minutes(any_settings, START + DAY + timedelta(minutes=600), 60, 4000.0 * 3.1, seed=3)  # last hour
+def test_fee_regime_shift_is_caught_with_report_index_and_alert(backend_settings: Settings) -> None:
+    store_minutes(backend_settings, START, 1440, 4000.0, seed=1)  # the first day: the default reference
+    store_minutes(backend_settings, START + DAY, 600, 4000.0, seed=2)
+    store_minutes(backend_settings, START + DAY + timedelta(minutes=600), 60, 4000.0 * 3.1, seed=3)  # last hour
     now = START + DAY + timedelta(minutes=661)
-    result = run_drift_check(any_settings, now=now)
+    result = run_drift_check(backend_settings, now=now)
 
     assert result.reference == Window(START, START + DAY)
     assert result.current == Window(
@@ -87,17 +82,17 @@ def test_fee_regime_shift_is_caught_with_report_index_and_alert(any_settings: Se
     assert '<script src="http' not in page  # self-contained: Evidently's scripts are inlined
     summary = json.loads(Path(result.json_path or "").read_text())
     assert summary["verdict"] == "drift" and len(summary["columns"]) == 3 and len(summary["rules"]) == 7
-    index = reports.load_index(any_settings)
+    index = reports.load_index(backend_settings)
     assert [(r["kind"], r["verdict"]) for r in index] == [("drift", "drift")]
     assert (Path(result.html_path or "").parent / index[0]["html"]).exists()
 
-    log = EventLog(any_settings)
+    log = EventLog(backend_settings)
     try:
         alert = log.recent(prefix="drift.alert")[-1]
     finally:
         log.close()
     assert alert.details["share"] == pytest.approx(2 / 3) and alert.details["report"] == result.html_path
-    assert reports.quality_counters(any_settings)["drift_alerts"] == 1.0
+    assert reports.quality_counters(backend_settings)["drift_alerts"] == 1.0
 
 
 def test_same_regime_is_no_drift_and_stale_data_fails_freshness(settings: Settings) -> None:

@@ -7,14 +7,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rtml.archive.parquet_lake import archive_files, archive_pending, read_events
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.contracts import TxEvent
 from rtml.sources.deadletters import open_ingest_store
 from rtml.sources.ingest import Ingestor, ingest_counters, run_ingest
@@ -33,24 +32,6 @@ def event(i: int) -> TxEvent:
     return TxEvent(h(i), 1_606_176_000_000 + i * 37_000, 100 + i, 200 + i % 7, "test", 0)
 
 
-@pytest.fixture(params=["embedded", "services"])
-def any_settings(
-    request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    if request.param == "services":
-        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("RTML_PROFILE", "services")
-    settings = get_settings()
-    yield settings
-    if settings.profile == "services":
-        import redis
-
-        r = redis.Redis.from_url(settings.redis_url)
-        keys = list(r.scan_iter(f"{settings.namespace}:*"))
-        assert keys  # everything we wrote is under the namespace
-        r.delete(*keys)
-
-
 def first_seen(dedup: Dedup, hashes: list[str], now_ms: int | None = None) -> list[bool]:
     """Check, then mark what was new: what the ingestor does around its stream append."""
     flags = dedup.unseen(hashes, now_ms)
@@ -58,20 +39,20 @@ def first_seen(dedup: Dedup, hashes: list[str], now_ms: int | None = None) -> li
     return flags
 
 
-def test_dedup_marks_batches_once_and_survives_restart(any_settings: Settings) -> None:
-    with open_dedup(any_settings) as dedup:
+def test_dedup_marks_batches_once_and_survives_restart(backend_settings: Settings) -> None:
+    with open_dedup(backend_settings) as dedup:
         assert first_seen(dedup, [h(1), h(2), h(1), h(3)]) == [True, True, False, True]
         assert first_seen(dedup, [h(2), h(4)]) == [False, True]
         assert first_seen(dedup, []) == []
         assert dedup.unseen([h(5), h(5)]) == [True, False]
         assert dedup.unseen([h(5)]) == [True]  # checking marks nothing
-    with open_dedup(any_settings) as dedup:
+    with open_dedup(backend_settings) as dedup:
         assert dedup.unseen([h(1), h(2), h(3), h(4), h(5)]) == [False, False, False, False, True]
 
 
-def test_dedup_entries_expire_after_the_ttl(any_settings: Settings) -> None:
-    any_settings.ingest = any_settings.ingest.model_copy(update={"dedup_ttl_s": 1})
-    with open_dedup(any_settings) as dedup:
+def test_dedup_entries_expire_after_the_ttl(backend_settings: Settings) -> None:
+    backend_settings.ingest = backend_settings.ingest.model_copy(update={"dedup_ttl_s": 1})
+    with open_dedup(backend_settings) as dedup:
         start = time.monotonic()
         assert first_seen(dedup, [h(7)]) == [True]
         assert first_seen(dedup, [h(7)]) == [False]
@@ -97,38 +78,38 @@ def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -
         b.close()
 
 
-def test_a_crash_between_append_and_mark_loses_nothing_and_counts_once(any_settings: Settings) -> None:
+def test_a_crash_between_append_and_mark_loses_nothing_and_counts_once(backend_settings: Settings) -> None:
     """The batch is in the stream but unmarked; the re-sent batch is appended again, and the
     aggregation engine still counts every transaction once."""
     from rtml.aggregate.embedded import run
     from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, read_minutes
 
     frames = [json.dumps(to_utx_message(event(i))) for i in range(20)]
-    with Ingestor(any_settings) as ingestor:
+    with Ingestor(backend_settings) as ingestor:
         ingestor.dedup.mark = lambda hashes, now_ms=None: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             ingestor.ingest(frames[:10], "ws")
-    with Ingestor(any_settings) as ingestor:
+    with Ingestor(backend_settings) as ingestor:
         again = ingestor.ingest(frames, "ws")
     assert (again.appended, again.duplicates) == (20, 0)
-    run(any_settings, drain=True, sinks=[MinutesTable(aggregate_db_path(any_settings))])
-    rows = read_minutes(any_settings)
+    run(backend_settings, drain=True, sinks=[MinutesTable(aggregate_db_path(backend_settings))])
+    rows = read_minutes(backend_settings)
     assert sum(r.tx_count for r in rows) == 20
     assert sum(r.fee_total_sat for r in rows) == sum(event(i).fee_sat for i in range(20))
 
 
-def test_pipeline_counts_dead_letters_and_appends_first_sightings(any_settings: Settings) -> None:
+def test_pipeline_counts_dead_letters_and_appends_first_sightings(backend_settings: Settings) -> None:
     frames: list[Any] = [json.dumps(to_utx_message(event(i))) for i in range(5)]
     batch = [*frames, frames[0], "{broken", {"op": "utx", "x": {"hash": "zz"}}, event(9).to_dict()]
-    with Ingestor(any_settings) as ingestor:
+    with Ingestor(backend_settings) as ingestor:
         first = ingestor.ingest(batch, "ws")
         second = ingestor.ingest(frames[:2], "rest")
     assert first.as_dict() == {"received": 9, "valid": 7, "duplicates": 1, "dead_letters": 2, "appended": 6}
     assert second.duplicates == 2 and second.appended == 0
-    assert ingest_counters(any_settings) == {
+    assert ingest_counters(backend_settings) == {
         "received": 11.0, "valid": 9.0, "duplicates": 3.0, "dead_letters": 2.0, "appended": 6.0,
     }  # fmt: skip
-    with open_ingest_store(any_settings) as store:
+    with open_ingest_store(backend_settings) as store:
         letters = store.dead_letters()
         assert store.dead_letter_count() == 2
         assert store.dead_letters(source="rest") == []
@@ -136,7 +117,7 @@ def test_pipeline_counts_dead_letters_and_appends_first_sightings(any_settings: 
     assert letters[0].raw == "{broken" and letters[0].reason.startswith("not JSON")
     assert json.loads(letters[1].raw) == {"op": "utx", "x": {"hash": "zz"}}
     assert "hash is not 64 hex" in letters[1].reason and letters[1].source == "ws"
-    with open_stream(any_settings) as stream:
+    with open_stream(backend_settings) as stream:
         stored = [e for _, e in stream.read(None, 100)]
     assert [e.tx_hash for e in stored] == [h(i) for i in (0, 1, 2, 3, 4, 9)]
     assert [e.fee_sat for e in stored] == [event(i).fee_sat for i in (0, 1, 2, 3, 4, 9)]
@@ -195,11 +176,11 @@ def test_replay_at_max_speed_fills_stream_and_a_compacted_archive(settings: Sett
 
 
 def test_archiver_crash_before_commit_doubles_nothing(
-    any_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    backend_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import duckdb
 
-    settings = any_settings
+    settings = backend_settings
     with Ingestor(settings) as ingestor:
         ingestor.ingest([json.dumps(to_utx_message(event(i))) for i in range(300)], "replay")
     with open_stream(settings) as stream:

@@ -8,7 +8,6 @@ reading them back gives every event once, in log order, whatever the cut.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 
 import pytest
 from conftest import require
@@ -19,21 +18,9 @@ from rtml.stream import Row, open_stream
 pytestmark = pytest.mark.spark
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend_settings(request: pytest.FixtureRequest, data_dir: object) -> Iterator[Settings]:
+@pytest.fixture(autouse=True)
+def _pyspark() -> None:
     require(importlib.util.find_spec("pyspark") is not None, "pyspark is not installed (the spark extra)")
-    if request.param == "sqlite":
-        yield request.getfixturevalue("settings")
-        return
-    settings: Settings = request.getfixturevalue("services_settings")
-    yield settings
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(f"{settings.namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def rows(n: int) -> list[Row]:
