@@ -22,22 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rtml.features.dataset import minutes_from_totals
+
 
 def minutes(n: int, seed: int = 1) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     minute = pd.date_range("2024-10-01", periods=n, freq="min", tz="UTC")
     tx = rng.poisson(140, n)
     total = (tx * rng.lognormal(8.3, 0.4, n)).astype("int64")
-    return pd.DataFrame(
-        {
-            "minute": minute,
-            "tx_count": tx,
-            "fee_total_sat": total,
-            "fee_avg_sat": np.where(tx > 0, total / np.maximum(tx, 1), np.nan),
-            "event_time": minute + pd.Timedelta(minutes=1),
-            "revision": 1,
-        }
-    )
+    return minutes_from_totals(minute, tx, total)
 
 
 def timed(fn: Callable[[], object], reads: int) -> tuple[float, float, float]:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rtml.features.dataset import minutes_from_totals
+
 
 def synthetic_minutes(days: float, seed: int) -> pd.DataFrame:
     from rtml.sources.synthetic import SyntheticConfig, SyntheticSource
@@ -36,16 +38,7 @@ def synthetic_minutes(days: float, seed: int) -> pd.DataFrame:
     c = np.array([count.get(int(m), 0) for m in ms])
     f = np.array([total.get(int(m), 0) for m in ms])
     minute = pd.to_datetime(ms, unit="ms", utc=True)
-    return pd.DataFrame(
-        {
-            "minute": minute,
-            "tx_count": c,
-            "fee_total_sat": f,
-            "fee_avg_sat": np.where(c > 0, f / np.maximum(c, 1), np.nan),
-            "event_time": minute + pd.Timedelta(minutes=1),
-            "revision": 1,
-        }
-    )
+    return minutes_from_totals(minute, c, f)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ identical features in training and serving (the fit/predict consistency of sciki
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,23 @@ def missing_minutes(minutes: pd.DataFrame) -> list[pd.Timestamp]:
         return []
     grid = pd.date_range(df["minute"].iloc[0], df["minute"].iloc[-1], freq="min", tz="UTC")
     return list(grid.difference(pd.DatetimeIndex(df["minute"])))
+
+
+def minutes_from_totals(minute: Any, tx_count: Any, fee_total_sat: Any, revision: int = 1) -> pd.DataFrame:
+    """A minutes frame from per-minute starts, counts and fee totals (empty minutes: null average)."""
+    start = pd.to_datetime(minute, utc=True)
+    tx = np.asarray(tx_count, dtype=np.int64)
+    total = np.asarray(fee_total_sat, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "minute": start,
+            "tx_count": tx,
+            "fee_total_sat": total,
+            "fee_avg_sat": np.where(tx > 0, total / np.maximum(tx, 1), np.nan),
+            "event_time": start + pd.Timedelta(minutes=1),
+            "revision": revision,
+        }
+    )
 
 
 def minutes_frame(rows: list[object]) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rtml.config import Settings, get_settings
-from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame
+from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame, minutes_from_totals
 from rtml.model import registry
 from rtml.model.baselines import BASELINE_NAMES
 from rtml.model.gbm import GBMParams
@@ -44,16 +44,7 @@ def noise_minutes(n: int, seed: int, start: pd.Timestamp = START) -> pd.DataFram
 def _frame(tx: np.ndarray, avg: np.ndarray, start: pd.Timestamp) -> pd.DataFrame:
     minute = pd.date_range(start, periods=len(tx), freq="min")
     total = np.rint(tx * avg).astype(np.int64)
-    return pd.DataFrame(
-        {
-            "minute": minute,
-            "tx_count": tx,
-            "fee_total_sat": total,
-            "fee_avg_sat": np.where(tx > 0, total / np.maximum(tx, 1), np.nan),
-            "event_time": minute + pd.Timedelta(minutes=1),
-            "revision": 1,
-        }
-    )
+    return minutes_from_totals(minute, tx, total)
 
 
 @pytest.fixture(scope="session")

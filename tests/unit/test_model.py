@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame
+from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame, minutes_from_totals
 from rtml.model.backtest import backtest, evaluate, pinball, rolling_origin, wql
 from rtml.model.baselines import PointBaseline, baseline_factories, last_value, rolling_mean
 from rtml.model.gate import ChampionComparison, decide
@@ -23,16 +23,7 @@ def minutes(n: int, seed: int = 0, zero_share: float = 0.02) -> pd.DataFrame:
     tx = rng.poisson(100, n)
     tx[rng.random(n) < zero_share] = 0
     total = np.rint(tx * rng.lognormal(8, 0.4, n)).astype(np.int64)
-    return pd.DataFrame(
-        {
-            "minute": minute,
-            "tx_count": tx,
-            "fee_total_sat": total,
-            "fee_avg_sat": np.where(tx > 0, total / np.maximum(tx, 1), np.nan),
-            "event_time": minute + pd.Timedelta(minutes=1),
-            "revision": 1,
-        }
-    )
+    return minutes_from_totals(minute, tx, total)
 
 
 def test_wql_matches_a_hand_computation() -> None:
