@@ -115,6 +115,7 @@ class DriverState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        w.dirty.clear()  # the whole state is saved each time: no change left to track
 
     def apply(self, batch_id: int, totals: Sequence[tuple[int, int, int, int]]) -> bool:
         """Merge one batch of (minute, tx_count, fee_total_sat, max_event_time); False if already applied.
