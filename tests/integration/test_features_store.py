@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 
 from rtml.aggregate.reference import load_replay, reference_minutes
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.features.dataset import FEATURE_COLUMNS, history_minutes, minutes_frame
 from rtml.features.etl import build_dataset
 from rtml.features.feast_repo import online_redis_keys, project_name, teardown
@@ -31,24 +30,6 @@ from rtml.features.writer import FeatureStoreSink, feature_counters
 
 REPLAY = "utx-2020-11-24.jsonl.gz"
 MINUTE = pd.Timedelta(minutes=1)
-
-
-@pytest.fixture(params=["embedded", "services"])
-def store_settings(
-    request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    if request.param == "services":
-        monkeypatch.setenv("RTML_PROFILE", "services")
-        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("RTML_POSTGRES_DSN", request.getfixturevalue("postgres_dsn"))
-    settings = get_settings()
-    yield settings
-    if settings.profile == "services":
-        import psycopg
-
-        teardown(settings)
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +46,11 @@ def _sink(settings: Settings) -> FeatureStoreSink:
 
 
 def test_writes_are_idempotent_and_the_latest_revision_wins(
-    store_settings: Settings, replay_minutes: pd.DataFrame
+    backend_settings: Settings, replay_minutes: pd.DataFrame
 ) -> None:
     minutes = replay_minutes.iloc[:300].copy()
     minutes.loc[280, ["tx_count", "fee_total_sat", "fee_avg_sat"]] = [0, 0, np.nan]  # an empty minute
-    sink = _sink(store_settings)
+    sink = _sink(backend_settings)
     try:
         sink.write_frame(minutes)
         sink.write_frame(minutes)  # a retried delivery
@@ -79,20 +60,20 @@ def test_writes_are_idempotent_and_the_latest_revision_wins(
         newer["revision"] = 2
         sink.write_frame(newer)
         sink.write_frame(minutes.iloc[[120]])  # a stale revision arriving late changes nothing
-        assert open_offline(store_settings).count() == (300, 300)
-        stored = read_minutes_df(store_settings)
+        assert open_offline(backend_settings).count() == (300, 300)
+        stored = read_minutes_df(backend_settings)
         expected = minutes.copy()
         expected.loc[[120, 299], ["tx_count", "fee_avg_sat", "revision"]] = newer[
             ["tx_count", "fee_avg_sat", "revision"]
         ].to_numpy()
         pd.testing.assert_frame_equal(stored, expected.astype(stored.dtypes.to_dict()))
         # range reads: start inclusive, end exclusive
-        part = read_minutes_df(store_settings, minutes["minute"].iloc[10], minutes["minute"].iloc[20])
+        part = read_minutes_df(backend_settings, minutes["minute"].iloc[10], minutes["minute"].iloc[20])
         assert list(part["minute"]) == list(minutes["minute"].iloc[10:20])
 
-        reader = OnlineMinutes(store_settings, sink.store)
+        reader = OnlineMinutes(backend_settings, sink.store)
         window = reader.last()
-        k = store_settings.features.online_minutes
+        k = backend_settings.features.online_minutes
         pd.testing.assert_frame_equal(window, expected.tail(k).reset_index(drop=True), check_dtype=False)
         assert window["revision"].iloc[-1] == 2 and window["fee_avg_sat"].iloc[-1] == 4242.0
         assert np.isnan(window.set_index("minute").loc[minutes["minute"].iloc[280], "fee_avg_sat"])
@@ -102,8 +83,8 @@ def test_writes_are_idempotent_and_the_latest_revision_wins(
         assert list(around["minute"]) == list(minutes["minute"].iloc[118:121])
         assert around["revision"].iloc[-1] == 2 and around["tx_count"].iloc[-1] == newer["tx_count"].iloc[0]
         assert len(reader.last(k + 30)) == k + 30
-        assert online_count(store_settings) == 300
-        counters = feature_counters(store_settings)
+        assert online_count(backend_settings) == 300
+        counters = feature_counters(backend_settings)
         assert counters["writes"] == 4 and counters["rows_written"] == 603
         assert counters["offline_rows"] == counters["offline_minutes"] == 300
         assert counters["head_lag_s"] > 0 and counters["last_write_time_s"] > 0
@@ -112,13 +93,13 @@ def test_writes_are_idempotent_and_the_latest_revision_wins(
 
 
 def test_online_window_shows_gaps_as_absent_minutes(
-    store_settings: Settings, replay_minutes: pd.DataFrame
+    backend_settings: Settings, replay_minutes: pd.DataFrame
 ) -> None:
     minutes = replay_minutes.iloc[:100].drop(index=[95, 96])
-    sink = _sink(store_settings)
+    sink = _sink(backend_settings)
     try:
         sink.write_frame(minutes)
-        window = OnlineMinutes(store_settings, sink.store).last(10)
+        window = OnlineMinutes(backend_settings, sink.store).last(10)
         want = replay_minutes["minute"].iloc[90:100].drop(index=[95, 96])
         assert list(window["minute"]) == list(want)
         assert (window["event_time"] == window["minute"] + MINUTE).all()
@@ -147,7 +128,7 @@ WRITER = textwrap.dedent(
 
 
 def test_offline_holds_one_row_per_minute_after_a_sigkilled_writer(
-    store_settings: Settings, replay_minutes: pd.DataFrame, tmp_path: Path
+    backend_settings: Settings, replay_minutes: pd.DataFrame, tmp_path: Path
 ) -> None:
     # Three days of minutes so each write rewrites several day partitions.
     minutes = replay_minutes.iloc[:720].copy()
@@ -163,18 +144,18 @@ def test_offline_holds_one_row_per_minute_after_a_sigkilled_writer(
     assert lines[0] == "ready", proc.stderr.read() if proc.stderr else ""
     proc.send_signal(signal.SIGKILL)  # in the middle of the third write
     assert proc.wait(timeout=30) == -signal.SIGKILL
-    offline = open_offline(store_settings)
+    offline = open_offline(backend_settings)
     rows, distinct = offline.count()
     assert 0 < rows == distinct < len(minutes)  # partial, yet never a minute twice
     # The retry (the engine re-delivers its outbox) converges to exactly one row per minute.
-    sink = _sink(store_settings)
+    sink = _sink(backend_settings)
     try:
         sink.write_frame(minutes)
         assert offline.count() == (len(minutes), len(minutes))
-        assert not list(store_settings.root.glob("**/*.tmp"))
-        stored = read_minutes_df(store_settings)
+        assert not list(backend_settings.root.glob("**/*.tmp"))
+        stored = read_minutes_df(backend_settings)
         pd.testing.assert_frame_equal(stored, minutes.reset_index(drop=True).astype(stored.dtypes.to_dict()))
-        window = OnlineMinutes(store_settings, sink.store).last(60)
+        window = OnlineMinutes(backend_settings, sink.store).last(60)
         assert window["minute"].iloc[-1] == minutes["minute"].iloc[-1]
     finally:
         sink.close()
@@ -196,17 +177,17 @@ def _row_from_scratch(known: pd.DataFrame, asof: pd.Timestamp, horizon: int) -> 
 
 
 def test_training_set_is_point_in_time_correct_on_a_real_replay(
-    store_settings: Settings, replay_minutes: pd.DataFrame, tmp_path: Path
+    backend_settings: Settings, replay_minutes: pd.DataFrame, tmp_path: Path
 ) -> None:
     horizon = 5
     gap = replay_minutes.index[200:204]  # the pipeline was down four minutes
     minutes = replay_minutes.drop(index=gap).reset_index(drop=True)
-    sink = _sink(store_settings)
+    sink = _sink(backend_settings)
     try:
         sink.write_frame(minutes)
         start, end = minutes["minute"].iloc[0], minutes["minute"].iloc[-1] + MINUTE
         card = build_dataset(
-            store_settings, start, end, horizon=horizon, out=tmp_path / "a.parquet", store=sink.store
+            backend_settings, start, end, horizon=horizon, out=tmp_path / "a.parquet", store=sink.store
         )
         frame = pd.read_parquet(card["path"]).set_index("asof")
         assert card["rows"] == len(frame) > 600
@@ -243,9 +224,9 @@ def test_training_set_is_point_in_time_correct_on_a_real_replay(
             later["revision"] += 1
             sink.write_frame(later)
             minutes.loc[later.index] = later
-            assert open_offline(store_settings).count() == (len(minutes), len(minutes))
+            assert open_offline(backend_settings).count() == (len(minutes), len(minutes))
             again = build_dataset(
-                store_settings,
+                backend_settings,
                 start,
                 end,
                 horizon=horizon,
@@ -267,13 +248,13 @@ def test_training_set_is_point_in_time_correct_on_a_real_replay(
 
 
 def test_dataset_build_command(
-    store_settings: Settings, replay_minutes: pd.DataFrame, tmp_path: Path
+    backend_settings: Settings, replay_minutes: pd.DataFrame, tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
 
     from rtml.cli import app
 
-    sink = _sink(store_settings)
+    sink = _sink(backend_settings)
     try:
         sink.write_frame(replay_minutes.iloc[:200])
     finally:
@@ -297,44 +278,42 @@ def test_dataset_build_command(
 
 
 def test_services_state_stays_in_the_namespace(
-    store_settings: Settings, replay_minutes: pd.DataFrame
+    services_settings: Settings, replay_minutes: pd.DataFrame
 ) -> None:
-    if store_settings.profile != "services":
-        pytest.skip("the embedded profile keeps everything under the data directory")
     import psycopg
 
     # Reading a pipeline that never wrote finds nothing and creates nothing.
-    assert read_minutes_df(store_settings).empty
-    assert feature_counters(store_settings)["offline_rows"] == 0
-    with psycopg.connect(store_settings.postgres_dsn) as conn:
+    assert read_minutes_df(services_settings).empty
+    assert feature_counters(services_settings)["offline_rows"] == 0
+    with psycopg.connect(services_settings.postgres_dsn) as conn:
         schema = conn.execute(
-            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (store_settings.namespace,)
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (services_settings.namespace,)
         ).fetchone()
     assert schema is None
-    sink = _sink(store_settings)
+    sink = _sink(services_settings)
     try:
         sink.write_frame(replay_minutes.iloc[:30])
     finally:
         sink.close()
     import redis
 
-    client = redis.Redis.from_url(store_settings.redis_url)
-    decoy = b"someone_else_" + project_name(store_settings).encode()  # merely ends like our keys
+    client = redis.Redis.from_url(services_settings.redis_url)
+    decoy = b"someone_else_" + project_name(services_settings).encode()  # merely ends like our keys
     client.set(decoy, b"x", ex=60)
-    keys = online_redis_keys(store_settings)
+    keys = online_redis_keys(services_settings)
     assert len(keys) == 31 and decoy not in keys  # 30 minutes + the window, exactly
     client.delete(decoy)
-    with psycopg.connect(store_settings.postgres_dsn) as conn:
+    with psycopg.connect(services_settings.postgres_dsn) as conn:
         tables = {r[0] for r in conn.execute(
             "SELECT table_schema FROM information_schema.tables WHERE table_name = 'minute_features'"
         )}  # fmt: skip
-    assert store_settings.namespace in tables
-    teardown(store_settings)
-    assert online_redis_keys(store_settings) == []
+    assert services_settings.namespace in tables
+    teardown(services_settings)
+    assert online_redis_keys(services_settings) == []
 
 
 def test_features_show_reads_the_feature_store(
-    store_settings: Settings, replay_minutes: pd.DataFrame
+    backend_settings: Settings, replay_minutes: pd.DataFrame
 ) -> None:
     from typer.testing import CliRunner
 
@@ -342,7 +321,7 @@ def test_features_show_reads_the_feature_store(
 
     minutes = replay_minutes.iloc[:20].copy()
     minutes.loc[minutes.index[-1], ["fee_avg_sat", "revision"]] = [12.5, 3]
-    sink = _sink(store_settings)
+    sink = _sink(backend_settings)
     try:
         sink.write_frame(minutes)  # only the feature store has these minutes, not the engine's table
     finally:
