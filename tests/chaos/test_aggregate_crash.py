@@ -76,6 +76,7 @@ def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(backend_se
     env = {**os.environ, "RTML_WINDOW__IDLE_TIMEOUT_S": "3600"}
     rnd = random.Random(5)
     consumed = [0.0]
+    proc: subprocess.Popen[bytes] | None = None
     try:
         for _ in range(KILLS):
             proc = subprocess.Popen(
@@ -96,6 +97,9 @@ def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(backend_se
             assert proc.wait(timeout=30) == -signal.SIGKILL
             consumed.append(_events_in(settings))
     finally:
+        if proc is not None and proc.poll() is None:  # a failed wait must not leave an engine behind
+            proc.kill()
+            proc.wait()
         writer.join()
     assert consumed[-1] < len(delivered), consumed  # every kill landed mid-replay
     done = subprocess.run(

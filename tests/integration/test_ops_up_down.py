@@ -95,7 +95,15 @@ def pipeline_processes(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def run_up_kill_down(settings: Settings, data_dir: Path, tmp_path: Path) -> None:
+def run_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
+    try:
+        check_up_kill_down(data_dir, tmp_path)
+    finally:  # a failed check must not leave a pipeline running
+        if data_dir.exists():
+            rtml("down", check=False)
+
+
+def check_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
     path, truth = replay_file(tmp_path)
     port = free_port()
     up = rtml("up", "--source", "replay", "--file", str(path), "--speed", SPEED, "--port", str(port))
@@ -131,7 +139,7 @@ def run_up_kill_down(settings: Settings, data_dir: Path, tmp_path: Path) -> None
     assert pipeline_processes(data_dir) == []  # but everything was stopped
     purge = rtml("down", "--purge", "--yes")
     assert "purged" in purge.stdout
-    if settings.profile == "services":
+    if get_settings().profile == "services":
         assert "Redis keys" in purge.stdout and "PostgreSQL schema" in purge.stdout
     assert not data_dir.exists()
 
@@ -139,7 +147,7 @@ def run_up_kill_down(settings: Settings, data_dir: Path, tmp_path: Path) -> None
 @pytest.mark.timeout(400)
 def test_embedded_up_kill_restart_purge(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTML_WINDOW__IDLE_TIMEOUT_S", "2")
-    run_up_kill_down(get_settings(), data_dir, tmp_path)
+    run_up_kill_down(data_dir, tmp_path)
     assert pipeline_processes(data_dir) == []
 
 
@@ -157,7 +165,7 @@ def test_services_up_kill_restart_purge_touches_nothing_else(
     with psycopg.connect(services_settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS public.otherapp_keep (x int)")
     try:
-        run_up_kill_down(services_settings, data_dir, tmp_path)
+        run_up_kill_down(data_dir, tmp_path)
         ns = services_settings.namespace
         assert list(client.scan_iter(match=f"{ns}:*")) == []
         assert list(client.scan_iter(match=f"*{ns}".encode())) == []
