@@ -9,10 +9,12 @@ repeated tx_hash once. Then the batch's dead letters and counts are recorded.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 RawInput = bytes | str | Mapping[str, Any]
 SOURCES = ("ws", "rest", "replay", "synthetic")
+# Batches parsed ahead of the store (each is one process round trip).
+_PARSE_AHEAD = 2
 # The archiver runs beside a long ingestion this often (seconds).
 ARCHIVE_EVERY_S = 60.0
 # Drop expired dedup entries from memory and disk this often during long runs.
@@ -75,21 +79,24 @@ class Ingestor:
         return self._store(len(raws), *parse_batch(raws, source, now))
 
     def ingest_all(self, batches: Iterable[Sequence[RawInput]], source: str) -> Counts:
-        """Ingest many batches, parsing the next while the previous is deduped and appended.
+        """Ingest many batches, parsing ahead in a second process while this one dedups and appends.
 
-        The store side runs on one worker thread, strictly in batch order; SQLite and Redis
-        I/O release the GIL, so parsing (pure Python) overlaps with it on a second core.
+        Parsing is pure Python and holds the GIL, so it gets a process (and a core) of its own;
+        results come back in batch order, at most `_PARSE_AHEAD` batches ahead of the store.
+        The worker is forked (no re-import: it starts at once) and only ever runs `parse_batch`,
+        which touches none of the parent's connections, threads or locks.
         """
         run = Counts()
-        with ThreadPoolExecutor(1, thread_name_prefix="ingest-store") as pool:
-            pending: Future[Counts] | None = None
+        pending: deque[tuple[int, Future[tuple[list[Row], list[DeadLetter]]]]] = deque()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             for raws in batches:
-                parsed = parse_batch(raws, source, int(time.time() * 1000))
-                if pending is not None:
-                    run += pending.result()
-                pending = pool.submit(self._store, len(raws), *parsed)
-            if pending is not None:
-                run += pending.result()
+                pending.append((len(raws), pool.submit(parse_batch, list(raws), source, int(time.time() * 1000))))
+                if len(pending) > _PARSE_AHEAD:
+                    received, parsed = pending.popleft()
+                    run += self._store(received, *parsed.result())
+            while pending:
+                received, parsed = pending.popleft()
+                run += self._store(received, *parsed.result())
         return run
 
     def _store(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
