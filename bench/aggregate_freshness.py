@@ -29,10 +29,11 @@ from rtml.stream import open_stream
 ENGINE = """
 import signal, threading
 from rtml.aggregate.embedded import Engine
-from rtml.aggregate.sinks import MinutesTable, aggregate_db_path
+from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, minute_sinks
 from rtml.config import get_settings
 settings = get_settings()
-sinks = [MinutesTable(aggregate_db_path(settings))] if sys.argv[1] == "engine" else None
+own = [MinutesTable(aggregate_db_path(settings))]
+sinks = own if sys.argv[1] == "engine" else minute_sinks(settings, live=True)  # as `rtml aggregate`
 engine = Engine(settings, sinks=sinks)
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -346,6 +346,8 @@ def run(
         # Before the engine opens: a stop asked for while it starts is honoured, not lost.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        if sinks is None:
+            sinks = minute_sinks(settings, live=True)
     engine = Engine(settings, sinks=sinks, batch=batch)
     try:
         if drain:

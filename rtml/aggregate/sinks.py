@@ -85,11 +85,15 @@ class MinutesTable:
         self._conn.close()
 
 
-def minute_sinks(settings: Settings) -> list[MinuteSink]:
-    """Every sink the engine delivers to, the engine's own table first."""
-    from rtml.features.writer import FeatureStoreSink  # opens Feast lazily, at its first write
+def minute_sinks(settings: Settings, *, live: bool = False) -> list[MinuteSink]:
+    """Every sink the engine delivers to, the engine's own table first.
 
-    return [MinutesTable(aggregate_db_path(settings)), FeatureStoreSink(settings)]
+    Feast is opened lazily, at the first write, unless `live`: a long-running engine opens it
+    now, so the first closed window does not wait seconds for Feast's import.
+    """
+    from rtml.features.writer import FeatureStoreSink
+
+    return [MinutesTable(aggregate_db_path(settings)), FeatureStoreSink(settings, open_now=live)]
 
 
 def read_minutes(

@@ -35,16 +35,18 @@ if TYPE_CHECKING:
 class FeatureStoreSink:
     """A MinuteSink (see rtml.aggregate.sinks): `upsert(rows)` into the Feast online + offline stores.
 
-    Opening is lazy: Feast (a 5 s import) is loaded at the first write, not when the
-    aggregation engine builds its sinks.
+    Opening is lazy by default: Feast (a 5 s import) is loaded at the first write, not when the
+    aggregation engine builds its sinks; `open_now` opens it at once (long-running engines).
     """
 
     name = "feature_store"
 
-    def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: FeatureStore | None = None, *, open_now: bool = False) -> None:
         self.settings = settings
         self._store = store
         self._offline: OfflineMinutes | None = None
+        if open_now:
+            self.store, self.offline  # noqa: B018 - open both stores now, not at the first write
 
     @property
     def store(self) -> FeatureStore:
