@@ -6,9 +6,12 @@ when it is missing on a developer's machine, and fails when CI=true: CI must cov
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +120,39 @@ def artifacts_dir() -> Path:
     path = REPO / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+SERVING_TOKEN = "test-admin-token"
+
+
+def seed_in_another_process() -> list[str]:
+    """The serving bed, written by another process as a trainer would: the service must find the
+    models through the registry alone (no MLflow state left in this process)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rtml.serving.seed"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[str]]]:
+    """The serving bed (rtml.serving.seed): a day of synthetic minutes ending now in the feature
+    store and two small forecasters in MLflow, v1 champion; v1 is champion again afterwards."""
+    from rtml.model import registry
+
+    root = tmp_path_factory.getbasetemp() / "serving-bed"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RTML_DATA_DIR", str(root / "rtml-data"))
+        mp.setenv("RTML_PROFILE", "embedded")
+        mp.setenv("RTML_CONFIG", str(root / "absent.toml"))
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.setenv("RTML_SERVING__ADMIN_TOKEN", SERVING_TOKEN)
+        # The bed's newest minute is as old as the bed, which other modules may have seeded long
+        # before: freshness is tested on its own (test_stale_features_get_a_clear_503...).
+        mp.setenv("RTML_SERVING__MAX_FEATURE_AGE_S", str(7 * 86400))
+        settings = get_settings()
+        versions = seed_in_another_process()
+        yield settings, versions
+        if registry.champion_version(settings) != versions[0]:
+            registry.promote(settings, versions[0], reason="test cleanup")

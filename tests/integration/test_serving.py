@@ -1,15 +1,12 @@
 """The forecast API on the real feature store and the real MLflow registry (embedded profile).
 
-One test bed per module (rtml.serving.seed): a day of synthetic minutes ending now, written
-through the feature store's writer, and two small forecasters registered in MLflow, v1
-champion. Tests that move the champion put v1 back.
+One test bed per module (the `bed` fixture of tests/conftest.py, from rtml.serving.seed): a
+day of synthetic minutes ending now, written through the feature store's writer, and two small
+forecasters registered in MLflow, v1 champion. Tests that move the champion put v1 back.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +16,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from conftest import SERVING_TOKEN as TOKEN
+from conftest import seed_in_another_process
 from fastapi.testclient import TestClient
 
 from rtml.config import Settings, get_settings
@@ -28,25 +27,7 @@ from rtml.serving.app import BackgroundServer, create_app
 from rtml.serving.prediction_log import read_predictions, serving_counters
 from rtml.serving.seed import write_minutes
 
-TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[str]]]:
-    """The session's serving bed (test_api_schema.py shares it: seeding costs ~30 s)."""
-    root = tmp_path_factory.getbasetemp() / "serving-bed"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RTML_DATA_DIR", str(root / "rtml-data"))
-        mp.setenv("RTML_PROFILE", "embedded")
-        mp.setenv("RTML_CONFIG", str(root / "absent.toml"))
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        mp.setenv("RTML_SERVING__ADMIN_TOKEN", TOKEN)
-        # The bed's newest minute is as old as the bed, which other modules may have seeded long
-        # before: freshness is tested on its own (test_stale_features_get_a_clear_503...).
-        mp.setenv("RTML_SERVING__MAX_FEATURE_AGE_S", str(7 * 86400))
-        settings = get_settings()
-        yield settings, seed_in_another_process()
 
 
 @pytest.fixture
@@ -323,16 +304,6 @@ def test_a_new_minute_in_the_store_moves_the_forecast(bed: tuple[Settings, list[
         minutes=1
     )
     assert after["p50"] != before["p50"]
-
-
-def seed_in_another_process() -> list[str]:
-    """The serving bed, written by another process as a trainer would: the service must find the
-    models through the registry alone (no MLflow state left in this process)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "rtml.serving.seed"], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return list(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def test_the_champion_poll_sees_changes_in_quick_succession(
