@@ -23,7 +23,6 @@ from features_online import minutes  # the same synthetic minutes (bench/ is on 
 def run(profile: str, days: int, root: Path) -> None:
     from rtml.config import get_settings
     from rtml.features.etl import build_dataset
-    from rtml.features.feast_repo import teardown
     from rtml.features.writer import FeatureStoreSink
 
     settings = get_settings(data_dir=root / profile, profile=profile)
@@ -43,12 +42,10 @@ def run(profile: str, days: int, root: Path) -> None:
         )
     finally:
         sink.close()
-        if profile == "services":
-            import psycopg
+        if profile == "services":  # what `rtml down --purge` deletes
+            from rtml.ops.purge import execute_purge, plan_purge
 
-            teardown(settings)
-            with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
+            execute_purge(settings, plan_purge(settings, services=True))
 
 
 def main() -> None:

@@ -60,7 +60,6 @@ def timed(fn: Callable[[], object], reads: int) -> tuple[float, float, float]:
 
 def run(profile: str, reads: int, root: Path) -> None:
     from rtml.config import get_settings
-    from rtml.features.feast_repo import teardown
     from rtml.features.online import OnlineMinutes, last_minutes
     from rtml.features.writer import FeatureStoreSink
 
@@ -87,12 +86,10 @@ def run(profile: str, reads: int, root: Path) -> None:
             print(f"{profile:9s} {name:45s} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   cpu p99 {cpu99:7.3f} ms")
     finally:
         sink.close()
-        if profile == "services":
-            import psycopg
+        if profile == "services":  # what `rtml down --purge` deletes
+            from rtml.ops.purge import execute_purge, plan_purge
 
-            teardown(settings)
-            with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
+            execute_purge(settings, plan_purge(settings, services=True))
 
 
 def main() -> None:

@@ -211,10 +211,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
             if args.profile == "services":
-                from rtml.features.feast_repo import teardown
                 from rtml.ops.purge import execute_purge, plan_purge
 
-                teardown(settings)
                 execute_purge(settings, plan_purge(settings, services=True))
 
 
