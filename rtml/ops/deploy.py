@@ -140,7 +140,9 @@ def pipeline_facts(settings: Settings) -> dict[str, object]:
     since = datetime.fromtimestamp(counters["watermark"], UTC) - timedelta(hours=1)
     recent = read_minutes(settings, since) if counters["watermark"] else []
     newest = recent[-1].event_time if recent else None
-    drift = EventLog(settings).recent(limit=1, prefix="drift.")
+    events = EventLog(settings)
+    drift = events.recent(limit=1, prefix="drift.")
+    events.close()
     return {
         "stream_lag_events": int(counters["lag_events"]),
         "newest_minute_end": newest.isoformat() if newest else None,

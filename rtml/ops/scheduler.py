@@ -59,10 +59,11 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     events = EventLog(settings)
-    schedule = {job.name: 0.0 for job in jobs(settings)}
+    planned = jobs(settings)
+    schedule = {job.name: 0.0 for job in planned}
     while not stop.is_set():
         now = time.time()
-        for job in jobs(settings):
+        for job in planned:
             if now < schedule[job.name]:
                 continue
             schedule[job.name] = now + job.interval_s
