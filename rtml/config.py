@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
+    def folder(self, *parts: str) -> Path:
+        """A folder under the data directory, created."""
+        target = self.root.joinpath(*parts)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
 
 def get_settings(**overrides: object) -> Settings:
     """Settings from `rtml.toml` and `RTML_...` variables; keyword overrides win."""

@@ -120,7 +120,7 @@ def repo_dir(settings: Settings) -> Path:
 
 def offline_dir(settings: Settings) -> Path:
     """Embedded offline store: one Parquet file per UTC day, rewritten atomically on upsert."""
-    return settings.path("feature_repo", "offline", "minutes", "x").parent
+    return settings.folder("feature_repo", "offline", "minutes")
 
 
 def pg_table(settings: Settings) -> str:

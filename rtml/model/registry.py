@@ -60,7 +60,7 @@ def tracking_uri(settings: Settings) -> str:
 
 
 def artifact_root(settings: Settings) -> str:
-    return settings.path("mlflow", "artifacts", "x").parent.as_uri()
+    return settings.folder("mlflow", "artifacts").as_uri()
 
 
 def client(settings: Settings) -> MlflowClient:

@@ -61,7 +61,7 @@ class SupervisorState:
 
 
 def run_dir(settings: Settings) -> Path:
-    return settings.path("run", "x").parent
+    return settings.folder("run")
 
 
 def state_path(settings: Settings) -> Path:
@@ -102,7 +102,7 @@ class Supervisor:
         self.state = SupervisorState(pid=os.getpid(), started_at=time.time(), profile=settings.profile)
         for c in components:
             self.state.components[c.name] = ComponentState(c.name, c.argv, ready_url=c.ready_url)
-        self.logs = settings.path("logs", "x").parent
+        self.logs = settings.folder("logs")
 
     def _write_state(self) -> None:
         tmp = state_path(self.settings).with_suffix(".tmp")
