@@ -166,7 +166,7 @@ class Settings(BaseSettings):
                         f"{marker[key]!r} (recorded in {where}): drop the {key} setting "
                         f"(--{key} / RTML_{key.upper()}) or use another data directory"
                     )
-            self.profile = marker["profile"]
+            self.profile = "services" if marker["profile"] == "services" else "embedded"
             self.namespace = marker["namespace"]
         if not self.namespace:
             digest = hashlib.sha1(str(self.data_dir.expanduser().resolve()).encode()).hexdigest()[:10]

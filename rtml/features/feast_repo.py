@@ -33,7 +33,7 @@ import struct
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import parse_qsl, quote, unquote, urlparse
 
 from rtml.config import Settings
 
@@ -129,12 +129,16 @@ def pg_table(settings: Settings) -> str:
 
 def _pg_parts(dsn: str) -> dict[str, Any]:
     url = urlparse(dsn)
+    query = dict(parse_qsl(url.query))
     return {
         "host": url.hostname or "127.0.0.1",
         "port": url.port or 5432,
         "database": (url.path or "/postgres").lstrip("/") or "postgres",
         "user": unquote(url.username or "postgres"),
         "password": unquote(url.password or ""),
+        # TLS as the DSN asks (libpq's own default, prefer, when it does not say): Feast's
+        # default would be `require`, which a local server without TLS refuses.
+        "ssl": {key: query[key] for key in ("sslmode", "sslrootcert", "sslcert", "sslkey") if key in query},
     }
 
 
@@ -160,8 +164,9 @@ def store_yaml(settings: Settings) -> str:
         pg = _pg_parts(settings.postgres_dsn)
         auth = quote(pg["user"]) + (f":{quote(pg['password'])}" if pg["password"] else "")
         search_path = quote(f"-csearch_path={settings.namespace}")
+        ssl_query = "".join(f"&{key}={quote(value)}" for key, value in pg["ssl"].items())
         registry_url = (
-            f"postgresql+psycopg://{auth}@{pg['host']}:{pg['port']}/{pg['database']}?options={search_path}"
+            f"postgresql+psycopg://{auth}@{pg['host']}:{pg['port']}/{pg['database']}?options={search_path}{ssl_query}"
         )
         lines += [
             "registry:",
@@ -181,7 +186,8 @@ def store_yaml(settings: Settings) -> str:
             f"  db_schema: {settings.namespace}",
             f"  user: {pg['user']}",
             f"  password: '{pg['password']}'",
-            "  sslmode: disable",
+            f"  sslmode: {pg['ssl'].get('sslmode', 'prefer')}",
+            *(f"  {key}_path: '{pg['ssl'][key]}'" for key in ("sslrootcert", "sslcert", "sslkey") if key in pg["ssl"]),
         ]
     else:
         lines += [
@@ -266,9 +272,14 @@ def ensure_repo(settings: Settings) -> FeatureStore:
     for name, text in (("feature_store.yaml", yaml_text), ("definitions.py", defs_text)):
         path = repo / name
         if not path.exists() or path.read_text() != text:
+            # feature_store.yaml holds the PostgreSQL and Redis passwords: owner-only from birth.
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
+            tmp.unlink(missing_ok=True)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(text)
             os.replace(tmp, path)
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)
     store = FeatureStore(repo_path=str(repo))
     if not marker.exists() or marker.read_text() != digest:
         spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")

@@ -40,7 +40,7 @@ def champion_back(bed: tuple[Settings, list[str]]) -> Iterator[None]:
 
 @pytest.fixture
 def client(bed: tuple[Settings, list[str]]) -> Iterator[TestClient]:
-    with TestClient(create_app(bed[0])) as test_client:
+    with TestClient(create_app(bed[0]), base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -174,7 +174,7 @@ def test_batch_rows_must_carry_every_feature(client: TestClient) -> None:
 def test_stale_features_get_a_clear_503_never_a_forecast(bed: tuple[Settings, list[str]]) -> None:
     settings, _ = bed
     stale = settings.model_copy(update={"serving": settings.serving.model_copy(update={"max_feature_age_s": 0.0})})
-    with TestClient(create_app(stale)) as client:
+    with TestClient(create_app(stale), base_url="http://localhost") as client:
         response = client.get("/forecast")
         assert response.status_code == 503
         assert "features are stale: the newest closed minute ended at" in response.json()["detail"]
@@ -193,7 +193,7 @@ def test_admin_endpoints_are_off_without_a_token_and_guarded_with_one(
 ) -> None:
     settings, versions = bed
     closed = settings.model_copy(update={"serving": settings.serving.model_copy(update={"admin_token": None})})
-    with TestClient(create_app(closed)) as off:
+    with TestClient(create_app(closed), base_url="http://localhost") as off:
         response = off.post("/admin/rollback", headers=AUTH)
         assert response.status_code == 404
         assert "admin endpoints are off" in response.json()["detail"]
@@ -334,7 +334,7 @@ def test_forecasts_swaps_and_the_log_on_the_services_profile(
     assert settings.profile == "services"
     try:
         versions = seed_in_another_process()
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             first = client.get("/forecast")
             assert first.status_code == 200, first.text
             assert first.json()["model_version"] == versions[0]
