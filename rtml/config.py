@@ -91,6 +91,7 @@ class ServingSettings(BaseModel):
 class MonitoringSettings(BaseModel):
     wql_threshold: float = 0.24
     breaches_for_alarm: int = 3
+    metrics_cache_s: float = Field(default=10.0, ge=0, description="The pipeline's /metrics are read at most this often.")
 
 
 class Settings(BaseSettings):

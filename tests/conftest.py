@@ -156,3 +156,11 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, li
         yield settings, versions
         if registry.champion_version(settings) != versions[0]:
             registry.promote(settings, versions[0], reason="test cleanup")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' own checker (Debian's `prometheus` package; .ci/run installs it)."""
+    path = shutil.which("promtool")
+    require(path is not None, "promtool is not installed (Debian package prometheus; .ci/run installs it)")
+    return str(path)

@@ -561,7 +561,10 @@ def create_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # The pipeline collector reads stores (milliseconds to seconds): in a worker thread, so
+        # a scrape never holds up the forecasts the event loop is answering.
+        page = await asyncio.to_thread(generate_latest, metrics.registry)
+        return PlainTextResponse(page, media_type=CONTENT_TYPE_LATEST)
 
     bearer = HTTPBearer(auto_error=False, description="serving.admin_token (RTML_SERVING__ADMIN_TOKEN)")
 

@@ -75,7 +75,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             assert metrics[("rtml_model_version", (("version", first.version),))] == float(first.version)
             assert metrics[("rtml_drift_share", ())] == pytest.approx(drift.share) and drift.drifted
             assert 0 <= metrics[("rtml_feature_freshness_seconds", ())] < 2 * 3600
-            assert metrics[("rtml_forecast_latency_ms", (("quantile", "0.5"),))] > 0
+            assert metrics[("rtml_forecast_latency_seconds", (("quantile", "0.5"),))] > 0
             for part in ("ingest", "aggregate", "quality", "serving"):
                 assert metrics[("rtml_part_up", (("part", part),))] == 1.0, part
 
