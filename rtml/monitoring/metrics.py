@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -195,7 +196,7 @@ class PipelineCollector(Collector):
 
     def _components(self) -> Iterator[Metric]:
         """Restarts and state of the components `rtml up` supervises (from its state file)."""
-        state = _resolve(SUPERVISOR_STATE)(self.settings)
+        state: Any = _resolve(SUPERVISOR_STATE)(self.settings)
         if not state:
             return
         restarts = CounterMetricFamily(
