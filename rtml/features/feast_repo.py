@@ -255,6 +255,7 @@ def ensure_offline_table(settings: Settings) -> None:
 
 def ensure_repo(settings: Settings) -> FeatureStore:
     """Generate and apply the repo if it is new or changed; return an open FeatureStore."""
+    import fcntl
     import importlib.util
     import os
 
@@ -264,40 +265,44 @@ def ensure_repo(settings: Settings) -> FeatureStore:
     repo = repo_dir(settings)
     (repo / "data").mkdir(parents=True, exist_ok=True)
     offline_dir(settings)
-    yaml_text, defs_text = store_yaml(settings), definitions_py(settings)
-    digest = hashlib.sha256((yaml_text + defs_text).encode()).hexdigest()[:16]
-    marker = repo / "data" / "applied"
-    if settings.profile == "services":
-        ensure_offline_table(settings)
-    for name, text in (("feature_store.yaml", yaml_text), ("definitions.py", defs_text)):
-        path = repo / name
-        if not path.exists() or path.read_text() != text:
-            # feature_store.yaml holds the PostgreSQL and Redis passwords: owner-only from birth.
-            tmp = path.with_suffix(".tmp")
-            tmp.unlink(missing_ok=True)
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-                out.write(text)
-            os.replace(tmp, path)
-        elif path.stat().st_mode & 0o077:
-            path.chmod(0o600)
-    store = FeatureStore(repo_path=str(repo))
-    if not marker.exists() or marker.read_text() != digest:
-        spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        store.apply(
-            [
-                module.minute,
-                module.chain,
-                module.minute_push,
-                module.window_push,
-                module.minute_features,
-                module.minute_window,
-            ]
-        )
-        marker.write_text(digest)
-    return store
+    # Components start together (`rtml up`): two applying a new registry at once collide on its
+    # unique keys, so one process at a time generates and applies; the others then find it done.
+    with open(repo / "data" / "apply.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yaml_text, defs_text = store_yaml(settings), definitions_py(settings)
+        digest = hashlib.sha256((yaml_text + defs_text).encode()).hexdigest()[:16]
+        marker = repo / "data" / "applied"
+        if settings.profile == "services":
+            ensure_offline_table(settings)
+        for name, text in (("feature_store.yaml", yaml_text), ("definitions.py", defs_text)):
+            path = repo / name
+            if not path.exists() or path.read_text() != text:
+                # feature_store.yaml holds the PostgreSQL and Redis passwords: owner-only from birth.
+                tmp = path.with_suffix(".tmp")
+                tmp.unlink(missing_ok=True)
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                    out.write(text)
+                os.replace(tmp, path)
+            elif path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        store = FeatureStore(repo_path=str(repo))
+        if not marker.exists() or marker.read_text() != digest:
+            spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            store.apply(
+                [
+                    module.minute,
+                    module.chain,
+                    module.minute_push,
+                    module.window_push,
+                    module.minute_features,
+                    module.minute_window,
+                ]
+            )
+            marker.write_text(digest)
+        return store
 
 
 def _entity_key(join_key: str, value_type: int, value: bytes) -> bytes:
