@@ -21,6 +21,7 @@ from rtml.ops.purge import PurgeRefused, execute_purge, plan_purge, refusal
 from rtml.ops.supervisor import Component, read_state, supervisor_running
 
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one line per refusal, for people and scripts
 
 
 def components(settings: Settings, source: str, file: Path | None, speed: str, port: int) -> list[Component]:
@@ -189,7 +190,7 @@ def bring_down(purge: bool, yes: bool) -> int:
     settings = get_settings()
     services = settings.profile == "services"
     if purge and (why := refusal(settings, services)) is not None:
-        console.print(f"[red]refusing to purge:[/] {why}")
+        errors.print(f"[red]refusing to purge:[/] {why}")
         return 2
     pid = supervisor_running(settings)
     if pid is not None and pid > 0:
@@ -209,7 +210,7 @@ def bring_down(purge: bool, yes: bool) -> int:
     try:
         plan = plan_purge(settings, services=services)
     except PurgeRefused as exc:
-        console.print(f"[red]refusing to purge:[/] {exc}")
+        errors.print(f"[red]refusing to purge:[/] {exc}")
         return 2
     if plan.empty:
         console.print("nothing to purge")
