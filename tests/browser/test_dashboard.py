@@ -90,7 +90,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             )
             answer = page.goto(f"{server.url}/dashboard/")
             assert answer is not None and "script-src 'self'" in answer.headers["content-security-policy"]
-            page.wait_for_function("window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000)
+            page.wait_for_function("() => window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000)
             state = page.evaluate("({points: window.rtmlDashboard.points, errors: window.rtmlDashboard.errors})")
             assert state["errors"] == []
             assert page.evaluate("window.cspViolations") == []
