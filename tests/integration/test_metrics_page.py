@@ -91,3 +91,21 @@ def test_a_slow_store_neither_stalls_forecasts_nor_is_read_on_every_scrape(
             assert len(CALLS) == 1
     finally:
         registry.unregister(collector)
+
+
+def test_the_pipeline_part_of_the_page_passes_promtool_on_both_profiles(
+    backend_settings: Settings, promtool: str
+) -> None:
+    """The parts' persisted counters come from SQLite or from Redis hashes: both pages are valid."""
+    from prometheus_client import generate_latest
+
+    from rtml.serving.app import ServingMetrics
+    from rtml.sources.ingest import run_ingest
+
+    run_ingest(backend_settings, "synthetic", speed=None, duration_s=120, archive=False)
+    metrics = ServingMetrics()
+    metrics.registry.register(PipelineCollector(backend_settings, max_age_s=0))
+    page = generate_latest(metrics.registry).decode()
+    assert "rtml_ingest_received_total" in page and 'rtml_part_up{part="ingest"} 1.0' in page
+    out = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
