@@ -139,6 +139,8 @@ def check_up_kill_down(data_dir: Path, tmp_path: Path, *up_options: str) -> None
     assert info["stream_lag_events"] == 0
     assert info["newest_minute_end"] == rows[-1].event_time.isoformat()
     profile = info["profile"]
+    shown = rtml("features", "show", "--last", "3", "--format", "csv").stdout.strip().splitlines()
+    assert len(shown) == 4 and shown[-1].startswith(rows[-1].minute.strftime("%Y-%m-%dT%H:%M"))  # header + 3
     assert rtml("down", "--purge", check=False).returncode == 1  # no terminal: refuses without --yes
     assert pipeline_processes(data_dir) == []  # but everything was stopped
     purge = rtml("down", "--purge", "--yes")
