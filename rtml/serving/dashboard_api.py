@@ -265,7 +265,9 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/api/events", summary="The pipeline's event log, newest last")
     def events(
-        limit: int = Query(200, ge=1, le=5000), prefix: str = "", after_id: int = Query(0, ge=0)
+        limit: int = Query(200, ge=1, le=5000),
+        prefix: str = Query("", max_length=100),
+        after_id: int = Query(0, ge=0, le=2**63 - 1),  # an event id is a SQLite / BIGINT integer
     ) -> list[dict[str, Any]]:
         log = EventLog(settings)
         try:

@@ -471,3 +471,11 @@ def test_forecasts_swaps_and_the_log_on_the_services_profile(
     finally:
         teardown(settings)
         execute_purge(settings, plan_purge(settings, services=True))
+
+
+@pytest.mark.parametrize(
+    "query", ["after_id=99999999999999999999999", "after_id=-1", "prefix=" + "x" * 101, "limit=0", "hours=1e400"]
+)
+def test_dashboard_queries_out_of_bounds_are_a_422(client: TestClient, query: str) -> None:
+    path = "/dashboard/api/minutes" if query.startswith("hours") else "/dashboard/api/events"
+    assert client.get(f"{path}?{query}").status_code == 422
