@@ -75,17 +75,25 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             assert metrics[("rtml_model_version", (("version", first.version),))] == float(first.version)
             assert metrics[("rtml_drift_share", ())] == pytest.approx(drift.share) and drift.drifted
             assert 0 <= metrics[("rtml_feature_freshness_seconds", ())] < 2 * 3600
-            assert metrics[("rtml_forecast_latency_ms", (("quantile", "0.5"),))] > 0
+            assert metrics[("rtml_forecast_latency_seconds", (("quantile", "0.5"),))] > 0
             for part in ("ingest", "aggregate", "quality", "serving"):
                 assert metrics[("rtml_part_up", (("part", part),))] == 1.0, part
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{server.url}/dashboard/")
-            page.wait_for_function("window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000)
+            # Everything the Content-Security-Policy blocks is recorded: the page must need none of it.
+            page.add_init_script(
+                "window.cspViolations = [];"
+                "document.addEventListener('securitypolicyviolation',"
+                " e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"
+            )
+            answer = page.goto(f"{server.url}/dashboard/")
+            assert answer is not None and "script-src 'self'" in answer.headers["content-security-policy"]
+            page.wait_for_function("() => window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000)
             state = page.evaluate("({points: window.rtmlDashboard.points, errors: window.rtmlDashboard.errors})")
             assert state["errors"] == []
+            assert page.evaluate("window.cspViolations") == []
             for chart in CHARTS:
                 assert state["points"].get(chart, 0) > 0, (chart, state)
                 # uPlot drew on a canvas of the chart's size.
@@ -102,6 +110,11 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             link = page.locator("#drift-reports a").first
             report_page = httpx.get(f"{server.url}/dashboard/{link.get_attribute('href')}", timeout=30)
             assert report_page.status_code == 200 and "<html" in report_page.text[:2000].lower()
+            # The report and its Evidently iframes run sandboxed: an opaque origin, not the API's.
+            viewer = browser.new_page()
+            viewer.goto(f"{server.url}/dashboard/{link.get_attribute('href')}")
+            assert viewer.evaluate("window.origin") == "null"
+            assert len(viewer.frames) > 1 and all(f.evaluate("window.origin") == "null" for f in viewer.frames)
             browser.close()
     finally:
         server.stop()
