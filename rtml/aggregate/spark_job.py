@@ -251,7 +251,9 @@ class _Driver:
     query and the idle clock, hence the lock.
     """
 
-    def __init__(self, state: DriverState, sinks: Sequence[MinuteSink], on_batch: Callable[[int, int], None] | None):
+    def __init__(
+        self, state: DriverState, sinks: Sequence[MinuteSink], on_batch: Callable[[int, int], None] | None
+    ):
         self.state = state
         self.sinks = sinks
         self.on_batch = on_batch
@@ -261,7 +263,9 @@ class _Driver:
         self.emitted = state.deliver(sinks)  # a crash between commit and delivery left rows here
 
     def micro_batch(self, df: DataFrame, batch_id: int) -> None:
-        rows = [tuple(r) for r in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()]
+        rows = [
+            tuple(r) for r in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()
+        ]
         with self.lock:
             if not self.state.apply(batch_id, rows):
                 return  # a replayed batch: its effect is already committed
@@ -370,7 +374,9 @@ def run_command(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ckpt = checkpoint_dir(settings, checkpoint)
-    with console.status(f"starting Spark ({master or 'local[2] unless submitted'}), checkpoint {ckpt}") as status:
+    with console.status(
+        f"starting Spark ({master or 'local[2] unless submitted'}), checkpoint {ckpt}"
+    ) as status:
         result = run_spark(
             settings,
             drain=drain,
@@ -390,9 +396,15 @@ def run_command(
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `spark-submit` (and `python -m rtml.aggregate.spark_job`)."""
     parser = argparse.ArgumentParser(description="rtml aggregation as a Spark Structured Streaming job")
-    parser.add_argument("--drain", action="store_true", help="process what the stream holds, close all windows, exit")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)")
-    parser.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[2])")
+    parser.add_argument(
+        "--drain", action="store_true", help="process what the stream holds, close all windows, exit"
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)"
+    )
+    parser.add_argument(
+        "--master", default=None, help="Spark master (default: spark-submit's, else local[2])"
+    )
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--max-rows-per-batch", type=int, default=100_000)
     args = parser.parse_args(argv)

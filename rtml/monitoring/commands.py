@@ -10,7 +10,9 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def monitor(
-        loop: Annotated[bool, typer.Option("--loop", help="Keep running a pass every --interval seconds.")] = False,
+        loop: Annotated[
+            bool, typer.Option("--loop", help="Keep running a pass every --interval seconds.")
+        ] = False,
         interval: Annotated[float, typer.Option(help="Seconds between passes with --loop.", min=1)] = 60.0,
         json_out: Annotated[bool, typer.Option("--json", help="Print the pass report as JSON.")] = False,
     ) -> None:
@@ -55,7 +57,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def events(
         limit: Annotated[int, typer.Option(help="How many of the newest events.", min=1)] = 50,
-        prefix: Annotated[str, typer.Option(help="Only kinds starting with this, e.g. 'drift.' or 'model.'.")] = "",
+        prefix: Annotated[
+            str, typer.Option(help="Only kinds starting with this, e.g. 'drift.' or 'model.'.")
+        ] = "",
         json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     ) -> None:
         """Print the pipeline's event log (drift, breaches, alarms, retraining, gate, promotions), oldest first."""
@@ -64,8 +68,10 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         from rtml.config import get_settings
+        from rtml.contracts import printable
         from rtml.monitoring.events import EventLog
 
         log = EventLog(get_settings())
@@ -75,11 +81,14 @@ def register(app: typer.Typer) -> None:
             log.close()
         if json_out:
             for e in found:
-                typer.echo(json.dumps({"id": e.id, "time_ms": e.time_ms, "kind": e.kind, "details": e.details}))
+                typer.echo(
+                    json.dumps({"id": e.id, "time_ms": e.time_ms, "kind": e.kind, "details": e.details})
+                )
             return
         table = Table("id", "time (UTC)", "kind", "details")
         for e in found:
             when = datetime.fromtimestamp(e.time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             details = "  ".join(f"{k}={v}" for k, v in e.details.items())
-            table.add_row(str(e.id), when, e.kind, details)
+            # Details may quote refused input: printed literally (no markup), control characters escaped.
+            table.add_row(str(e.id), when, Text(printable(e.kind)), Text(printable(details)))
         Console().print(table)
