@@ -218,7 +218,7 @@ def _from_blockchain_tx(tx: Mapping[str, Any], source: str, ingest_time: int) ->
         )
     size = _check_size(_int(tx.get("size"), "size"))
     fee_field = tx.get("fee")
-    fee_given = None if fee_field is None else _int(fee_field, "fee")
+    fee_given = None if fee_field is None else _check_fee(_int(fee_field, "fee"), "fee")
     fee_computed = None
     if "inputs" in tx or "out" in tx:
         inputs, coinbase = _sum_values(tx.get("inputs"), "inputs", allow_coinbase=True)

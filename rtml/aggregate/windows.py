@@ -16,10 +16,10 @@
   followed by live running), a drained window that changes is re-emitted with revision + 1.
 - Clock protection (`ClockGuard`): one event must not move the watermark by itself. An event
   more than `max_jump_ms` ahead of the watermark (every event, before there is one) is held
-  back, in stream order. The stream really moved on when the last CLOCK_CONFIRM_EVENTS held
-  events lie within `max_jump_ms` of each other: then every held event within `max_jump_ms`
-  of their median is released (applied in stream order, as if it arrived now) and the rest
-  are clock outliers. An event that is not ahead refutes the jump: every held event is a clock
+  back, in stream order. The stream really moved on when CLOCK_CONFIRM_EVENTS held events lie
+  within `max_jump_ms` of the newest one: then every held event within `max_jump_ms` of their
+  median is released (applied in stream order, as if it arrived now) and the rest are clock
+  outliers (so liars interleaved with a real jump do not block it). An event that is not ahead refutes the jump: every held event is a clock
   outlier. At a drain (end of input, no more corroboration to come) held events are outliers,
   except before any watermark, when the median rule decides among them; an idle advance
   releases held events the watermark has come within `max_jump_ms` of. Outliers never touch
@@ -94,9 +94,10 @@ class ClockGuard:
             return [row]
         held.append(row)
         if len(held) >= CLOCK_CONFIRM_EVENTS:
-            recent = sorted(r[1] for r in held[-CLOCK_CONFIRM_EVENTS:])
-            if recent[-1] - recent[0] <= jump:
-                return self._release(recent[len(recent) // 2], watermark)
+            et = row[1]
+            agree = sorted(r[1] for r in held if abs(r[1] - et) <= jump)
+            if len(agree) >= CLOCK_CONFIRM_EVENTS:
+                return self._release(agree[len(agree) // 2], watermark)
         if len(held) > MAX_HELD:
             self._outlie([held.pop(0)], watermark, f"{MAX_HELD} far clocks in a row did not agree")
         return []
