@@ -285,3 +285,84 @@ def test_no_exception_ends_a_live_loop_it_is_counted_and_retried(
             thread.join(30)
         assert result[0].errors == 2 and not failures
         assert ingest_counters(settings)["appended"] == 50
+
+
+def test_the_same_hostile_frames_over_the_live_websocket(settings: Settings, shared_data: Path) -> None:
+    """The client never exits, the stored set equals the truth, every hostile frame is a dead letter."""
+    import time
+
+    from blockchain_server import BlockchainServer
+    from test_ingest_live import fast_settings, real_frames, run_in_thread, stored, truth, wait_for
+
+    from rtml.sources.blockchain_ws import run_ws
+
+    frames = real_frames(shared_data, 200)
+    now_s = int(time.time())
+    hostile = [hostile_frame(kind, k, T0).decode("utf-8", "replace") for k, kind in enumerate(KINDS[:-1])]
+    hostile.append(utx(30_000, (now_s + 86_400) * 1000, 5).decode())  # a day ahead of the wall clock
+    row = {
+        "tx_hash": _hash(40_000),
+        "event_time": T0,
+        "fee_sat": 9,
+        "size": 99,
+        "source": "me",
+        "ingest_time": 1,
+    }
+    too_big = '{"op":"utx","pad":"' + "w" * MAX_FRAME_BYTES + '"}'
+    deep_rest = '{"hash":' * 900 + "1" + "}" * 900
+    rest_hostile = [deep_rest, json.dumps({"hash": _hash(40_001), "time": now_s, "size": 9, "fee": 2**64})]
+    plans = [
+        [
+            ("await_rest",),
+            ("send", 50),
+            *[("garbage", h) for h in hostile],
+            ("garbage", json.dumps(row)),
+            ("send", 50),
+        ],
+        [("await_rest",), ("send", 20), ("garbage", too_big), ("stall",)],
+        [("await_rest",), ("send", 20), ("offline", 10), ("drop",)],
+        [("await_rest",), ("idle",)],
+    ]
+    settings = fast_settings(settings)
+    with BlockchainServer(frames, plans, rest_window=100, rest_429=0, rest_hostile=rest_hostile) as server:
+
+        def client(stop: threading.Event) -> Any:
+            with Ingestor(settings) as ingestor:
+                return run_ws(
+                    ingestor, settings.ingest, ws_url=server.ws_url, rest_url=server.rest_url, stop=stop
+                )
+
+        stop, thread, result = run_in_thread(client)
+        try:
+            wait_for(lambda: server.done.is_set() or bool(result), "the server to play its whole script")
+            wait_for(
+                lambda: ingest_counters(settings)["appended"] >= len(frames) + 1 or bool(result), "every tx"
+            )
+            assert not result and thread.is_alive()  # the client never exited on its own
+        finally:
+            stop.set()
+            thread.join(30)
+        assert not server.errors
+        events = stored(settings)
+        assert set(events) == truth(frames) | {(_hash(40_000), 9)} and len(events) == len(frames) + 1
+        with open_ingest_store(settings) as store:
+            letters = store.dead_letters(limit=10_000)
+        from rtml.stream import open_stream
+
+        with open_stream(settings) as stream:
+            (mine,) = [e for _, e in stream.read(None, 1_000) if e.tx_hash == _hash(40_000)]
+        assert mine.source == "ws" and mine.ingest_time > now_s * 1000 - 60_000  # stamped by the client
+
+    by_hash = {d.raw_sha256: d for d in letters}
+    for frame in hostile:
+        assert hashlib.sha256(frame.encode()).hexdigest() in by_hash, frame[:80]
+    assert "ahead of the ingest time" in by_hash[hashlib.sha256(hostile[-1].encode()).hexdigest()].reason
+    assert any("websocket frame over" in d.reason for d in letters)
+    rest_reasons = {d.reason for d in letters if d.source == "rest"}
+    assert any(
+        r.startswith("fee 18446744073709551616 is above 2,100,000,000,000,000 sat") for r in rest_reasons
+    )
+    assert "hash is not a string" in rest_reasons  # the item nested 900 deep, refused alone
+    assert all(len(d.raw.encode()) <= DEAD_LETTER_MAX_BYTES for d in letters)
+    stats = result[0]
+    assert stats.connects == len(plans) and stats.errors == 0

@@ -89,7 +89,9 @@ def project(rows: list[MinuteFeatures]) -> list[tuple[object, ...]]:
 def spark_output(path: Path) -> list[MinuteFeatures]:
     from rtml.contracts import ms_to_datetime
 
-    return [MinuteFeatures(ms_to_datetime(m), c, t, a, ms_to_datetime(e), r) for m, c, t, a, e, r in table(path)]
+    return [
+        MinuteFeatures(ms_to_datetime(m), c, t, a, ms_to_datetime(e), r) for m, c, t, a, e, r in table(path)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,11 @@ def check_conformance(settings: Settings, spark: object, replay: list[Row], tmp_
     assert [r.tx_count for r in reference].count(0) >= 2
     out = tmp_path / "spark-minutes.sqlite"
     result = run_spark(
-        settings, drain=True, sinks=[MinutesTable(out)], spark=spark, max_rows_per_batch=1_000  # type: ignore[arg-type]
+        settings,
+        drain=True,
+        sinks=[MinutesTable(out)],
+        spark=spark,
+        max_rows_per_batch=1_000,  # type: ignore[arg-type]
     )
     assert result.batches >= 3  # several micro-batches: windows really cross batch boundaries
     assert project(spark_output(out)) == project(reference)
@@ -192,7 +198,15 @@ def test_kill_9_mid_stream_then_restart_from_checkpoint(
     MinutesTable(minutes_db).close()
     # Live mode (no --drain) in a child process of its own group: the driver and its JVM.
     child = subprocess.Popen(
-        [sys.executable, "-m", "rtml.aggregate.spark_job", "--max-rows-per-batch", "300", "--trigger-seconds", "0.5"],
+        [
+            sys.executable,
+            "-m",
+            "rtml.aggregate.spark_job",
+            "--max-rows-per-batch",
+            "300",
+            "--trigger-seconds",
+            "0.5",
+        ],
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

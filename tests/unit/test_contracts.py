@@ -153,7 +153,9 @@ def test_minute_features_of_an_empty_window() -> None:
         ({"size": "9" * 5000}, "at most 20 digits"),
     ],
 )
-def test_bounds_come_from_bitcoins_rules_and_reasons_name_field_and_bound(overrides: dict, reason: str) -> None:
+def test_bounds_come_from_bitcoins_rules_and_reasons_name_field_and_bound(
+    overrides: dict, reason: str
+) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_message(utx(**overrides), "replay", 0)
     assert reason in err.value.reason
@@ -174,7 +176,9 @@ def test_the_largest_legal_fee_and_size_are_accepted() -> None:
         ("{" + '"a":' * 10 + "1" + "}" * 10, "not JSON"),
     ],
 )
-def test_numbers_too_long_nesting_too_deep_and_bad_encodings_are_reasons_not_crashes(raw: str, reason: str) -> None:
+def test_numbers_too_long_nesting_too_deep_and_bad_encodings_are_reasons_not_crashes(
+    raw: str, reason: str
+) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_message(raw, "ws", 0)
     assert reason in err.value.reason and err.value.reason.isascii()
@@ -186,7 +190,9 @@ def test_live_sources_refuse_the_future_and_stamp_source_and_ingest_time() -> No
     with pytest.raises(InvalidInput, match="301 s ahead of the ingest time"):
         parse_message(ahead, "ws", now, max_future_ms=300_000)
     assert parse_message(ahead, "replay", now).event_time == now + 301_000  # no wall clock in a replay
-    row = json.dumps({"tx_hash": HASH, "event_time": now, "fee_sat": 1, "size": 1, "source": "me", "ingest_time": 1})
+    row = json.dumps(
+        {"tx_hash": HASH, "event_time": now, "fee_sat": 1, "size": 1, "source": "me", "ingest_time": 1}
+    )
     assert parse_message(row, "ws", now, max_future_ms=300_000) == TxEvent(HASH, now, 1, 1, "ws", now)
     assert parse_message(row, "replay", now) == TxEvent(HASH, now, 1, 1, "me", 1)
 
@@ -195,7 +201,9 @@ def test_dead_letters_keep_a_bounded_prefix_the_full_length_and_a_hash() -> None
     frame = ("é" * 100_000).encode() + b"\xff"
     for raw in (frame, frame.decode("utf-8", "replace"), {"junk": "é" * 100_000}):
         letter = dead_letter(raw, "r", "ws", 0, max_bytes=1001)
-        assert len(letter.raw.encode()) <= 1001 and letter.raw.startswith("é" if not isinstance(raw, dict) else "{")
+        assert len(letter.raw.encode()) <= 1001 and letter.raw.startswith(
+            "é" if not isinstance(raw, dict) else "{"
+        )
         whole = raw if isinstance(raw, bytes) else raw_text(raw).encode()  # type: ignore[arg-type]
         assert letter.raw_bytes == len(whole) and letter.raw_sha256 == hashlib.sha256(whole).hexdigest()
     assert dead_letter(b"\xff\x00", "r", "ws", 0).raw == "\\xff\x00"
