@@ -292,30 +292,20 @@ class Engine:
         return len(features)
 
     def deliver_outliers(self) -> int:
-        """Move clock outliers from the outbox into ingestion's dead-letter store (source
-        `aggregate`, the row as JSON), then clear them; kept for the next try if it is down."""
-        import json
-
-        from rtml.sources.deadletters import open_ingest_store
-
+        """Move clock outliers from the outbox into the dead-letter store, then clear them;
+        they stay for the next try while the store is down."""
         rows = self._conn.execute(
             "SELECT seq, tx_hash, event_time, fee_sat, reason FROM outlier_outbox ORDER BY seq"
         ).fetchall()
         if not rows:
             return 0
-        now = int(time.time() * 1000)
-        letters = []
-        for _, tx_hash, et, fee, reason in rows:
-            raw = json.dumps({"tx_hash": tx_hash, "event_time": et, "fee_sat": fee})
-            letters.append(DeadLetter(raw, reason, "aggregate", now, len(raw), ""))
         try:
-            with open_ingest_store(self.settings) as store:
-                store.record(letters, {"clock_outliers": len(letters)})
+            record_outliers(self.settings, [r[1:] for r in rows])
         except Exception as exc:  # noqa: BLE001 - they wait in the outbox
-            log.warning("could not dead-letter %d clock outliers (%s); will retry", len(letters), exc)
+            log.warning("could not dead-letter %d clock outliers (%s); will retry", len(rows), exc)
             return 0
         self._conn.execute("DELETE FROM outlier_outbox WHERE seq <= ?", (rows[-1][0],))
-        return len(letters)
+        return len(rows)
 
     def counters(self) -> dict[str, float]:
         s = self.state
@@ -403,6 +393,22 @@ class Engine:
         if self._redis is not None:
             self._redis.close()
         self._lock.close()
+
+
+def record_outliers(settings: Settings, outliers: Sequence[Sequence[object]]) -> None:
+    """Clock outliers (tx_hash, event_time, fee_sat, reason) into ingestion's dead-letter store,
+    as source `aggregate` with the row as JSON: both engines call this."""
+    import json
+
+    from rtml.sources.deadletters import open_ingest_store
+
+    now = int(time.time() * 1000)
+    letters = []
+    for tx_hash, et, fee, reason in outliers:
+        raw = json.dumps({"tx_hash": tx_hash, "event_time": et, "fee_sat": fee})
+        letters.append(DeadLetter(raw, str(reason), "aggregate", now, len(raw), ""))
+    with open_ingest_store(settings) as store:
+        store.record(letters, {"clock_outliers": len(letters)})
 
 
 def run(

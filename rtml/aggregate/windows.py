@@ -45,7 +45,8 @@ NO_WATERMARK = -(1 << 62)
 MAX_TOTAL_SAT = (1 << 63) - 1
 # Held events beyond this many (a long run of inconsistent far clocks) are outliers, oldest first.
 MAX_HELD = 8 * CLOCK_CONFIRM_EVENTS
-SlimRow = tuple[str, int, int]
+# (tx_hash, event_time, fee_sat, ...): the guard reads only these and keeps whole rows as given.
+SlimRow = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class ClockGuard:
         return keep
 
     def _outlie(self, rows: Sequence[SlimRow], watermark: int, why: str) -> None:
-        for tx_hash, et, fee in rows:
+        for tx_hash, et, fee, *_ in rows:
             ahead = (
                 "before any watermark"
                 if watermark == NO_WATERMARK

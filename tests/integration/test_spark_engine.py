@@ -152,6 +152,45 @@ def test_conformance_redis_streams(
         client.close()
 
 
+def test_spark_gives_the_embedded_minutes_on_a_replay_with_hostile_frames(
+    settings: Settings, spark: object, replay: list[Row], tmp_path: Path
+) -> None:
+    """Frames beyond Bitcoin's bounds stop at ingestion; events far ahead of the stream reach it
+    and both engines' clock guards (across Spark's micro-batch boundaries, and first in the
+    stream) dead-letter them alike; the minutes are identical and equal the clean replay's."""
+    import json
+
+    from rtml.aggregate.spark_job import run_spark
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor
+
+    clean = get_settings(data_dir=tmp_path / "clean")
+    fill(clean, replay)
+    truth = embedded_reference(clean)
+    far = [f"{k:064x}" for k in range(1, 8)]
+    hostile_rows = list(replay)
+    for k, at in enumerate((0, 3, 999, 1000, 1001, 1700, len(replay) - 2)):
+        et = replay[-1][1] + (k + 2) * 3 * 3_600_000 + k * 86_400_000 * 91
+        hostile_rows.insert(at + k, (far[k], et, 500, 200, "replay", 0))
+    with Ingestor(settings) as ingestor:  # refused at the door: never in the stream
+        counts = ingestor.ingest(
+            ['{"op":"utx","x":{"hash":"' + "a" * 64 + '","time":1700000000,"size":5,"fee":' + str(2**63) + "}}",
+             '{"op":"utx","x":' + "[" * 5000, "9" * 5000],
+            "replay",
+        )  # fmt: skip
+    assert counts.dead_letters == 3
+    fill(settings, hostile_rows)
+    embedded = embedded_reference(settings)
+    assert embedded == truth  # the far clocks moved nothing
+    out = tmp_path / "spark-minutes.sqlite"
+    result = run_spark(settings, drain=True, sinks=[MinutesTable(out)], spark=spark, max_rows_per_batch=1_000)  # type: ignore[arg-type]
+    assert result.batches >= 3
+    assert spark_output(out) == embedded
+    with open_ingest_store(settings) as store:
+        outliers = [json.loads(d.raw)["tx_hash"] for d in store.dead_letters(1000) if d.source == "aggregate"]
+    assert sorted(outliers) == sorted(far * 2)  # each engine dead-lettered each far clock once
+
+
 def test_replayed_batch_and_redelivery_are_harmless(settings: Settings, tmp_path: Path) -> None:
     """foreachBatch is at-least-once: the same batch id twice, or a crash before delivery, changes nothing."""
     from rtml.aggregate.spark_job import DriverState
