@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -81,18 +82,54 @@ def retry_after_s(value: str | None, default: float) -> float:
 
 
 def split_rest_body(body: bytes | Oversized) -> tuple[list[Any], str | None]:
-    """The `txs` of a REST answer, or the reason the whole body is unusable."""
+    """The `txs` of a REST answer, or the reason the whole body is unusable.
+
+    A body too deeply nested for the JSON parser is split into its `txs` items without
+    parsing them (`_split_txs`), so one hostile item is dead-lettered alone, not its 99 peers."""
     if isinstance(body, Oversized):
         return [], f"REST body of over {body.length:,} bytes is over the {MAX_REST_BODY:,}-byte limit"
     try:
         obj = json.loads(body)
     except RecursionError:
-        return [], "REST body is not JSON: nested too deep"
+        items = _split_txs(body)
+        return (items, None) if items is not None else ([], "REST body is not JSON: nested too deep")
     except ValueError as exc:
         return [], f"REST body is not JSON: {ascii(str(exc)[:200])}"
     if not isinstance(obj, dict) or not isinstance(obj.get("txs"), list):
         return [], "REST body has no 'txs' list"
     return obj["txs"], None
+
+
+# JSON strings and structural characters: enough to find top-level items without recursion.
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]')
+
+
+def _split_txs(body: bytes) -> list[Any] | None:
+    """The raw bytes of each item of a body's top-level `txs` array, found by a flat scan (no
+    recursion, any depth); None when the body does not have that shape."""
+    depth = 0
+    key: bytes | None = None
+    start = -1
+    items: list[Any] = []
+    for token in _TOKENS.finditer(body):
+        text = token.group()
+        if text in (b"{", b"["):
+            if depth == 1 and text == b"[" and key == b'"txs"' and start < 0:
+                start = token.end()
+            depth += 1
+        elif text in (b"}", b"]"):
+            depth -= 1
+            if depth == 1 and start >= 0:
+                item = body[start : token.start()].strip()
+                if item:
+                    items.append(item)
+                return items
+        elif text == b"," and depth == 2 and start >= 0:
+            items.append(body[start : token.start()].strip())
+            start = token.end()
+        elif depth == 1 and text.startswith(b'"'):
+            key = text
+    return None
 
 
 class RestPoller:

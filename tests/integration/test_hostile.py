@@ -245,41 +245,54 @@ def test_dlq_show_and_events_print_refused_text_literally(settings: Settings) ->
         assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\u202e" not in out.stdout
 
 
+@pytest.mark.parametrize("source", ["ws", "rest"])
 def test_no_exception_ends_a_live_loop_it_is_counted_and_retried(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    source: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store fails twice (as a locked or restarting store would): the REST loop logs, counts,
-    retries and then delivers everything."""
+    """The store fails twice (as a locked or restarting store would): the live loop logs,
+    counts, retries and then delivers everything (a websocket batch is kept and re-sent)."""
     from blockchain_server import BlockchainServer
     from test_ingest_live import fast_settings, wait_for
 
     from rtml.sources.blockchain_rest import run_rest
+    from rtml.sources.blockchain_ws import run_ws
 
     frames = [utx(i, T0 + i * 1000, 7).decode() for i in range(50)]
     settings = fast_settings(settings)
+    plans = [[("send", 50), ("idle",)]]
     with (
-        BlockchainServer(frames, rest_window=100, rest_429=0, rest_emit=50) as server,
+        BlockchainServer(
+            frames, plans, rest_window=100, rest_429=0, rest_emit=50 if source == "rest" else 0
+        ) as server,
         Ingestor(settings) as ingestor,
     ):
         real = ingestor._store
         failures = [RuntimeError("database is locked"), OSError("store restarting")]
 
         def flaky(*args: Any) -> Any:
-            if failures:
+            if failures and args[0]:  # a batch with frames in it
                 raise failures.pop(0)
             return real(*args)
 
         monkeypatch.setattr(ingestor, "_store", flaky)
         stop = threading.Event()
         result: list[Any] = []
-        thread = threading.Thread(
-            target=lambda: result.append(
-                run_rest(ingestor, settings.ingest, rest_url=server.rest_url, stop=stop)
-            )
-        )
+
+        def client() -> None:
+            if source == "ws":
+                result.append(
+                    run_ws(
+                        ingestor, settings.ingest, ws_url=server.ws_url, rest_url=server.rest_url, stop=stop
+                    )
+                )
+            else:
+                result.append(run_rest(ingestor, settings.ingest, rest_url=server.rest_url, stop=stop))
+
+        thread = threading.Thread(target=client)
         thread.start()
         try:
             wait_for(lambda: ingest_counters(settings)["appended"] >= 50 or bool(result), "every transaction")
+            assert not result  # still running
         finally:
             stop.set()
             thread.join(30)
@@ -309,7 +322,7 @@ def test_the_same_hostile_frames_over_the_live_websocket(settings: Settings, sha
         "ingest_time": 1,
     }
     too_big = '{"op":"utx","pad":"' + "w" * MAX_FRAME_BYTES + '"}'
-    deep_rest = '{"hash":' * 900 + "1" + "}" * 900
+    deep_rest = '{"hash":' * 5000 + "1" + "}" * 5000  # too deep for any JSON parser: split out alone
     rest_hostile = [deep_rest, json.dumps({"hash": _hash(40_001), "time": now_s, "size": 9, "fee": 2**64})]
     plans = [
         [
@@ -362,7 +375,7 @@ def test_the_same_hostile_frames_over_the_live_websocket(settings: Settings, sha
     assert any(
         r.startswith("fee 18446744073709551616 is above 2,100,000,000,000,000 sat") for r in rest_reasons
     )
-    assert "hash is not a string" in rest_reasons  # the item nested 900 deep, refused alone
+    assert "not JSON: nested too deep" in rest_reasons  # refused alone: its REST peers got through
     assert all(len(d.raw.encode()) <= DEAD_LETTER_MAX_BYTES for d in letters)
     stats = result[0]
     assert stats.connects == len(plans) and stats.errors == 0
