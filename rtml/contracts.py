@@ -43,6 +43,8 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 # Raw text kept per dead letter (`ingest.dead_letter_max_bytes` overrides it).
 DEAD_LETTER_MAX_BYTES = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
+# A replay row's own `source` is kept only when it is a plain name (any store accepts it).
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII).fullmatch
 
 
 class InvalidInput(ValueError):
@@ -263,10 +265,12 @@ def _from_row(row: Mapping[str, Any], source: str, ingest_time: int, *, trusted:
     fee = _check_fee(_int(row.get("fee_sat"), "fee_sat"), "fee_sat")
     size = _check_size(_int(row.get("size"), "size"))
     row_source = row.get("source")
-    if trusted and isinstance(row_source, str) and row_source:
-        source = row_source[:64]
+    if trusted and isinstance(row_source, str) and _SOURCE_NAME(row_source):
+        source = row_source
     if trusted and row.get("ingest_time") is not None:
         ingest_time = _int(row["ingest_time"], "ingest_time")
+        if not 0 <= ingest_time <= _MAX_TIME_S * 1000:
+            raise InvalidInput(f"ingest_time {ingest_time} is outside 0..{_MAX_TIME_S * 1000} (2100) ms")
     return TxEvent(tx_hash, event_time, fee, size, source, ingest_time)
 
 

@@ -216,3 +216,11 @@ def test_dead_letters_keep_a_bounded_prefix_the_full_length_and_a_hash() -> None
 def test_printable_escapes_control_characters() -> None:
     assert printable("a\x1b[31mb\nc\u202ed [/bold]") == "a\\x1b[31mb\\nc\\u202ed [/bold]"
     assert printable("plain [b]text[/b]") == "plain [b]text[/b]"
+
+
+def test_a_replay_row_cannot_smuggle_an_unstorable_source_or_ingest_time() -> None:
+    row = {"tx_hash": HASH, "event_time": 1_700_000_000_000, "fee_sat": 1, "size": 1}
+    assert parse_message({**row, "source": "\ud800" * 3}, "replay", 5).source == "replay"
+    assert parse_message({**row, "source": "x" * 65}, "replay", 5).source == "replay"
+    with pytest.raises(InvalidInput, match="ingest_time"):
+        parse_message({**row, "ingest_time": 2**63}, "replay", 5)
