@@ -48,8 +48,10 @@ def read_lines(path: Path, max_bytes: int = MAX_FRAME_BYTES) -> Iterator[bytes |
         gzipped = probe.read(2) == b"\x1f\x8b"
     stream = gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115
     with stream:
-        while line := stream.readline(max_bytes + 1):
-            if len(line) > max_bytes and not line.endswith(b"\n"):
+        readline = stream.readline
+        limit = max_bytes + 1
+        while line := readline(limit):
+            if line[-1] != 10 and len(line) > max_bytes:  # no newline within the limit
                 yield _oversized(line, stream, max_bytes)
                 continue
             line = line.rstrip(b"\r\n")
