@@ -19,10 +19,8 @@ def main() -> None:
         subprocess.run([str(rtml), "--help"], capture_output=True, check=True)
         times.append(time.perf_counter() - start)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(
-        f"rtml --help over {RUNS} runs: median {statistics.median(times):.3f} s, max {max(times):.3f} s "
-        f"(load average {' '.join(load)})"
-    )
+    print(f"rtml --help over {RUNS} runs: median {statistics.median(times):.3f} s, max {max(times):.3f} s "
+          f"(load average {' '.join(load)})")
 
 
 if __name__ == "__main__":

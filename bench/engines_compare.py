@@ -136,9 +136,7 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_child(
-    engine: str, phase: str, data_dir: Path, env: dict[str, str], during: object = None
-) -> dict[str, float]:
+def run_child(engine: str, phase: str, data_dir: Path, env: dict[str, str], during: object = None) -> dict[str, float]:
     """Run one engine phase in a child, sampling its process tree's RSS; `during(child)` drives it."""
     out = data_dir / f"result-{engine}-{phase}.json"
     env = {**os.environ, **env, "RTML_DATA_DIR": str(data_dir), "RTML_CONFIG": str(data_dir / "none.toml")}
@@ -177,9 +175,7 @@ def run_child(
 
 def minutes_of(data_dir: Path) -> list[tuple[object, ...]]:
     with sqlite3.connect(data_dir / "aggregate.sqlite") as conn:
-        return conn.execute(
-            "SELECT minute, tx_count, fee_total_sat, fee_avg_sat, event_time FROM minutes ORDER BY minute"
-        ).fetchall()
+        return conn.execute("SELECT minute, tx_count, fee_total_sat, fee_avg_sat, event_time FROM minutes ORDER BY minute").fetchall()
 
 
 def throughput(engine: str, rows: list[tuple[str, int, int, int, str, int]], root: Path) -> dict[str, float]:
@@ -294,9 +290,7 @@ def main() -> None:
         worker(args.worker, args.phase, args.out)
         return
     rows = replay_rows(args.copies)
-    print(
-        f"input: {len(rows):,} events ({args.copies} x the re-timed real replay, 5 % duplicates, disorder < 30 s)"
-    )
+    print(f"input: {len(rows):,} events ({args.copies} x the re-timed real replay, 5 % duplicates, disorder < 30 s)")
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="rtml-engines-") as tmp:
         root = Path(tmp)
@@ -305,10 +299,7 @@ def main() -> None:
             drain = throughput(engine, rows, root)
             print(f"{engine}: live ...", flush=True)
             live = latency(engine, args.live_seconds, root)
-            results[engine] = {
-                **{f"drain_{k}": v for k, v in drain.items()},
-                **{f"live_{k}": v for k, v in live.items()},
-            }
+            results[engine] = {**{f"drain_{k}": v for k, v in drain.items()}, **{f"live_{k}": v for k, v in live.items()}}
         same = minutes_of(root / "drain-embedded") == minutes_of(root / "drain-spark")
         n_minutes = len(minutes_of(root / "drain-embedded"))
     print()

@@ -73,21 +73,13 @@ def main() -> None:
 
     store, events = QualityStore(settings), EventLog(settings)
     judged = timed("first pass: judge every hour", lambda: judge_new_hours(settings, store, events))
-    print(
-        f"    {len(judged.verdicts)} hours judged, {sum(v.breach for v in judged.verdicts)} breaches, alarm={judged.alarm}"
-    )  # type: ignore[attr-defined]
+    print(f"    {len(judged.verdicts)} hours judged, {sum(v.breach for v in judged.verdicts)} breaches, alarm={judged.alarm}")  # type: ignore[attr-defined]
     timed("steady pass: nothing new to judge", lambda: judge_new_hours(settings, store, events), repeat=5)
     store.close()
     events.close()
     collector = PipelineCollector(settings)
     list(collector.collect())  # first scrape: MLflow creates its tables, imports warm up
-    for produce in (
-        collector._freshness,
-        collector._latency,
-        collector._quality,
-        collector._drift,
-        collector._model,
-    ):
+    for produce in (collector._freshness, collector._latency, collector._quality, collector._drift, collector._model):
         timed(f"  /metrics part {produce.__name__}", lambda produce=produce: list(produce()), repeat=3)
     families = timed("/metrics: pipeline collector", lambda: list(collector.collect()), repeat=5)
     print(f"    {len(families)} metric families")  # type: ignore[arg-type]

@@ -74,22 +74,14 @@ def client(port: int, rate: float, seconds: float, closed: bool) -> None:
     elapsed = time.perf_counter() - start
     print(
         json.dumps(
-            {
-                "latencies": latencies,
-                "service": service,
-                "elapsed": elapsed,
-                "failures": failures,
-                "versions": versions,
-            }
+            {"latencies": latencies, "service": service, "elapsed": elapsed, "failures": failures, "versions": versions}
         )
     )
 
 
 def run_client(port: int, rate: float, seconds: float, closed: bool = False) -> dict:
     args = [sys.executable, __file__, "--client", str(port), "--rate", str(rate), "--seconds", str(seconds)]
-    out = subprocess.run(
-        [*args, *(["--closed"] if closed else [])], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([*args, *(["--closed"] if closed else [])], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 

@@ -22,17 +22,7 @@ app = typer.Typer(
 )
 
 # One line per part of the data flow; each module defines `register(app)`.
-COMMAND_MODULES = (
-    "rtml.commands",
-    "rtml.ops.commands",
-    "rtml.serving.commands",
-    "rtml.aggregate.commands",
-    "rtml.quality.commands",
-    "rtml.features.commands",
-    "rtml.sources.commands",
-    "rtml.model.commands",
-    "rtml.monitoring.commands",
-)
+COMMAND_MODULES = ("rtml.commands", "rtml.ops.commands", "rtml.serving.commands", "rtml.aggregate.commands", "rtml.quality.commands", "rtml.features.commands", "rtml.sources.commands", "rtml.model.commands", "rtml.monitoring.commands")
 
 
 @app.callback()

@@ -86,8 +86,7 @@ class Settings(BaseSettings):
     profile: Profile = "embedded"
     data_dir: Path = Path(".rtml")
     namespace: str = Field(
-        default="",
-        description="Prefix of Redis keys and PostgreSQL schema; derived from data_dir when empty.",
+        default="", description="Prefix of Redis keys and PostgreSQL schema; derived from data_dir when empty."
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/test"

@@ -292,9 +292,7 @@ def ensure_repo(settings: Settings) -> FeatureStore:
 def _entity_key(join_key: str, value_type: int, value: bytes) -> bytes:
     """Feast's entity key serialization v3 for one join key (see feast.infra.key_encoding_utils)."""
     name = join_key.encode()
-    return (
-        struct.pack("<III", 1, _STRING, len(name)) + name + struct.pack("<II", value_type, len(value)) + value
-    )
+    return struct.pack("<III", 1, _STRING, len(name)) + name + struct.pack("<II", value_type, len(value)) + value
 
 
 _STRING, _INT64 = 2, 4  # feast ValueType.STRING, ValueType.INT64

@@ -41,9 +41,7 @@ class FeatureStoreSink:
 
     name = "feature_store"
 
-    def __init__(
-        self, settings: Settings, store: FeatureStore | None = None, *, open_now: bool = False
-    ) -> None:
+    def __init__(self, settings: Settings, store: FeatureStore | None = None, *, open_now: bool = False) -> None:
         self.settings = settings
         self._store = store
         self._offline: OfflineMinutes | None = None

@@ -353,7 +353,5 @@ def registry_exists(settings: Settings) -> bool:
     import psycopg
 
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)
-        ).fetchone()
+        row = conn.execute("SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)).fetchone()
     return row is not None and row[0] is not None

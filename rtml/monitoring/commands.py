@@ -10,9 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def monitor(
-        loop: Annotated[
-            bool, typer.Option("--loop", help="Keep running a pass every --interval seconds.")
-        ] = False,
+        loop: Annotated[bool, typer.Option("--loop", help="Keep running a pass every --interval seconds.")] = False,
         interval: Annotated[float, typer.Option(help="Seconds between passes with --loop.", min=1)] = 60.0,
         json_out: Annotated[bool, typer.Option("--json", help="Print the pass report as JSON.")] = False,
     ) -> None:
@@ -57,9 +55,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def events(
         limit: Annotated[int, typer.Option(help="How many of the newest events.", min=1)] = 50,
-        prefix: Annotated[
-            str, typer.Option(help="Only kinds starting with this, e.g. 'drift.' or 'model.'.")
-        ] = "",
+        prefix: Annotated[str, typer.Option(help="Only kinds starting with this, e.g. 'drift.' or 'model.'.")] = "",
         json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     ) -> None:
         """Print the pipeline's event log (drift, breaches, alarms, retraining, gate, promotions), oldest first."""
@@ -81,9 +77,7 @@ def register(app: typer.Typer) -> None:
             log.close()
         if json_out:
             for e in found:
-                typer.echo(
-                    json.dumps({"id": e.id, "time_ms": e.time_ms, "kind": e.kind, "details": e.details})
-                )
+                typer.echo(json.dumps({"id": e.id, "time_ms": e.time_ms, "kind": e.kind, "details": e.details}))
             return
         table = Table("id", "time (UTC)", "kind", "details")
         for e in found:

@@ -162,8 +162,7 @@ class QualityStore:
             (limit,),
         )
         return [
-            HourVerdict(ms_to_datetime(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6]))
-            for r in reversed(rows)
+            HourVerdict(ms_to_datetime(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in reversed(rows)
         ]
 
     def last_hour(self) -> datetime | None:

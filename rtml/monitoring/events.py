@@ -51,13 +51,10 @@ class EventLog:
         payload = json.dumps(details, default=str)
         if self._services:
             self._pg.execute(
-                f"INSERT INTO {self._table} (time_ms, kind, details) VALUES (%s, %s, %s::jsonb)",
-                (when, kind, payload),
+                f"INSERT INTO {self._table} (time_ms, kind, details) VALUES (%s, %s, %s::jsonb)", (when, kind, payload)
             )
         else:
-            self._db.execute(
-                "INSERT INTO events (time_ms, kind, details) VALUES (?, ?, ?)", (when, kind, payload)
-            )
+            self._db.execute("INSERT INTO events (time_ms, kind, details) VALUES (?, ?, ?)", (when, kind, payload))
 
     def recent(self, limit: int = 200, prefix: str = "", after_id: int = 0) -> list[Event]:
         """Newest last; `prefix` filters kinds (`drift.` for all drift events)."""

@@ -77,9 +77,7 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog) -
     last = store.last_hour()
     # A forecast is logged no earlier than its feature time, `horizon` before its target.
     since = datetime_to_ms(last) if last is not None else 0
-    records = read_predictions(
-        settings, since_ms=max(0, since - int(FORECAST_LOOKBACK.total_seconds() * 1000))
-    )
+    records = read_predictions(settings, since_ms=max(0, since - int(FORECAST_LOOKBACK.total_seconds() * 1000)))
     # What-if forecasts answer hypothetical minutes: only online and batch ones face the actuals.
     forecasts = forecasts_frame([r for r in records if r.kind in JUDGED_KINDS])
     if last is not None:
@@ -87,9 +85,7 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog) -
     if forecasts.empty:
         return Judgement([], False)
     first = forecasts["target_minute"].min().floor("h")
-    minutes = read_minutes(
-        settings, first.to_pydatetime(), forecasts["target_minute"].max() + pd.Timedelta(minutes=1)
-    )
+    minutes = read_minutes(settings, first.to_pydatetime(), forecasts["target_minute"].max() + pd.Timedelta(minutes=1))
     if minutes.empty:
         return Judgement([], False)
     # An hour is closed when its last minute has closed (its actual is in the feature store).
@@ -102,9 +98,7 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog) -
     return judge_hours(settings, hourly, store, events)
 
 
-def retrain_trigger(
-    settings: Settings, events: EventLog, alarm: bool, now: datetime | None = None
-) -> tuple[str, dict[str, Any]] | None:
+def retrain_trigger(settings: Settings, events: EventLog, alarm: bool, now: datetime | None = None) -> tuple[str, dict[str, Any]] | None:
     """Why to retrain now, with details for the `retrain.started` event, or None."""
     last_retrain = events.recent(limit=1, prefix="retrain.started")
     after_id = last_retrain[-1].id if last_retrain else 0
@@ -132,11 +126,7 @@ def _champion_registered_ms(settings: Settings) -> int | None:
 
 
 def retrain(
-    settings: Settings,
-    events: EventLog,
-    reason: str,
-    details: dict[str, Any],
-    window: timedelta = RETRAIN_WINDOW,
+    settings: Settings, events: EventLog, reason: str, details: dict[str, Any], window: timedelta = RETRAIN_WINDOW
 ) -> dict[str, Any]:
     """Record `retrain.started`, train a candidate on the last `window` of minutes, put it through the gate.
 
@@ -167,13 +157,7 @@ def run_monitoring_pass(
         judgement = judge_new_hours(settings, store, events)
         report = PassReport(
             judged=[
-                {
-                    "hour": v.hour.isoformat(),
-                    "n": v.n,
-                    "wql": v.wql,
-                    "breach": v.breach,
-                    "model_version": v.model_version,
-                }
+                {"hour": v.hour.isoformat(), "n": v.n, "wql": v.wql, "breach": v.breach, "model_version": v.model_version}
                 for v in judgement.verdicts
             ],
             alarm=judgement.alarm,
@@ -197,9 +181,7 @@ def run_loop(settings: Settings, interval_s: float, stop: threading.Event | None
         stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-def replay_forecasts(
-    settings: Settings, client: Any, start: datetime, end: datetime, batch: int = 500
-) -> int:
+def replay_forecasts(settings: Settings, client: Any, start: datetime, end: datetime, batch: int = 500) -> int:
     """Ask the served model (POST /forecast, batch rows) for a forecast at every closed minute in [start, end).
 
     `client` is an HTTP client on the forecast API (httpx or FastAPI's TestClient). The API logs
@@ -220,12 +202,7 @@ def replay_forecasts(
     sent = 0
     for lo in range(0, len(frame), batch):
         rows = [
-            {
-                "minute": stamps[i],
-                "features": {
-                    c: (None if v != v else float(v)) for c, v in zip(columns, values[i], strict=True)
-                },
-            }
+            {"minute": stamps[i], "features": {c: (None if v != v else float(v)) for c, v in zip(columns, values[i], strict=True)}}
             for i in range(lo, min(lo + batch, len(frame)))
         ]
         response = client.post("/forecast", json={"rows": rows})
@@ -268,14 +245,16 @@ def demo_stage(ctx: DemoContext) -> None:
         report = run_monitoring_pass(settings, retrain_window=DEMO_RETRAIN_WINDOW)
     events = log.recent(limit=1000, after_id=before[-1].id if before else 0)
     log.close()
-    hours = "  ".join(f"{v['hour'][11:16]} {v['wql']:.2f}{'!' if v['breach'] else ''}" for v in report.judged)
+    hours = "  ".join(
+        f"{v['hour'][11:16]} {v['wql']:.2f}{'!' if v['breach'] else ''}" for v in report.judged
+    )
     ctx.summary["forecast quality"] = (
         f"{sent} forecasts replayed from {start:%H:%M} UTC (shift at {ctx.shift_at:%H:%M}); hourly wQL "
         f"(! = breach of {settings.monitoring.wql_threshold}): {hours or 'no hour closed'}"
     )
-    ctx.summary["monitoring events"] = (
-        " → ".join(e.kind for e in events if e.kind.startswith(("monitor.", "retrain.", "model."))) or "none"
-    )
+    ctx.summary["monitoring events"] = " → ".join(
+        e.kind for e in events if e.kind.startswith(("monitor.", "retrain.", "model."))
+    ) or "none"
     if report.outcome is not None:
         o = report.outcome
         verdict = "promoted: new champion" if o["promoted"] else "rejected by the gate"

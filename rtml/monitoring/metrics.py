@@ -71,9 +71,7 @@ class PipelineCollector(Collector):
                 if key in GAUGE_KEYS:
                     yield GaugeMetricFamily(name, f"{part}: {key}", value=value)
                 else:
-                    yield CounterMetricFamily(
-                        name, f"{part}: {key} since the data directory was created", value=value
-                    )
+                    yield CounterMetricFamily(name, f"{part}: {key} since the data directory was created", value=value)
         yield up
         yield from self._derived()
 
@@ -134,19 +132,13 @@ class PipelineCollector(Collector):
         for name, doc, value in (
             ("rtml_forecast_wql", "wQL of the last judged hour", last.wql),
             ("rtml_forecast_mae", "MAE of P50 in the last judged hour", last.mae),
-            (
-                "rtml_forecast_coverage",
-                "Share of actuals inside P10-P90 in the last judged hour",
-                last.coverage,
-            ),
+            ("rtml_forecast_coverage", "Share of actuals inside P10-P90 in the last judged hour", last.coverage),
         ):
             family = GaugeMetricFamily(name, doc, labels=labels)
             family.add_metric([last.model_version], value)
             yield family
         yield GaugeMetricFamily(
-            "rtml_forecast_wql_threshold",
-            "Breach threshold of the hourly wQL",
-            value=self.settings.monitoring.wql_threshold,
+            "rtml_forecast_wql_threshold", "Breach threshold of the hourly wQL", value=self.settings.monitoring.wql_threshold
         )
 
     def _drift(self) -> Iterator[Metric]:
@@ -160,16 +152,8 @@ class PipelineCollector(Collector):
         if not checks:
             return
         last = checks[-1]
-        yield GaugeMetricFamily(
-            "rtml_drift_share",
-            "Share of drifted columns at the last check",
-            value=float(last.details["share"]),
-        )
-        yield GaugeMetricFamily(
-            "rtml_drift_alert",
-            "1 when the last drift check raised an alert",
-            value=float(last.kind == "drift.alert"),
-        )
+        yield GaugeMetricFamily("rtml_drift_share", "Share of drifted columns at the last check", value=float(last.details["share"]))
+        yield GaugeMetricFamily("rtml_drift_alert", "1 when the last drift check raised an alert", value=float(last.kind == "drift.alert"))
 
     def _model(self) -> Iterator[Metric]:
         from rtml.monitoring.loop import champion_version
@@ -177,8 +161,7 @@ class PipelineCollector(Collector):
         version = champion_version(self.settings)
         if version is None:
             return
-        info = GaugeMetricFamily(
-            "rtml_model_version", "Registry version of the champion model", labels=["version"]
-        )
+        info = GaugeMetricFamily("rtml_model_version", "Registry version of the champion model", labels=["version"])
         info.add_metric([version], float(version) if version.isdigit() else 1.0)
         yield info
+

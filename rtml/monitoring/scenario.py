@@ -16,9 +16,7 @@ SWING_PERIOD_MIN = 20
 SWING_AMPLITUDE = 0.9  # the level moves by a factor e^(±0.9)
 
 
-def swinging_fee_minutes(
-    start: pd.Timestamp, calm_hours: int, swing_hours: int, seed: int = 11
-) -> pd.DataFrame:
+def swinging_fee_minutes(start: pd.Timestamp, calm_hours: int, swing_hours: int, seed: int = 11) -> pd.DataFrame:
     """MinuteFeatures rows: a calm AR(1) fee level for `calm_hours`, then a swinging one."""
     rng = np.random.default_rng(seed)
     n_calm, n = calm_hours * 60, (calm_hours + swing_hours) * 60

@@ -18,9 +18,7 @@ def register(app: typer.Typer) -> None:
         file: Annotated[Path | None, typer.Option("--file", help="Replay file (--source replay).")] = None,
         speed: Annotated[str, typer.Option("--speed", help="Replay speed factor or max.")] = "1",
         port: Annotated[int | None, typer.Option("--port", help="API port (default: settings).")] = None,
-        timeout: Annotated[
-            float, typer.Option(help="Seconds to wait for every component to be ready.")
-        ] = 180,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for every component to be ready.")] = 180,
     ) -> None:
         """Start ingestion, aggregation, archiver, serving and the scheduler as supervised processes."""
         from rtml.ops.deploy import bring_up
@@ -28,9 +26,7 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(bring_up(profile, source, file, speed, port, timeout))
 
     @app.command()
-    def status(
-        json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    ) -> None:
+    def status(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
         """Each component's state, pid, uptime and restarts; stream lag, freshness, champion, drift."""
         from rtml.ops.deploy import show_status
 
@@ -47,9 +43,7 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(bring_down(purge, yes))
 
     @app.command(hidden=True)
-    def archiver(
-        interval: Annotated[float, typer.Option(help="Seconds between archive passes.")] = 5.0,
-    ) -> None:
+    def archiver(interval: Annotated[float, typer.Option(help="Seconds between archive passes.")] = 5.0) -> None:
         """Keep the Parquet archive up to date with the stream (started by `rtml up`)."""
         from rtml.ops.scheduler import run_archiver
 

@@ -33,9 +33,7 @@ def components(settings: Settings, source: str, file: Path | None, speed: str, p
         Component("ingest", ingest),
         Component("archiver", ["archiver"]),
         Component("aggregate", ["aggregate"]),
-        Component(
-            "serve", ["serve", "--host", host, "--port", str(port)], ready_url=f"http://{host}:{port}/health"
-        ),
+        Component("serve", ["serve", "--host", host, "--port", str(port)], ready_url=f"http://{host}:{port}/health"),
         Component("scheduler", ["scheduler"]),
     ]
 

@@ -201,10 +201,7 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "rtml_serving_requests",
-            "HTTP requests by route and status.",
-            ["route", "method", "status"],
-            registry=r,
+            "rtml_serving_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r
         )
         self.request_seconds = Histogram(
             "rtml_serving_request_seconds",
@@ -214,15 +211,11 @@ class ServingMetrics:
             registry=r,
         )
         self.forecasts = Counter("rtml_serving_forecasts", "Forecasts given, by kind.", ["kind"], registry=r)
-        self.stale = Counter(
-            "rtml_serving_stale_refusals", "GET /forecast refused on stale features.", registry=r
-        )
+        self.stale = Counter("rtml_serving_stale_refusals", "GET /forecast refused on stale features.", registry=r)
         self.swaps = Counter("rtml_serving_model_swaps", "Champion models swapped in.", registry=r)
         self.poll_errors = Counter("rtml_serving_registry_errors", "Failed champion polls.", registry=r)
         self.feature_age = Gauge(
-            "rtml_serving_feature_age_seconds",
-            "Age of the newest online minute at the last forecast.",
-            registry=r,
+            "rtml_serving_feature_age_seconds", "Age of the newest online minute at the last forecast.", registry=r
         )
         self.model_version = Gauge(
             "rtml_serving_model_version", "Version of the model being served.", registry=r
@@ -343,9 +336,7 @@ def create_app(
     def serve(state: ServingState, batch: FeatureBatch, kind: str, started: float) -> list[Forecast]:
         loaded = state.watcher.current  # read once: this request finishes on this model
         if loaded is None:
-            raise HTTPException(
-                503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})"
-            )
+            raise HTTPException(503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})")
         memo = state.memo
         if memo is not None and memo[0] is loaded and memo[1] is batch:
             quantiles = memo[2]
@@ -430,8 +421,7 @@ def create_app(
         if body.minutes is not None:
             if len(body.minutes) < source.min_minutes:
                 raise _unprocessable(
-                    ("minutes",),
-                    f"need at least {source.min_minutes} consecutive minutes, got {len(body.minutes)}",
+                    ("minutes",), f"need at least {source.min_minutes} consecutive minutes, got {len(body.minutes)}"
                 )
             frame = pd.DataFrame([m.model_dump() for m in body.minutes])
             return ForecastBatch(forecasts=serve(state, source.from_minutes(frame), "what-if", started))
@@ -446,9 +436,7 @@ def create_app(
                     [f"unknown {', '.join(unknown)}"] if unknown else []
                 )
                 raise _unprocessable(("rows", i, "features"), "; ".join(parts))
-        values = pd.DataFrame(
-            [[r.features[c] for c in columns] for r in body.rows], columns=columns, dtype=float
-        )
+        values = pd.DataFrame([[r.features[c] for c in columns] for r in body.rows], columns=columns, dtype=float)
         batch = FeatureBatch([r.minute for r in body.rows], values)
         return ForecastBatch(forecasts=serve(state, batch, "batch", started))
 
@@ -479,10 +467,7 @@ def create_app(
             if age_s > state.settings.serving.max_feature_age_s:
                 reasons.append(f"features are stale: newest minute ended {age_s:.0f} s ago")
         body = Readiness(
-            ready=not reasons,
-            model_version=loaded.version if loaded else None,
-            feature_time=feature_time,
-            reasons=reasons,
+            ready=not reasons, model_version=loaded.version if loaded else None, feature_time=feature_time, reasons=reasons
         )
         if reasons:
             return JSONResponse(body.model_dump(mode="json"), status_code=503)
@@ -499,9 +484,7 @@ def create_app(
         state = _state(request)
         loaded = state.watcher.current
         if loaded is None:
-            raise HTTPException(
-                503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})"
-            )
+            raise HTTPException(503, f"no champion model loaded ({state.watcher.last_error or 'registry has none'})")
         info = dict(loaded.info)
         return ModelInfo(
             version=loaded.version,
@@ -529,14 +512,11 @@ def create_app(
         token = settings.serving.admin_token
         if not token:
             raise HTTPException(
-                404,
-                "admin endpoints are off: set serving.admin_token (RTML_SERVING__ADMIN_TOKEN) to enable them",
+                404, "admin endpoints are off: set serving.admin_token (RTML_SERVING__ADMIN_TOKEN) to enable them"
             )
         if credentials is None:
             raise HTTPException(
-                401,
-                "admin endpoints need the header 'Authorization: Bearer <token>'",
-                {"WWW-Authenticate": "Bearer"},
+                401, "admin endpoints need the header 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
             )
         if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(403, "wrong admin token")
@@ -621,9 +601,7 @@ class BackgroundServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
-        )
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
         self.url = ""
@@ -656,9 +634,7 @@ def demo_stage(ctx: DemoContext) -> None:
     except ImportError:
         champion = None
     if champion is None:
-        ctx.summary["serving"] = (
-            "skipped: the registry has no champion (no model trained, or the gate refused it)"
-        )
+        ctx.summary["serving"] = "skipped: the registry has no champion (no model trained, or the gate refused it)"
         return
     server = BackgroundServer(create_app(ctx.settings)).start()
     ctx.cleanups.append(server.stop)
@@ -672,9 +648,7 @@ def demo_stage(ctx: DemoContext) -> None:
             codes.append(response.status_code)
         last = response.json()
     if response.status_code != 200:
-        ctx.summary["serving"] = (
-            f"{server.url}: GET /forecast answered {response.status_code}: {last['detail']}"
-        )
+        ctx.summary["serving"] = f"{server.url}: GET /forecast answered {response.status_code}: {last['detail']}"
         return
     p50, p99 = np.percentile(latencies, [50, 99])
     ctx.summary["serving"] = (

@@ -67,12 +67,8 @@ def _forecasts_with_actuals(settings: Settings, hours: float) -> Any:
     if forecasts.empty:
         return forecasts.assign(y=[])
     forecasts = forecasts.drop_duplicates("target_minute", keep="last").sort_values("target_minute")
-    forecasts = forecasts[
-        forecasts["target_minute"] > forecasts["target_minute"].max() - timedelta(hours=hours)
-    ]
-    minutes = read_minutes(
-        settings, forecasts["target_minute"].min(), forecasts["target_minute"].max() + timedelta(minutes=1)
-    )
+    forecasts = forecasts[forecasts["target_minute"] > forecasts["target_minute"].max() - timedelta(hours=hours)]
+    minutes = read_minutes(settings, forecasts["target_minute"].min(), forecasts["target_minute"].max() + timedelta(minutes=1))
     actual = minutes.set_index("minute")["fee_avg_sat"] if not minutes.empty else None
     forecasts["y"] = forecasts["target_minute"].map(actual) if actual is not None else float("nan")
     return forecasts.reset_index(drop=True)
@@ -102,12 +98,8 @@ def quality_payload(settings: Settings, hours: float) -> dict[str, Any]:
     frame = _forecasts_with_actuals(settings, hours)
     sliding: dict[str, list[Any]] = {"minute": [], "wql": []}
     if not frame.empty:
-        minutes = read_minutes(
-            settings, frame["target_minute"].min(), frame["target_minute"].max() + timedelta(minutes=1)
-        )
-        window = (
-            sliding_quality(join_actuals(frame.drop(columns="y"), minutes)) if not minutes.empty else None
-        )
+        minutes = read_minutes(settings, frame["target_minute"].min(), frame["target_minute"].max() + timedelta(minutes=1))
+        window = sliding_quality(join_actuals(frame.drop(columns="y"), minutes)) if not minutes.empty else None
         if window is not None and not window.empty:
             sliding = {"minute": _epoch_s(window["target_minute"]), "wql": _floats(window["wql"])}
     events = EventLog(settings)
@@ -141,11 +133,7 @@ def models_payload(settings: Settings) -> dict[str, Any]:
 
     events = EventLog(settings)
     try:
-        decisions = [
-            e
-            for e in events.recent(limit=500, prefix="model.")
-            if e.kind in ("model.promoted", "model.rejected")
-        ]
+        decisions = [e for e in events.recent(limit=500, prefix="model.") if e.kind in ("model.promoted", "model.rejected")]
     finally:
         events.close()
     times: list[int] = []
@@ -168,12 +156,7 @@ def models_payload(settings: Settings) -> dict[str, Any]:
         times.append(int(time.time()))
         champion.append(_version_number(now_version))
         rejected.append(None)
-    return {
-        "time": times,
-        "champion_version": champion,
-        "rejected_version": rejected,
-        "champion": now_version,
-    }
+    return {"time": times, "champion_version": champion, "rejected_version": rejected, "champion": now_version}
 
 
 def _version_number(version: Any) -> float | None:
@@ -190,17 +173,9 @@ def drift_payload(settings: Settings) -> dict[str, Any]:
     finally:
         events.close()
     reports_dir = settings.root / "reports"
-    files = (
-        sorted(reports_dir.rglob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
-        if reports_dir.is_dir()
-        else []
-    )
+    files = sorted(reports_dir.rglob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True) if reports_dir.is_dir() else []
     reports = [
-        {
-            "name": str(p.relative_to(reports_dir)),
-            "url": f"reports/{p.relative_to(reports_dir).as_posix()}",
-            "time": int(p.stat().st_mtime),
-        }
+        {"name": str(p.relative_to(reports_dir)), "url": f"reports/{p.relative_to(reports_dir).as_posix()}", "time": int(p.stat().st_mtime)}
         for p in files[:20]
     ]
     status = "unknown" if not checks else ("alert" if checks[-1].kind == "drift.alert" else "ok")

@@ -47,9 +47,7 @@ class StoreFeatureSource:
         minutes = self._reader.last(self._k)
         if minutes.empty:
             raise NoFeatures("the online store holds no minutes yet")
-        key = b"".join(
-            minutes[c].values.tobytes() for c in ("minute", "revision", "tx_count", "fee_total_sat")
-        )
+        key = b"".join(minutes[c].values.tobytes() for c in ("minute", "revision", "tx_count", "fee_total_sat"))
         cached = self._cached
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -120,11 +118,7 @@ class RegistryModelSource:
 
     def info(self, model: ServedModel) -> dict[str, Any]:
         assert isinstance(model, self._registry.LoadedModel)
-        return {
-            "training_start": model.train_start,
-            "training_end": model.train_end,
-            "metrics": model.metrics,
-        }
+        return {"training_start": model.train_start, "training_end": model.train_end, "metrics": model.metrics}
 
     def promote(self, version: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -133,9 +127,7 @@ class RegistryModelSource:
             self._registry.promote(self.settings, version, reason="admin API")
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise LookupError(
-                    f"version {version} of {self._registry.MODEL_NAME} is not registered"
-                ) from exc
+                raise LookupError(f"version {version} of {self._registry.MODEL_NAME} is not registered") from exc
             raise
         return version
 

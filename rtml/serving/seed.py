@@ -30,8 +30,7 @@ def synthetic_minutes(settings: Settings, minutes: int, end: datetime | None = N
         total[1] += event.fee_sat
     first = int(start.timestamp()) // 60
     return [
-        MinuteFeatures.from_window(m * 60_000, sums[m][0], sums[m][1], 1)
-        if m in sums
+        MinuteFeatures.from_window(m * 60_000, sums[m][0], sums[m][1], 1) if m in sums
         else MinuteFeatures.from_window(m * 60_000, 0, 0, 1)
         for m in range(first, first + minutes)
     ]
@@ -59,9 +58,7 @@ def register_models(settings: Settings, rows: list[MinuteFeatures], count: int) 
     for i in range(count):
         params = GBMParams(n_estimators=20 + 15 * i, num_leaves=7 + 4 * i, seed=settings.seed + i)
         model = QuantileGBM(FEATURE_COLUMNS, params, n_jobs=1).fit(frame)
-        run = registry.client(settings).create_run(
-            registry.experiment_id(settings), run_name=f"serving-seed-{i}"
-        )
+        run = registry.client(settings).create_run(registry.experiment_id(settings), run_name=f"serving-seed-{i}")
         tags = {"train_start": frame["asof"].min().isoformat(), "train_end": frame["asof"].max().isoformat()}
         versions.append(registry.log_candidate(settings, model, frame.head(50), run.info.run_id, tags))
         registry.client(settings).set_terminated(run.info.run_id)

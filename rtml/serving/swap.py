@@ -101,9 +101,7 @@ class ModelWatcher:
                 self.last_error = None
             except Exception as exc:  # a registry hiccup keeps the current model in service
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "champion poll failed, still serving %s: %s", self.current and self.current.version, exc
-                )
+                log.warning("champion poll failed, still serving %s: %s", self.current and self.current.version, exc)
                 if self._on_error is not None:
                     self._on_error(exc)
             return self.current

@@ -108,10 +108,7 @@ class SyntheticSource:
     def congestion_betas(self) -> np.ndarray:
         """How strongly fees react to congestion, per minute."""
         shift = self.config.shift
-        return (
-            CONGESTION_BETA
-            + ((shift.congestion_beta if shift else CONGESTION_BETA) - CONGESTION_BETA) * self._ramp()
-        )
+        return CONGESTION_BETA + ((shift.congestion_beta if shift else CONGESTION_BETA) - CONGESTION_BETA) * self._ramp()
 
     def _ar1(self, rng: np.random.Generator, rho: float, sd: float) -> np.ndarray:
         noise = rng.normal(0.0, sd * np.sqrt(1 - rho**2), self.config.minutes)

@@ -63,11 +63,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             # Two breaches, no alarm yet; then the hourly drift check sees the new regime.
             report = run_monitoring_pass(settings)
             assert [v["breach"] for v in report.judged] == [False, True, True] and report.trigger is None
-            drift = run_drift_check(
-                settings,
-                Window(start.to_pydatetime(), shift.to_pydatetime()),
-                Window(end - timedelta(hours=1), end),
-            )
+            drift = run_drift_check(settings, Window(start.to_pydatetime(), shift.to_pydatetime()), Window(end - timedelta(hours=1), end))
             metrics = {
                 (sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in text_string_to_metric_families(client.get("/metrics").text)
@@ -87,12 +83,8 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{server.url}/dashboard/")
-            page.wait_for_function(
-                "window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000
-            )
-            state = page.evaluate(
-                "({points: window.rtmlDashboard.points, errors: window.rtmlDashboard.errors})"
-            )
+            page.wait_for_function("window.rtmlDashboard && window.rtmlDashboard.refreshes > 0", timeout=60_000)
+            state = page.evaluate("({points: window.rtmlDashboard.points, errors: window.rtmlDashboard.errors})")
             assert state["errors"] == []
             for chart in CHARTS:
                 assert state["points"].get(chart, 0) > 0, (chart, state)
@@ -105,9 +97,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
                 assert kind in kinds, kind
             assert page.locator("#champion").inner_text() == f"champion v{first.version}"
             assert page.locator("#drift-status").inner_text() == "drift: alert"
-            assert (
-                page.locator("#alarm-status").inner_text() == f"last hour wQL {last_hour['wql']:.2f} > 0.24"
-            )
+            assert page.locator("#alarm-status").inner_text() == f"last hour wQL {last_hour['wql']:.2f} > 0.24"
             page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
             link = page.locator("#drift-reports a").first
             report_page = httpx.get(f"{server.url}/dashboard/{link.get_attribute('href')}", timeout=30)

@@ -62,11 +62,7 @@ def test_no_server_error_and_answers_match_the_spec(server_url: str) -> None:
 def _fuzz(operation: schemathesis.APIOperation, checks: list) -> None:
     @given(case=operation.as_strategy())
     @hypothesis_settings(
-        max_examples=12,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
+        max_examples=12, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
     )
     def check(case: schemathesis.Case) -> None:
         case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=checks)

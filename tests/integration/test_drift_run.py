@@ -65,9 +65,7 @@ def test_without_data_the_run_is_skipped_not_crashed(backend_settings: Settings)
 def test_fee_regime_shift_is_caught_with_report_index_and_alert(backend_settings: Settings) -> None:
     store_minutes(backend_settings, START, 1440, 4000.0, seed=1)  # the first day: the default reference
     store_minutes(backend_settings, START + DAY, 600, 4000.0, seed=2)
-    store_minutes(
-        backend_settings, START + DAY + timedelta(minutes=600), 60, 4000.0 * 3.1, seed=3
-    )  # last hour
+    store_minutes(backend_settings, START + DAY + timedelta(minutes=600), 60, 4000.0 * 3.1, seed=3)  # last hour
     now = START + DAY + timedelta(minutes=661)
     result = run_drift_check(backend_settings, now=now)
 

@@ -204,10 +204,8 @@ def test_cli_ingest_ws_against_the_local_server_stops_cleanly_on_sigterm(
         )  # fmt: skip
         try:
             wait_for(
-                lambda: (
-                    proc.poll() is not None
-                    or (server.done.is_set() and ingest_counters(Settings())["appended"] >= len(frames))
-                ),
+                lambda: proc.poll() is not None
+                or (server.done.is_set() and ingest_counters(Settings())["appended"] >= len(frames)),
                 "the CLI to ingest every frame",
                 timeout=90,
             )

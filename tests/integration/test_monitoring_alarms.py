@@ -38,13 +38,7 @@ def _minutes(n: int, rng: np.random.Generator) -> pd.DataFrame:
 def _forecasts(minutes: pd.DataFrame, scale: np.ndarray, version: str = "1") -> pd.DataFrame:
     p50 = 3000.0 * scale
     return pd.DataFrame(
-        {
-            "target_minute": minutes["minute"],
-            "p10": p50 * 0.7,
-            "p50": p50,
-            "p90": p50 * 1.4,
-            "model_version": version,
-        }
+        {"target_minute": minutes["minute"], "p10": p50 * 0.7, "p50": p50, "p90": p50 * 1.4, "model_version": version}
     )
 
 
@@ -76,12 +70,8 @@ def test_hourly_and_sliding_quality_match_the_backtest_metrics() -> None:
 
 
 @pytest.fixture(params=["embedded", "services"])
-def stores(
-    request: pytest.FixtureRequest, data_dir: object
-) -> Iterator[tuple[Settings, QualityStore, EventLog]]:
-    settings: Settings = (
-        request.getfixturevalue("services_settings") if request.param == "services" else get_settings()
-    )
+def stores(request: pytest.FixtureRequest, data_dir: object) -> Iterator[tuple[Settings, QualityStore, EventLog]]:
+    settings: Settings = request.getfixturevalue("services_settings") if request.param == "services" else get_settings()
     store, events = QualityStore(settings), EventLog(settings)
     yield settings, store, events
     if request.param == "services":
@@ -134,9 +124,4 @@ def test_a_new_model_version_starts_a_new_streak(stores: tuple[Settings, Quality
     result = judge_hours(settings, _hours([0.3, 0.3, 0.3, 0.3], ["1", "1", "2", "2"]), store, events)
     assert not result.alarm
     assert [e.details["consecutive"] for e in events.recent(prefix="monitor.breach")] == [1, 2, 1, 2]
-    assert [e.details["model_version"] for e in events.recent(prefix="monitor.breach")] == [
-        "1",
-        "1",
-        "2",
-        "2",
-    ]
+    assert [e.details["model_version"] for e in events.recent(prefix="monitor.breach")] == ["1", "1", "2", "2"]

@@ -42,12 +42,7 @@ def test_degrading_model_breaches_alarms_retrains_and_is_replaced(settings: Sett
 
     # The served champion forecasts every minute of the last calm hour and the new regime.
     with TestClient(create_app(settings)) as client:
-        sent = replay_forecasts(
-            settings,
-            client,
-            (shift - timedelta(hours=1)).to_pydatetime(),
-            minutes["minute"].max().to_pydatetime(),
-        )
+        sent = replay_forecasts(settings, client, (shift - timedelta(hours=1)).to_pydatetime(), minutes["minute"].max().to_pydatetime())
     assert sent > 6 * 60 - 10
 
     log = EventLog(settings)

@@ -34,16 +34,10 @@ SPEED = "600"
 
 def rtml(*args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "rtml", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
+        [sys.executable, "-m", "rtml", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
     )
     if check:
-        assert out.returncode == 0, (
-            f"rtml {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-        )
+        assert out.returncode == 0, f"rtml {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
@@ -75,9 +69,7 @@ def free_port() -> int:
 
 def replay_file(tmp_path: Path) -> tuple[Path, dict[int, tuple[int, int]]]:
     """Synthetic traffic as websocket frames, and its per-minute (count, fee total) truth."""
-    events = list(
-        SyntheticSource(SyntheticConfig(seed=5, start=datetime(2024, 10, 1, tzinfo=UTC), minutes=MINUTES))
-    )
+    events = list(SyntheticSource(SyntheticConfig(seed=5, start=datetime(2024, 10, 1, tzinfo=UTC), minutes=MINUTES)))
     path = tmp_path / "replay.jsonl.gz"
     with gzip.open(path, "wt") as out:
         for event in events:
@@ -122,10 +114,8 @@ def check_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
     victim = component("aggregate")
     assert victim["pid"] and victim["restarts"] == 0
     os.kill(victim["pid"], signal.SIGKILL)
-    wait_for(
-        lambda: component("aggregate")["restarts"] == 1 and component("aggregate")["state"] == "running",
-        "the aggregator to be restarted",
-    )
+    wait_for(lambda: component("aggregate")["restarts"] == 1 and component("aggregate")["state"] == "running",
+             "the aggregator to be restarted")
     wait_for(lambda: component("ingest")["state"] == "finished", "the replay to finish")
 
     from rtml.aggregate.sinks import read_minutes
@@ -155,9 +145,7 @@ def check_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(400)
-def test_embedded_up_kill_restart_purge(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_embedded_up_kill_restart_purge(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTML_WINDOW__IDLE_TIMEOUT_S", "2")
     run_up_kill_down(data_dir, tmp_path)
     assert pipeline_processes(data_dir) == []
@@ -182,12 +170,7 @@ def test_services_up_kill_restart_purge_touches_nothing_else(
         assert list(client.scan_iter(match=f"{ns}:*")) == []
         assert list(client.scan_iter(match=f"*{ns}".encode())) == []
         with psycopg.connect(services_settings.postgres_dsn, autocommit=True) as conn:
-            assert (
-                conn.execute(
-                    "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (ns,)
-                ).fetchone()
-                is None
-            )
+            assert conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (ns,)).fetchone() is None
             assert conn.execute("SELECT to_regclass('public.otherapp_keep')").fetchone()[0] is not None
         assert client.get(other_key) == b"keep me"
     finally:

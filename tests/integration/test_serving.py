@@ -116,10 +116,7 @@ def test_what_if_minutes_and_batch_rows_agree_with_the_online_forecast(
     last = minutes["minute"].max()
     rows = [
         {"minute": last.isoformat(), "features": features},
-        {
-            "minute": (last - timedelta(hours=1)).isoformat(),
-            "features": {**features, "fee_avg_sat_lag1": 1e6},
-        },
+        {"minute": (last - timedelta(hours=1)).isoformat(), "features": {**features, "fee_avg_sat_lag1": 1e6}},
     ]
     response = client.post("/forecast", json={"rows": rows})
     assert response.status_code == 200, response.text
@@ -176,9 +173,7 @@ def test_batch_rows_must_carry_every_feature(client: TestClient) -> None:
 
 def test_stale_features_get_a_clear_503_never_a_forecast(bed: tuple[Settings, list[str]]) -> None:
     settings, _ = bed
-    stale = settings.model_copy(
-        update={"serving": settings.serving.model_copy(update={"max_feature_age_s": 0.0})}
-    )
+    stale = settings.model_copy(update={"serving": settings.serving.model_copy(update={"max_feature_age_s": 0.0})})
     with TestClient(create_app(stale)) as client:
         response = client.get("/forecast")
         assert response.status_code == 503
@@ -197,18 +192,14 @@ def test_admin_endpoints_are_off_without_a_token_and_guarded_with_one(
     bed: tuple[Settings, list[str]], client: TestClient, champion_back: None
 ) -> None:
     settings, versions = bed
-    closed = settings.model_copy(
-        update={"serving": settings.serving.model_copy(update={"admin_token": None})}
-    )
+    closed = settings.model_copy(update={"serving": settings.serving.model_copy(update={"admin_token": None})})
     with TestClient(create_app(closed)) as off:
         response = off.post("/admin/rollback", headers=AUTH)
         assert response.status_code == 404
         assert "admin endpoints are off" in response.json()["detail"]
 
     assert client.post("/admin/promote", json={"version": versions[1]}).status_code == 401
-    wrong = client.post(
-        "/admin/promote", json={"version": versions[1]}, headers={"Authorization": "Bearer nope"}
-    )
+    wrong = client.post("/admin/promote", json={"version": versions[1]}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 403
     missing = client.post("/admin/promote", json={"version": "999"}, headers=AUTH)
     assert missing.status_code == 404 and "999" in missing.json()["detail"]
@@ -299,23 +290,19 @@ def _version(body: dict) -> str:
     return str(body["forecasts"][0]["model_version"] if "forecasts" in body else body["model_version"])
 
 
-def test_a_new_minute_in_the_store_moves_the_forecast(
-    bed: tuple[Settings, list[str]], client: TestClient
-) -> None:
+def test_a_new_minute_in_the_store_moves_the_forecast(bed: tuple[Settings, list[str]], client: TestClient) -> None:
     """Features are recomputed only when the online read returns something new, and then at once."""
     settings, _ = bed
     before = client.get("/forecast").json()
     features = client.app.state.serving.features  # type: ignore[attr-defined]
     assert features.latest() is features.latest()
     newest = _minutes(settings)["minute"].max().to_pydatetime()
-    added = MinuteFeatures.from_window(
-        int((newest + timedelta(minutes=1)).timestamp() * 1000), 150, 150 * 90_000, 1
-    )
+    added = MinuteFeatures.from_window(int((newest + timedelta(minutes=1)).timestamp() * 1000), 150, 150 * 90_000, 1)
     write_minutes(settings, [added])
     after = client.get("/forecast").json()
-    assert datetime.fromisoformat(after["feature_time"]) == datetime.fromisoformat(
-        before["feature_time"]
-    ) + timedelta(minutes=1)
+    assert datetime.fromisoformat(after["feature_time"]) == datetime.fromisoformat(before["feature_time"]) + timedelta(
+        minutes=1
+    )
     assert after["p50"] != before["p50"]
 
 

@@ -28,9 +28,7 @@ def log_settings(request: pytest.FixtureRequest, data_dir: object) -> Iterator[S
 
 def _record(i: int, version: str = "1") -> PredictionRecord:
     minute = 1_732_000_000_000 + i * 60_000
-    return PredictionRecord(
-        minute + 1, version, minute, minute + 300_000, 1.0 + i, 2.0 + i, 3.0 + i, 0.5, "online"
-    )
+    return PredictionRecord(minute + 1, version, minute, minute + 300_000, 1.0 + i, 2.0 + i, 3.0 + i, 0.5, "online")
 
 
 def test_every_record_and_counter_is_persisted(log_settings: Settings) -> None:
