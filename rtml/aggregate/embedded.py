@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS held_events (
   seq INTEGER PRIMARY KEY,           -- stream order
   tx_hash TEXT NOT NULL,
   event_time INTEGER NOT NULL,
-  fee_sat INTEGER NOT NULL
+  fee_sat INTEGER NOT NULL,
+  seen INTEGER NOT NULL              -- later events that did not refute it
 );
 CREATE TABLE IF NOT EXISTS outlier_outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -160,16 +161,13 @@ class Engine:
             "SELECT stream, input_offset, watermark, max_event_time, next_emit, max_minute,"
             " events_in, late, duplicates, windows_emitted FROM engine_state WHERE id = 1"
         ).fetchone()
-        state = WindowState(
-            lateness_ms=lateness, guard=ClockGuard(int(self.settings.window.max_jump_s * 1000))
-        )
-        assert state.guard is not None
-        state.guard.held = [
-            tuple(r)
-            for r in self._conn.execute(  # type: ignore[misc]
-                "SELECT tx_hash, event_time, fee_sat FROM held_events ORDER BY seq"
-            )
-        ]
+        guard = ClockGuard(int(self.settings.window.max_jump_s * 1000), lateness)
+        for tx_hash, et, fee, seen in self._conn.execute(
+            "SELECT tx_hash, event_time, fee_sat, seen FROM held_events ORDER BY seq"
+        ):
+            guard.held.append((tx_hash, et, fee))
+            guard.seen.append(seen)
+        state = WindowState(lateness_ms=lateness, guard=guard)
         if row is None:
             return state, None
         # States written before logs had an identity named the log by its place.
@@ -240,7 +238,8 @@ class Engine:
             if guard is not None and (guard.held or guard.outliers or self._held_stored):
                 conn.execute("DELETE FROM held_events")
                 conn.executemany(
-                    "INSERT INTO held_events VALUES (?, ?, ?, ?)", [(i, *r) for i, r in enumerate(guard.held)]
+                    "INSERT INTO held_events VALUES (?, ?, ?, ?, ?)",
+                    [(i, *r, n) for i, (r, n) in enumerate(zip(guard.held, guard.seen, strict=True))],
                 )
                 conn.executemany(
                     "INSERT INTO outlier_outbox (tx_hash, event_time, fee_sat, reason) VALUES (?, ?, ?, ?)",

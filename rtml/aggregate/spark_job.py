@@ -331,11 +331,19 @@ class _Driver:
         last = next(reversed(doc["states"]))
         top, held = doc["states"][last]
         assert self.settings is not None
-        guard = ClockGuard(int(self.settings.window.max_jump_s * 1000), held=[tuple(r) for r in held])
+        guard = ClockGuard(
+            int(self.settings.window.max_jump_s * 1000),
+            self.state.windows.lateness_ms,
+            [tuple(r) for r, _ in held],
+        )
         wm = top - self.state.windows.lateness_ms if top != NO_WATERMARK else NO_WATERMARK
         released = guard.settle(wm)
         w = self.state.windows
-        for _, et, fee, *_ in released:  # only before any watermark: no window is final yet
+        counted: set[str] = set()
+        for tx_hash, et, fee, *_ in released:  # only before any watermark: no window is final yet
+            if tx_hash in counted:
+                continue
+            counted.add(tx_hash)
             minute = et - et % MINUTE_MS
             window = w.open.setdefault(minute, [0, 0, set()])
             window[0] += 1

@@ -299,7 +299,9 @@ class RtmlStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         assert self.guard_path is not None
         doc = load_guard(self.guard_path)
         top, held = doc["states"].get(start or "", [NO_WATERMARK, []])
-        guard = ClockGuard(self.max_jump_ms, held=[tuple(r) for r in held])
+        guard = ClockGuard(
+            self.max_jump_ms, self.lateness_ms, [tuple(r) for r, _ in held], [n for _, n in held]
+        )
         skip: set[str] = set()
         extra: list[list[Any]] = []
         for offset, row in self.log.rows(start, end):
@@ -308,14 +310,16 @@ class RtmlStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if not guard.needs(et, wm):
                 top = max(top, et)
                 continue
-            released = guard.judge((*row, offset), wm)
-            if not released or released[-1][-1] != offset:
-                skip.add(offset)  # held back (or an outlier): not in this range's data
-            for r in released:
+            passed = False
+            for r in guard.judge((*row, offset), wm):
                 top = max(top, r[1])
-                if r[-1] != offset:
-                    extra.append(list(r[:-1]))
-        doc["states"][end] = [top, [list(r) for r in guard.held]]
+                if r[-1] == offset:
+                    passed = True
+                else:
+                    extra.append(list(r[:-1]))  # held earlier, released now
+            if not passed:
+                skip.add(offset)  # held back (or an outlier): not in this range's data
+        doc["states"][end] = [top, [[list(r), n] for r, n in zip(guard.held, guard.seen, strict=True)]]
         while len(doc["states"]) > _GUARD_SNAPSHOTS:
             doc["states"].pop(next(iter(doc["states"])))
         doc["outliers"][end] = [[e.tx_hash, e.event_time, e.fee_sat, e.reason] for e in guard.outliers]

@@ -16,15 +16,15 @@
   followed by live running), a drained window that changes is re-emitted with revision + 1.
 - Clock protection (`ClockGuard`): one event must not move the watermark by itself. An event
   more than `max_jump_ms` ahead of the watermark (every event, before there is one) is held
-  back, in stream order. The stream really moved on when CLOCK_CONFIRM_EVENTS held events lie
-  within `max_jump_ms` of the newest one: then every held event within `max_jump_ms` of their
-  median is released (applied in stream order, as if it arrived now) and the rest are clock
-  outliers (so liars interleaved with a real jump do not block it). An event that is not ahead refutes the jump: every held event is a clock
-  outlier. At a drain (end of input, no more corroboration to come) held events are outliers,
-  except before any watermark, when the median rule decides among them; an idle advance
-  releases held events the watermark has come within `max_jump_ms` of. Outliers never touch
-  a window or the watermark: the engine dead-letters them. So zero-filled minutes come only
-  from real gaps of a stream that moved on.
+  back, in stream order. A later event more than `max_jump_ms` behind a held one refutes it:
+  that one is a clock outlier (a frame stamped 2033 among 2024 traffic is refuted by the very
+  next event). A held event that CLOCK_CONFIRM_EVENTS later events have not refuted is
+  confirmed: the stream really moved on (a replay's real gap, however sparse the traffic after
+  it), and it is applied, oldest first, with any held event no longer ahead of the watermark
+  that leaves. At a drain (end of input) held events are outliers, unless there is no
+  watermark yet (nothing contradicts them); an idle advance applies held events the watermark
+  has come within `max_jump_ms` of. Outliers never touch a window or the watermark: the engine
+  dead-letters them. So zero-filled minutes come only from real gaps of a stream that moved on.
 - Sums cannot overflow: Python ints here; every fee is at most 2.1e15 sat (contracts), and a
   minute whose total would pass 2^63 - 1 (more than 4,392 transactions each claiming about all
   bitcoin there will ever be) refuses the event that would take it there as late, so every
@@ -43,8 +43,6 @@ MINUTE_MS = 60_000
 NO_WATERMARK = -(1 << 62)
 # The largest per-minute fee total any store holds (int64).
 MAX_TOTAL_SAT = (1 << 63) - 1
-# Held events beyond this many (a long run of inconsistent far clocks) are outliers, oldest first.
-MAX_HELD = 8 * CLOCK_CONFIRM_EVENTS
 # (tx_hash, event_time, fee_sat, ...): the guard reads only these and keeps whole rows as given.
 SlimRow = tuple[Any, ...]
 
@@ -76,8 +74,11 @@ class ClockGuard:
     """
 
     max_jump_ms: int
-    # Rows (tx_hash, event_time, fee_sat) held back, in stream order.
+    lateness_ms: int
+    # Rows (tx_hash, event_time, fee_sat, ...) held back, in stream order, and for each how many
+    # later events have come without refuting it.
     held: list[SlimRow] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
     # Judged outliers not yet taken by the engine (to dead-letter), with their reasons.
     outliers: list[LateEvent] = field(default_factory=list)
 
@@ -86,52 +87,53 @@ class ClockGuard:
         return bool(self.held) or event_time - watermark > self.max_jump_ms
 
     def judge(self, row: SlimRow, watermark: int) -> list[SlimRow]:
-        """The rows to apply now, in stream order (`row` itself, released held ones, or none)."""
-        held = self.held
+        """The rows to apply now, in the order to apply them (released held ones, `row`)."""
         jump = self.max_jump_ms
-        if row[1] - watermark <= jump:
-            self._outlie(held, watermark, "a later event stayed on the stream's clock")
-            held.clear()
-            return [row]
-        held.append(row)
-        if len(held) >= CLOCK_CONFIRM_EVENTS:
-            et = row[1]
-            agree = sorted(r[1] for r in held if abs(r[1] - et) <= jump)
-            if len(agree) >= CLOCK_CONFIRM_EVENTS:
-                return self._release(agree[len(agree) // 2], watermark)
-        if len(held) > MAX_HELD:
-            self._outlie([held.pop(0)], watermark, f"{MAX_HELD} far clocks in a row did not agree")
-        return []
+        et = row[1]
+        if self.held:
+            refuted = [h for h in self.held if et < h[1] - jump]
+            if refuted:
+                self._outlie(
+                    refuted, watermark, f"a later event was {(refuted[0][1] - et) / 1000:.0f} s behind it"
+                )
+                kept = [(h, n) for h, n in zip(self.held, self.seen, strict=True) if et >= h[1] - jump]
+                self.held = [h for h, _ in kept]
+                self.seen = [n for _, n in kept]
+            self.seen = [n + 1 for n in self.seen]
+        out, wm = self._release(watermark)
+        if et - wm > jump:
+            self.held.append(row)
+            self.seen.append(0)
+            return out
+        out.append(row)
+        more, _ = self._release(max(wm, et - self.lateness_ms))
+        return out + more
+
+    def _release(self, watermark: int) -> tuple[list[SlimRow], int]:
+        """Held events, oldest first, that are confirmed or no longer ahead; and the watermark
+        their application leaves."""
+        out: list[SlimRow] = []
+        while self.held and (
+            self.seen[0] >= CLOCK_CONFIRM_EVENTS or self.held[0][1] - watermark <= self.max_jump_ms
+        ):
+            row = self.held.pop(0)
+            self.seen.pop(0)
+            out.append(row)
+            watermark = max(watermark, row[1] - self.lateness_ms)
+        return out, watermark
 
     def settle(self, watermark: int) -> list[SlimRow]:
-        """End of input (a drain): no corroboration is coming. Before any watermark the median
-        rule decides among the held; after, every held event is an outlier."""
-        if not self.held:
-            return []
+        """End of input (a drain): no confirmation is coming, so held events are outliers; before
+        any watermark (a stream of fewer events than confirmation needs) nothing contradicts them."""
+        held, self.held, self.seen = self.held, [], []
         if watermark == NO_WATERMARK:
-            times = sorted(r[1] for r in self.held)
-            return self._release(times[(len(times) - 1) // 2], watermark)
-        self._outlie(self.held, watermark, "the input ended before later events confirmed it")
-        self.held = []
+            return held
+        self._outlie(held, watermark, "the input ended before later events confirmed it")
         return []
 
     def catch_up(self, watermark: int) -> list[SlimRow]:
         """After an idle advance: held events the watermark came within `max_jump_ms` of."""
-        ready = [r for r in self.held if r[1] - watermark <= self.max_jump_ms]
-        if ready:
-            self.held = [r for r in self.held if r[1] - watermark > self.max_jump_ms]
-        return ready
-
-    def _release(self, median: int, watermark: int) -> list[SlimRow]:
-        jump = self.max_jump_ms
-        keep = [r for r in self.held if abs(r[1] - median) <= jump]
-        self._outlie(
-            [r for r in self.held if abs(r[1] - median) > jump],
-            watermark,
-            "its neighbours agreed on another clock",
-        )
-        self.held = []
-        return keep
+        return self._release(watermark)[0]
 
     def _outlie(self, rows: Sequence[SlimRow], watermark: int, why: str) -> None:
         for tx_hash, et, fee, *_ in rows:

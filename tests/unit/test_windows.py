@@ -148,7 +148,7 @@ JUMP = 3600 * S
 
 
 def _guarded() -> WindowState:
-    return WindowState(lateness_ms=60 * S, guard=ClockGuard(JUMP))
+    return WindowState(lateness_ms=60 * S, guard=ClockGuard(JUMP, 60 * S))
 
 
 def _normal(n: int, start: int = T0, step: int = 7 * S, first: int = 0) -> list[tuple[str, int, int]]:
@@ -175,12 +175,23 @@ def test_one_far_future_event_moves_nothing_and_is_a_clock_outlier() -> None:
     assert len(windows) == 7  # 60 events 7 s apart: 7 minutes, no zero-filled years
 
 
-def test_a_far_event_first_in_the_stream_is_outvoted_by_the_median() -> None:
+def test_a_far_event_first_in_the_stream_is_refuted_by_the_events_after_it() -> None:
     rows = _normal(40)
     w = _guarded()
     windows, late = _run(w, [(_h(999), T0 + 10 * 365 * 86_400 * S, 1), *rows])
     assert late == [] and [e.tx_hash for e in w.guard.outliers] == [_h(999)]
+    assert "a later event was" in w.guard.outliers[0].reason
     assert sum(x.tx_count for x in windows) == 40 and windows[0].minute == T0
+
+
+def test_a_sparse_stream_that_really_jumps_loses_nothing() -> None:
+    """Like the real 2020 recording: a few events, then days later a few more, ..."""
+    rows = [(_h(i), T0 + (i // 3) * 2 * 86_400 * S + i * S, 1) for i in range(30)]
+    tail = _normal(CLOCK_CONFIRM_EVENTS, start=rows[-1][1] + 60 * S, first=100)  # confirms the last jump
+    w = _guarded()
+    windows, late = _run(w, [*rows, *tail])
+    assert late == [] and w.guard.outliers == []
+    assert sum(x.tx_count for x in windows) == 30 + CLOCK_CONFIRM_EVENTS
 
 
 def test_a_real_jump_is_confirmed_by_the_events_after_it_and_zero_fills_the_gap() -> None:
@@ -193,13 +204,25 @@ def test_a_real_jump_is_confirmed_by_the_events_after_it_and_zero_fills_the_gap(
     assert len(windows) == (after[-1][1] - T0) // MINUTE_MS + 1  # the real gap is zero-filled
 
 
-def test_far_events_that_do_not_agree_are_all_outliers() -> None:
+def test_far_events_that_contradict_each_other_are_all_outliers() -> None:
     rows = _normal(30)
-    liars = [(_h(500 + k), T0 + (k + 2) * 10 * JUMP, 1) for k in range(3 * CLOCK_CONFIRM_EVENTS)]
+    liars = [
+        (_h(500 + k), T0 + (40 - k) * 10 * JUMP, 1) for k in range(3 * CLOCK_CONFIRM_EVENTS)
+    ]  # each behind the last
     w = _guarded()
     windows, late = _run(w, [*rows[:10], *liars, *rows[10:]])
     assert late == [] and sorted(e.tx_hash for e in w.guard.outliers) == sorted(h for h, _, _ in liars)
     assert sum(x.tx_count for x in windows) == 30 and len(windows) == 4
+
+
+def test_confirmation_needs_enough_later_events() -> None:
+    rows = _normal(20)
+    jump = [(_h(300 + k), T0 + 5 * JUMP + k * S, 1) for k in range(CLOCK_CONFIRM_EVENTS)]
+    w = _guarded()
+    w.add([*rows, *jump])
+    assert len(w.guard.held) == CLOCK_CONFIRM_EVENTS  # the first of them has 9 later events
+    w.add([(_h(400), T0 + 5 * JUMP + 60 * S, 1)])
+    assert w.guard.held == [] and w.max_event_time == T0 + 5 * JUMP + 60 * S
 
 
 def test_held_events_at_the_end_of_input_are_outliers() -> None:
