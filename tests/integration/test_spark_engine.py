@@ -153,7 +153,7 @@ def test_conformance_redis_streams(
 
 
 def test_spark_gives_the_embedded_minutes_on_a_replay_with_hostile_frames(
-    settings: Settings, spark: object, replay: list[Row], tmp_path: Path
+    backend_settings: Settings, spark: object, replay: list[Row], tmp_path: Path
 ) -> None:
     """Frames beyond Bitcoin's bounds stop at ingestion; events far ahead of the stream reach it
     and both engines' clock guards (across Spark's micro-batch boundaries, and first in the
@@ -164,7 +164,8 @@ def test_spark_gives_the_embedded_minutes_on_a_replay_with_hostile_frames(
     from rtml.sources.deadletters import open_ingest_store
     from rtml.sources.ingest import Ingestor
 
-    clean = get_settings(data_dir=tmp_path / "clean")
+    settings = backend_settings
+    clean = get_settings(data_dir=tmp_path / "clean", profile="embedded")
     fill(clean, replay)
     truth = embedded_reference(clean)
     far = [f"{k:064x}" for k in range(1, 8)]
