@@ -75,7 +75,7 @@ class Ingestor:
         self.dedup = open_dedup(settings)
         self.store = open_ingest_store(settings)
         self.totals = Counts()
-        # Store failures survived (logged and retried); a live run reports them.
+        # Store failures a replay or synthetic run survived (logged and retried).
         self.errors = 0
         # Called after every batch (progress displays).
         self.on_batch: Callable[[], None] | None = None
