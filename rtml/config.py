@@ -46,11 +46,17 @@ class IngestSettings(BaseModel):
     reconnect_max_s: float = 60.0
     rest_min_interval_s: float = 10.0
     dedup_ttl_s: int = 3 * 3600
+    # Live sources (ws, rest) refuse an event this far ahead of its ingest time.
+    max_future_s: float = 300.0
+    # Raw text kept per dead letter (plus the frame's full length and SHA-256).
+    dead_letter_max_bytes: int = Field(default=64 * 1024, ge=256)
 
 
 class WindowSettings(BaseModel):
     allowed_lateness_s: float = 60.0
     idle_timeout_s: float = 20.0
+    # An event further ahead of the watermark waits for corroboration (see windows.ClockGuard).
+    max_jump_s: float = Field(default=3600.0, gt=0)
 
 
 class FeatureSettings(BaseModel):

@@ -89,7 +89,9 @@ def project(rows: list[MinuteFeatures]) -> list[tuple[object, ...]]:
 def spark_output(path: Path) -> list[MinuteFeatures]:
     from rtml.contracts import ms_to_datetime
 
-    return [MinuteFeatures(ms_to_datetime(m), c, t, a, ms_to_datetime(e), r) for m, c, t, a, e, r in table(path)]
+    return [
+        MinuteFeatures(ms_to_datetime(m), c, t, a, ms_to_datetime(e), r) for m, c, t, a, e, r in table(path)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,11 @@ def check_conformance(settings: Settings, spark: object, replay: list[Row], tmp_
     assert [r.tx_count for r in reference].count(0) >= 2
     out = tmp_path / "spark-minutes.sqlite"
     result = run_spark(
-        settings, drain=True, sinks=[MinutesTable(out)], spark=spark, max_rows_per_batch=1_000  # type: ignore[arg-type]
+        settings,
+        drain=True,
+        sinks=[MinutesTable(out)],
+        spark=spark,
+        max_rows_per_batch=1_000,  # type: ignore[arg-type]
     )
     assert result.batches >= 3  # several micro-batches: windows really cross batch boundaries
     assert project(spark_output(out)) == project(reference)
@@ -144,6 +150,46 @@ def test_conformance_redis_streams(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_spark_gives_the_embedded_minutes_on_a_replay_with_hostile_frames(
+    backend_settings: Settings, spark: object, replay: list[Row], tmp_path: Path
+) -> None:
+    """Frames beyond Bitcoin's bounds stop at ingestion; events far ahead of the stream reach it
+    and both engines' clock guards (across Spark's micro-batch boundaries, and first in the
+    stream) dead-letter them alike; the minutes are identical and equal the clean replay's."""
+    import json
+
+    from rtml.aggregate.spark_job import run_spark
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor
+
+    settings = backend_settings
+    clean = get_settings(data_dir=tmp_path / "clean", profile="embedded")
+    fill(clean, replay)
+    truth = embedded_reference(clean)
+    far = [f"{k:064x}" for k in range(1, 8)]
+    hostile_rows = list(replay)
+    for k, at in enumerate((0, 3, 999, 1000, 1001, 1700, len(replay) - 2)):
+        et = replay[-1][1] + (k + 2) * 3 * 3_600_000 + k * 86_400_000 * 91
+        hostile_rows.insert(at + k, (far[k], et, 500, 200, "replay", 0))
+    with Ingestor(settings) as ingestor:  # refused at the door: never in the stream
+        counts = ingestor.ingest(
+            ['{"op":"utx","x":{"hash":"' + "a" * 64 + '","time":1700000000,"size":5,"fee":' + str(2**63) + "}}",
+             '{"op":"utx","x":' + "[" * 5000, "9" * 5000],
+            "replay",
+        )  # fmt: skip
+    assert counts.dead_letters == 3
+    fill(settings, hostile_rows)
+    embedded = embedded_reference(settings)
+    assert embedded == truth  # the far clocks moved nothing
+    out = tmp_path / "spark-minutes.sqlite"
+    result = run_spark(settings, drain=True, sinks=[MinutesTable(out)], spark=spark, max_rows_per_batch=1_000)  # type: ignore[arg-type]
+    assert result.batches >= 3
+    assert spark_output(out) == embedded
+    with open_ingest_store(settings) as store:
+        outliers = [json.loads(d.raw)["tx_hash"] for d in store.dead_letters(1000) if d.source == "aggregate"]
+    assert sorted(outliers) == sorted(far * 2)  # each engine dead-lettered each far clock once
 
 
 def test_replayed_batch_and_redelivery_are_harmless(settings: Settings, tmp_path: Path) -> None:
