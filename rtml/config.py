@@ -70,6 +70,15 @@ class MonitoringSettings(BaseModel):
     breaches_for_alarm: int = 3
 
 
+class SchedulerSettings(BaseModel):
+    """Cadences on the pipeline's event-time clock (drift's is `drift.interval_s`); `poll_s` is wall time."""
+
+    monitor_interval_s: float = 60.0
+    retrain_interval_s: float = 86400.0
+    retrain_window_s: float = 7 * 86400.0
+    poll_s: float = 0.5
+
+
 class Settings(BaseSettings):
     """The whole configuration; `get_settings()` builds it from file and environment."""
 
@@ -93,6 +102,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     @classmethod
     def settings_customise_sources(
