@@ -32,7 +32,11 @@ from rtml.config import Settings, get_settings
 
 log = logging.getLogger("rtml.scheduler")
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL, fired INTEGER NOT NULL)"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL, fired INTEGER NOT NULL);
+-- the clock value the scheduler last found nothing due at (what "caught up and idle" means)
+CREATE TABLE IF NOT EXISTS idle (id INTEGER PRIMARY KEY CHECK (id = 1), clock_ms INTEGER NOT NULL);
+"""
 
 
 @dataclass
@@ -63,7 +67,8 @@ class Scheduler:
         self.on_model_change = on_model_change
         self._db = sqlite3.connect(settings.path("scheduler.sqlite"), timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
+        self._idle_at: int | None = None
         self.last: dict[str, int] = dict(self._db.execute("SELECT name, last_ms FROM jobs").fetchall())
 
     def due(self, now_ms: int) -> list[tuple[int, int]]:
@@ -116,11 +121,10 @@ class Scheduler:
                 break
             self.fire(boundary, self.jobs[index])
             fired += 1
+        if fired == 0 and self._idle_at != now_ms:
+            self._db.execute("INSERT OR REPLACE INTO idle VALUES (1, ?)", (now_ms,))
+            self._idle_at = now_ms
         return fired
-
-    def state(self) -> dict[str, tuple[int, int]]:
-        """Job name -> (last boundary fired, boundaries fired so far)."""
-        return {n: (last, fired) for n, last, fired in self._db.execute("SELECT name, last_ms, fired FROM jobs")}
 
     def close(self) -> None:
         self._db.close()
@@ -128,15 +132,18 @@ class Scheduler:
         self.events.close()
 
 
-def scheduler_state(settings: Settings) -> dict[str, tuple[int, int]]:
-    """Job name -> (last boundary fired in epoch ms, boundaries fired), for status and tests."""
+def scheduler_state(settings: Settings) -> tuple[dict[str, tuple[int, int]], int | None]:
+    """Job name -> (last boundary fired in epoch ms, boundaries fired), and the clock (epoch ms)
+    at which the scheduler last found nothing due; for status, the demo and tests."""
     path = settings.root / "scheduler.sqlite"
     if not path.exists():
-        return {}
+        return {}, None
     db = sqlite3.connect(path, timeout=30)
     try:
-        db.execute(SCHEMA)
-        return {n: (last, fired) for n, last, fired in db.execute("SELECT name, last_ms, fired FROM jobs")}
+        db.executescript(SCHEMA)
+        jobs = {n: (last, fired) for n, last, fired in db.execute("SELECT name, last_ms, fired FROM jobs")}
+        idle = db.execute("SELECT clock_ms FROM idle WHERE id = 1").fetchone()
+        return jobs, idle[0] if idle else None
     finally:
         db.close()
 

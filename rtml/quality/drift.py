@@ -391,30 +391,3 @@ def run_quality_check(
     if record:
         reports.record_events(settings, result, drift=False)
     return result
-
-
-def demo_stage(ctx: Any) -> None:
-    """Demo: the first day (before the fee regime shift) against the last hour (after it)."""
-    from rtml.quality import sources
-
-    settings = ctx.settings
-    span = sources.data_span(settings)
-    if span is None:
-        ctx.summary["drift verdict"] = "skipped: no minutes written by the earlier stages"
-        return
-    first, last = span
-    reference = Window(first, min(first + DEFAULT_REFERENCE, ctx.shift_at))
-    current = Window(max(last - DEFAULT_CURRENT, ctx.shift_at), last)
-    result = run_drift_check(settings, reference, current)
-    columns = ", ".join(f"{c.column} {c.statistic:.2f}" for c in result.columns if c.drifted) or "none"
-    ctx.summary["drift verdict"] = (
-        f"{result.verdict.upper()}: {result.share:.0%} of {len(result.columns)} columns drifted "
-        f"({columns}); reference {reference}, current {current}; report {result.html_path}"
-    )
-    by_status = {
-        status: [r.name for r in result.rules if r.status == status] for status in ("pass", "fail", "skipped")
-    }
-    ctx.summary["data quality"] = (
-        f"{len(by_status['pass'])} rules pass, failed: {', '.join(by_status['fail']) or 'none'}"
-        + (f", skipped (no data): {', '.join(by_status['skipped'])}" if by_status["skipped"] else "")
-    )
