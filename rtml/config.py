@@ -55,6 +55,10 @@ class ModelSettings(BaseModel):
     horizon_min: int = 5
     folds: int = 5
     min_gain_vs_baseline: float = 0.05
+    # Minutes (closed, before the clock) the first trained model waits for; the bootstrap
+    # baseline champion needs far fewer (its calibration is three quantiles of a ratio).
+    min_train_minutes: int = 360
+    min_baseline_minutes: int = 60
     n_jobs: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
 
 

@@ -8,7 +8,10 @@ training rows (in log1p space), so baselines are judged by wQL on equal terms wi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,7 +45,13 @@ def rolling_mean(frame: pd.DataFrame, window: int) -> np.ndarray:
 
 
 class PointBaseline:
-    """A point rule turned into quantiles by the training rows' ratio quantiles."""
+    """A point rule turned into quantiles by the training rows' ratio quantiles.
+
+    The rules that need only a row's own features (`SERVABLE`) can be saved and registered:
+    they are the champion a pipeline starts with, before any model has earned its place.
+    """
+
+    kind = "baseline"
 
     def __init__(
         self, name: str, point: Callable[[pd.DataFrame], np.ndarray], fill_missing: bool = True
@@ -52,11 +61,14 @@ class PointBaseline:
         self._fill_missing = fill_missing
         self._offsets = np.full(len(QUANTILES), np.nan)
         self._fallback = np.nan
+        # What serving must hand to `predict`: the model's full feature row (see features.dataset).
+        self.feature_columns: list[str] = []
 
     def fit(self, frame: pd.DataFrame) -> PointBaseline:
         point = self._point(frame)
         y = frame["label"].to_numpy(dtype="float64")
         ok = np.isfinite(point)
+        self.feature_columns = [c for c in frame.columns if c not in NON_FEATURES]
         self._fallback = float(np.median(y)) if len(y) else np.nan
         if ok.any():
             resid = np.log1p(y[ok]) - np.log1p(point[ok])
@@ -67,7 +79,33 @@ class PointBaseline:
         point = self._point(frame)
         if self._fill_missing:
             point = np.where(np.isfinite(point), point, self._fallback)
-        return np.expm1(np.log1p(point)[:, None] + self._offsets[None, :])
+        return np.maximum(np.expm1(np.log1p(point)[:, None] + self._offsets[None, :]), 0.0)
+
+    def save(self, directory: Path) -> list[Path]:
+        """`meta.json` alone: the rule's name, its calibrated offsets and fallback."""
+        if self.name not in SERVABLE:
+            raise ValueError(f"baseline {self.name} needs the series' history and cannot be served")
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "kind": self.kind,
+            "baseline": self.name,
+            "feature_columns": self.feature_columns,
+            "quantiles": list(QUANTILES),
+            "offsets": [float(v) for v in self._offsets],
+            "fallback": float(self._fallback),
+        }
+        path = directory / "meta.json"
+        path.write_text(json.dumps(meta, indent=1))
+        return [path]
+
+    @classmethod
+    def load(cls, directory: Path) -> PointBaseline:
+        meta = json.loads((directory / "meta.json").read_text())
+        model = cls(meta["baseline"], SERVABLE[meta["baseline"]])
+        model.feature_columns = list(meta["feature_columns"])
+        model._offsets = np.asarray(meta["offsets"], dtype="float64")
+        model._fallback = float(meta["fallback"])
+        return model
 
 
 def same_minute_yesterday(history: pd.DataFrame) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -92,13 +130,34 @@ def same_minute_yesterday(history: pd.DataFrame) -> Callable[[pd.DataFrame], np.
     return point
 
 
+def _rolling_mean_15(frame: pd.DataFrame) -> np.ndarray:
+    return rolling_mean(frame, 15)
+
+
+def _rolling_mean_60(frame: pd.DataFrame) -> np.ndarray:
+    return rolling_mean(frame, 60)
+
+
+# The point rules computed from a feature row alone: registrable, servable.
+SERVABLE: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
+    "last_value": last_value,
+    "rolling_mean_15": _rolling_mean_15,
+    "rolling_mean_60": _rolling_mean_60,
+}
+# Columns of a training frame that are not features.
+NON_FEATURES = ("asof", "target_minute", "label")
+
+
+def servable_factories() -> list[Callable[[], Forecaster]]:
+    """Fresh-instance factories of the baselines that can be registered and served."""
+    return [partial(PointBaseline, name, rule) for name, rule in SERVABLE.items()]
+
+
 def baseline_factories(frame: pd.DataFrame) -> list[Callable[[], Forecaster]]:
     """Fresh-instance factories of every baseline, for the backtest."""
     yesterday = same_minute_yesterday(frame)
     return [
-        lambda: PointBaseline("last_value", last_value),
-        lambda: PointBaseline("rolling_mean_15", lambda f: rolling_mean(f, 15)),
-        lambda: PointBaseline("rolling_mean_60", lambda f: rolling_mean(f, 60)),
+        *servable_factories(),
         lambda: PointBaseline("same_minute_yesterday", yesterday, fill_missing=False),
     ]
 

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         from rtml.model.registry import list_versions
 
         table = Table(title="fee_forecaster")
-        for column in ("version", "champion", "trained on (UTC)", "wQL", "best baseline wQL", "gate"):
+        for column in ("version", "champion", "kind", "trained on (UTC)", "wQL", "best baseline wQL", "gate"):
             table.add_column(column)
         for v in list_versions(get_settings()):
             m = v["metrics"]
@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(
                 v["version"],
                 "*" if v["champion"] else "",
+                v["kind"] if v["kind"] == "model" else f"baseline ({v['baseline']})",
                 window,
                 f"{m['wql']:.4f}" if "wql" in m else "",
                 f"{m['best_baseline_wql']:.4f}" if "best_baseline_wql" in m else "",

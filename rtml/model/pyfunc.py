@@ -12,16 +12,17 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from rtml.model.gbm import QuantileGBM
+from rtml.model.registry import load_forecaster
 
 OUTPUT_COLUMNS = ["p10", "p50", "p90"]
 
 
 class FeeForecasterPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
-    """Feature rows in (the columns of the signature), P10/P50/P90 of fee_avg_sat out."""
+    """Feature rows in (the columns of the signature), P10/P50/P90 of fee_avg_sat out (a model or a
+    calibrated baseline: the version's `kind` tag says which)."""
 
     def load_context(self, context: Any) -> None:
-        self.model = QuantileGBM.load(Path(context.artifacts["model_dir"]))
+        self.model = load_forecaster(Path(context.artifacts["model_dir"]))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from rtml.config import Settings
-from rtml.model.gbm import QuantileGBM
+from rtml.model.baselines import PointBaseline
+from rtml.model.gbm import META_FILE, QuantileGBM
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -38,6 +39,10 @@ CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 MODEL_DIR = "model_dir"
 OUTPUT_COLUMNS = ("p10", "p50", "p90")
+# A version's `kind` tag: a trained model, or a calibrated baseline (the bootstrap champion).
+# Versions registered before kinds existed carry no tag and are models.
+KIND_TAG = "kind"
+Forecaster = QuantileGBM | PointBaseline
 
 _clients: dict[str, MlflowClient] = {}
 _lock = threading.Lock()
@@ -104,7 +109,11 @@ def _absent(settings: Settings) -> bool:
 
 
 def champion_version(settings: Settings) -> str | None:
-    """The version the `champion` alias points at, or None; cheap enough to poll."""
+    """The version the `champion` alias points at, or None; cheap enough to poll.
+
+    Lenient: a registry error also reads as None, which suits pollers (serving keeps its model).
+    A decision that must not mistake an error for "no champion" uses `champion_version_strict`.
+    """
     from mlflow.exceptions import MlflowException
 
     if _absent(settings):
@@ -113,6 +122,27 @@ def champion_version(settings: Settings) -> str | None:
         return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
     except MlflowException:
         return None
+
+
+def champion_version_strict(settings: Settings) -> str | None:
+    """The champion's version; None only when the registry really has no model or no alias.
+
+    Any other failure (a broken or unreachable registry) raises: the promotion gate must never
+    promote against an unknown champion as if there were none.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    if _absent(settings):
+        return None
+    try:
+        model = client(settings).get_registered_model(MODEL_NAME)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    version = dict(model.aliases).get(CHAMPION)
+    return None if version is None else str(version)
 
 
 def _version_info(c: MlflowClient, version: str, champion: str | None) -> dict[str, Any]:
@@ -124,6 +154,8 @@ def _version_info(c: MlflowClient, version: str, champion: str | None) -> dict[s
         "champion": str(mv.version) == champion,
         "run_id": mv.run_id,
         "registered_ms": int(mv.creation_timestamp),
+        "kind": tags.get(KIND_TAG, "model"),
+        "baseline": tags.get("baseline"),
         "train_start": tags.get("train_start"),
         "train_end": tags.get("train_end"),
         "gate": tags.get("gate"),
@@ -143,6 +175,17 @@ def champion_info(settings: Settings) -> dict[str, Any] | None:
 def model_info(settings: Settings, version: str) -> dict[str, Any]:
     """One version's fields (as `champion_info`), including `registered_ms`."""
     return _version_info(client(settings), version, champion_version(settings))
+
+
+def champion_kind(settings: Settings) -> str | None:
+    """`baseline` or `model` for the champion, None without one."""
+    info = champion_info(settings)
+    return None if info is None else str(info["kind"])
+
+
+def has_trained_model(settings: Settings) -> bool:
+    """Whether any version is a trained model (not a baseline): the first training has happened."""
+    return any(v["kind"] == "model" for v in list_versions(settings))
 
 
 def champion_training_window(settings: Settings) -> tuple[datetime, datetime] | None:
@@ -218,15 +261,27 @@ def rollback(settings: Settings) -> str:
     return target
 
 
+def load_forecaster(directory: Path) -> Forecaster:
+    """The forecaster saved in `directory` (its `meta.json` says which kind)."""
+    meta = json.loads((directory / META_FILE).read_text())
+    if meta.get("kind") == PointBaseline.kind:
+        return PointBaseline.load(directory)
+    return QuantileGBM.load(directory)
+
+
 @dataclass
 class LoadedModel:
     """A registered version ready to predict: `predict(features_df) -> (n, 3)` P10/P50/P90."""
 
     version: str
-    model: QuantileGBM
+    model: Forecaster
     train_start: str | None = None
     train_end: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "baseline" if isinstance(self.model, PointBaseline) else "model"
 
     @property
     def feature_columns(self) -> list[str]:
@@ -234,6 +289,8 @@ class LoadedModel:
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         """Sorted quantiles per row; one thread (per-row latency matters more than throughput)."""
+        if isinstance(self.model, PointBaseline):
+            return self.model.predict(features)
         columns = self.model.feature_columns
         frame = features if list(features.columns) == columns else features[columns]
         return self.model.predict_array(frame.to_numpy(dtype="float64"), num_threads=1)
@@ -255,7 +312,7 @@ def load_version(settings: Settings, version: str) -> LoadedModel:
             tracking_uri=tracking_uri(settings),
             registry_uri=tracking_uri(settings),
         )
-    model = QuantileGBM.load(_find_model_dir(cache))
+    model = load_forecaster(_find_model_dir(cache))
     info = _version_info(c, str(mv.version), None)
     return LoadedModel(str(mv.version), model, info["train_start"], info["train_end"], info["metrics"])
 
@@ -276,7 +333,7 @@ def load_champion(settings: Settings) -> LoadedModel:
 
 def log_candidate(
     settings: Settings,
-    model: QuantileGBM,
+    model: Forecaster,
     sample: pd.DataFrame,
     run_id: str,
     tags: dict[str, str],
@@ -294,6 +351,7 @@ def log_candidate(
     x = sample[model.feature_columns].astype("float64")
     signature = infer_signature(x, pd.DataFrame(model.predict(x), columns=list(OUTPUT_COLUMNS)))
     code = Path(__file__).with_name("pyfunc.py")
+    tags = {KIND_TAG: "baseline" if isinstance(model, PointBaseline) else "model", **tags}
     requirements = [
         f"lightgbm=={lightgbm.__version__}",
         f"numpy=={np.__version__}",

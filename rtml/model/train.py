@@ -19,7 +19,7 @@ import pandas as pd
 
 from rtml.config import Settings
 from rtml.model.backtest import BacktestResult, backtest, wql
-from rtml.model.baselines import baseline_factories
+from rtml.model.baselines import PointBaseline, baseline_factories, servable_factories
 from rtml.model.gate import ChampionComparison, GateDecision, decide
 from rtml.model.gbm import GBMParams, QuantileGBM
 
@@ -87,9 +87,9 @@ def compare_with_champion(
 ) -> ChampionComparison | None:
     """The champion and the candidate on the same recent folds: those after the champion's training
     window when there are any (out of sample for both), otherwise all folds (noted)."""
-    from rtml.model.registry import champion_version, load_version
+    from rtml.model.registry import champion_version_strict, load_version
 
-    version = champion_version(settings)
+    version = champion_version_strict(settings)
     if version is None:
         return None
     champ = load_version(settings, version)
@@ -275,6 +275,71 @@ def train_and_gate(
         "train_end": result.train_end.isoformat(),
         "rows": result.rows,
         "seconds": round(result.seconds, 2),
+    }
+
+
+def bootstrap_champion(settings: Settings, end: datetime, console: Console | None = None) -> dict[str, Any] | None:
+    """Register the best calibrated baseline on the minutes before `end` and make it champion.
+
+    A pipeline is never without a champion: until a model earns its place through the gate,
+    the best baseline of the backtest serves and is judged. Returns None (nothing registered)
+    while the store holds fewer than `model.min_baseline_minutes` minutes before `end`, or when
+    a champion already exists (only the gate moves it then). A crash after the registration
+    but before the promotion leaves a baseline version that the next call promotes.
+    """
+    import mlflow
+
+    from rtml.features.offline import read_minutes_df
+    from rtml.model import registry
+    from rtml.monitoring.events import EventLog
+
+    if registry.champion_version_strict(settings) is not None:
+        return None
+    t0 = time.monotonic()
+    if len(read_minutes_df(settings, None, end)) < settings.model.min_baseline_minutes:
+        return None
+    cfg = settings.model
+    frame, card = etl_frame(settings, None, end)
+    with _progress(console, "baseline folds", cfg.folds) as advance:
+        result = backtest(frame, servable_factories(), cfg.folds, 0.3, advance)
+    best = min(result.summary, key=lambda k: result.summary[k].wql)
+    model = next(f() for f in servable_factories() if f().name == best).fit(frame)
+    assert isinstance(model, PointBaseline)
+    train_start, train_end = training_window(frame)
+    tags = {
+        "baseline": best,
+        "train_start": train_start.isoformat(),
+        "train_end": train_end.isoformat(),
+        "rows": str(len(frame)),
+        "horizon_min": str(cfg.horizon_min),
+        "gate": "bootstrap",
+        "gate_reasons": f"no champion: best calibrated baseline {best} of {sorted(result.summary)}",
+    }
+    registry.quiet_mlflow()
+    mlflow.set_tracking_uri(registry.tracking_uri(settings))
+    with mlflow.start_run(experiment_id=registry.experiment_id(settings), run_name=f"baseline-{best}") as run:
+        mlflow.log_params({"baseline": best, "rows": len(frame), "folds": cfg.folds, **tags})
+        metrics = {k: v for k, v in result.summary[best].to_dict().items() if k != "n"}
+        metrics.update({f"baseline.{n}.wql": m.wql for n, m in result.summary.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_dict(card, "dataset_card.json")
+    version = registry.log_candidate(settings, model, frame.tail(200), run.info.run_id, tags)
+    log = EventLog(settings)
+    try:
+        log.record("model.baseline", version=version, baseline=best, wql=result.summary[best].wql, rows=len(frame))
+    finally:
+        log.close()
+    registry.promote(settings, version, reason=f"bootstrap: best calibrated baseline {best}")
+    return {
+        "version": version,
+        "kind": "baseline",
+        "baseline": best,
+        "promoted": True,
+        "wql": result.summary[best].wql,
+        "train_start": train_start.isoformat(),
+        "train_end": train_end.isoformat(),
+        "rows": len(frame),
+        "seconds": round(time.monotonic() - t0, 2),
     }
 
 

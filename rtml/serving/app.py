@@ -167,6 +167,9 @@ class Readiness(BaseModel):
 
 class ModelInfo(BaseModel):
     version: str
+    kind: Literal["model", "baseline"] = Field(
+        default="model", description="`baseline`: the calibrated baseline a pipeline starts with, until a model passes the gate."
+    )
     loaded_at: datetime
     training_start: datetime | None = None
     training_end: datetime | None = None
@@ -486,6 +489,7 @@ def create_app(
         info = dict(loaded.info)
         return ModelInfo(
             version=loaded.version,
+            kind=info.pop("kind", "model"),
             loaded_at=datetime.fromtimestamp(loaded.loaded_at, UTC),
             training_start=info.pop("training_start", None),
             training_end=info.pop("training_end", None),

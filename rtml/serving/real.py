@@ -118,7 +118,12 @@ class RegistryModelSource:
 
     def info(self, model: ServedModel) -> dict[str, Any]:
         assert isinstance(model, self._registry.LoadedModel)
-        return {"training_start": model.train_start, "training_end": model.train_end, "metrics": model.metrics}
+        return {
+            "kind": model.kind,
+            "training_start": model.train_start,
+            "training_end": model.train_end,
+            "metrics": model.metrics,
+        }
 
     def promote(self, version: str) -> str:
         from mlflow.exceptions import MlflowException

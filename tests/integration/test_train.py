@@ -1,24 +1,30 @@
 """Training end to end on a real MLflow store (SQLite embedded, PostgreSQL services): a learnable
-signal is promoted, pure noise is refused, the registry's alias moves and rolls back."""
+signal is promoted, pure noise is refused, the registry's alias moves and rolls back; the bootstrap
+champion is a calibrated baseline, replaced by a model only through the gate; a registry error is
+never taken for "no champion"."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
 from rtml.config import Settings, get_settings
 from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame, minutes_from_totals
+from rtml.features.writer import FeatureStoreSink
 from rtml.model import registry
-from rtml.model.baselines import BASELINE_NAMES
+from rtml.model.backtest import backtest
+from rtml.model.baselines import BASELINE_NAMES, SERVABLE, servable_factories
 from rtml.model.gbm import GBMParams
-from rtml.model.train import train
+from rtml.model.train import bootstrap_champion, compare_with_champion, train
 from rtml.monitoring.events import EventLog
 
 START = pd.Timestamp("2024-10-01", tz="UTC")
@@ -207,3 +213,89 @@ def test_asking_an_absent_registry_does_not_create_it(settings: Settings) -> Non
     assert registry.model_counters(settings)["trainings"] == 0
     assert not registry.registry_exists(settings)
     assert not settings.path("mlflow", "mlflow.db").exists()
+
+
+def _at(minutes: int) -> pd.Timestamp:
+    return START + pd.Timedelta(minutes=minutes)
+
+
+def test_a_baseline_is_champion_until_a_model_passes_the_gate(backend: Settings) -> None:
+    settings = backend
+    minutes = signal_minutes(2200, seed=11)
+    FeatureStoreSink(settings).write_frame(minutes)
+
+    too_early = _at(settings.model.min_baseline_minutes - 1).to_pydatetime()
+    assert bootstrap_champion(settings, too_early) is None
+    assert registry.champion_version(settings) is None
+
+    boot = bootstrap_champion(settings, _at(90).to_pydatetime())
+    assert boot is not None and boot["kind"] == "baseline" and boot["baseline"] in SERVABLE
+    assert registry.champion_version(settings) == boot["version"]
+    assert registry.champion_kind(settings) == "baseline"
+    assert not registry.has_trained_model(settings)
+    info = registry.champion_info(settings)
+    assert info is not None and info["baseline"] == boot["baseline"] and info["gate"] == "bootstrap"
+    # trained on the minutes before `end` only
+    assert pd.Timestamp(info["train_end"]) <= _at(90)
+    assert bootstrap_champion(settings, _at(120).to_pydatetime()) is None, "only the gate moves a champion"
+
+    # served like a model: the fast path and MLflow's own pyfunc agree, quantiles sorted, >= 0
+    rows = build_training_frame(minutes).iloc[100:120]
+    loaded = registry.load_champion(settings)
+    assert loaded.kind == "baseline" and loaded.feature_columns == FEATURE_COLUMNS
+    fast = loaded.predict(rows[FEATURE_COLUMNS])
+    assert fast.shape == (20, 3) and (np.diff(fast, axis=1) >= 0).all() and (fast >= 0).all()
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHAMPION}")
+    np.testing.assert_allclose(pyfunc.predict(rows[FEATURE_COLUMNS]).to_numpy(), fast)
+
+    # the first model faces the gate's champion rule against the baseline champion
+    result = train(settings, end=_at(2200).to_pydatetime(), params=FAST)
+    assert result.decision.champion is not None and result.decision.champion.version == boot["version"]
+    assert result.promoted, result.decision.reasons
+    assert registry.champion_kind(settings) == "model" and registry.has_trained_model(settings)
+    kinds = {v["version"]: v["kind"] for v in registry.list_versions(settings)}
+    assert kinds == {boot["version"]: "baseline", result.version: "model"}
+
+    log = EventLog(settings)
+    events = [e.kind for e in log.recent(prefix="model.")]
+    log.close()
+    assert events == ["model.baseline", "model.promoted", "model.gate", "model.promoted"]
+
+
+def test_a_model_that_does_not_beat_the_baseline_leaves_it_champion(embedded: Settings) -> None:
+    settings = embedded
+    FeatureStoreSink(settings).write_frame(noise_minutes(2500, seed=12))
+    boot = bootstrap_champion(settings, _at(120).to_pydatetime())
+    assert boot is not None
+    result = train(settings, end=_at(2500).to_pydatetime(), params=FAST)
+    assert not result.promoted
+    assert registry.champion_version(settings) == boot["version"]
+    assert registry.champion_kind(settings) == "baseline"
+
+
+def test_a_registry_error_is_never_no_champion(embedded: Settings) -> None:
+    """A broken registry makes the gate fail loudly instead of promoting "against no champion"."""
+    settings = embedded
+    minutes = signal_minutes(2000, seed=13)
+    FeatureStoreSink(settings).write_frame(minutes)
+    boot = bootstrap_champion(settings, _at(120).to_pydatetime())
+    assert boot is not None
+    db = settings.path("mlflow", "mlflow.db")
+    with sqlite3.connect(db) as conn:  # a real fault in the real store
+        conn.execute("ALTER TABLE registered_model_aliases RENAME TO registered_model_aliases_broken")
+    frame = build_training_frame(minutes)
+    baselines = backtest(frame, servable_factories(), folds=5)
+    try:
+        with pytest.raises(MlflowException):
+            registry.champion_version_strict(settings)
+        with pytest.raises(MlflowException):  # the gate's view of the champion: an error, not None
+            compare_with_champion(settings, frame, baselines, "rolling_mean_15")
+        with pytest.raises(MlflowException):
+            train(settings, minutes=minutes, params=FAST)
+    finally:
+        with sqlite3.connect(db) as conn:
+            conn.execute("ALTER TABLE registered_model_aliases_broken RENAME TO registered_model_aliases")
+    assert registry.champion_version(settings) == boot["version"]
+    assert [v["kind"] for v in registry.list_versions(settings)] == ["baseline"]
