@@ -212,9 +212,9 @@ def summarize(settings: Settings, story: Story, frames: int, url: str | None) ->
     if baseline is not None:
         out["baseline champion"] = f"v{baseline.details['version']}: {baseline.details.get('reason', '')}"
     first = next((e for e in starts if e.details.get("reason") == "first"), None)
-    if first is not None and gates:
-        g = next(e for e in gates if e.id > first.id)
-        out["model quality"] = _gate_line(g.details) + f" (first training at {_hhmm(first.details['clock'])} UTC)"
+    first_gate = next((e for e in gates if first is not None and e.id > first.id), None)
+    if first is not None and first_gate is not None:
+        out["model quality"] = _gate_line(first_gate.details) + f" (first training at {_hhmm(first.details['clock'])} UTC)"
     out["forecasts"] = (
         f"{count_predictions(settings):,} pipeline forecasts logged, one per closed minute "
         f"from {min((h.hour for h in hours), default=cfg.start):%H:%M} UTC; {len(hours)} hours judged"
@@ -247,9 +247,9 @@ def summarize(settings: Settings, story: Story, frames: int, url: str | None) ->
     shift_retrains = [e for e in starts if first_breach is not None and e.id > first_breach.id]
     if shift_retrains:
         r = shift_retrains[0]
-        g = next((e for e in gates if e.id > r.id), None)
+        decision = next((e for e in gates if e.id > r.id), None)
         out["retraining"] = f"triggered by {r.details['reason']} at {_hhmm(r.details['clock'])} UTC: " + (
-            _gate_line(g.details) if g else "no gate decision yet"
+            _gate_line(decision.details) if decision else "no gate decision yet"
         )
     champion = champion_version(settings)
     kind = champion_kind(settings)
