@@ -11,8 +11,8 @@ The last boundary each job completed is kept in `<data_dir>/scheduler.sqlite`, w
 the job returns. A crash (SIGKILL included) between a job's effect and that write re-runs the
 job at the same boundary on restart, never skips one: so every job's effect is idempotent per
 (job, boundary) (keyed events, upserts keyed by target minute, trainings keyed by boundary). A
-job that fails is logged and recorded as an event, and its boundary counts as done: a broken
-job must not stall the clock for the others.
+job that fails is tried again, ATTEMPTS times in all, then logged and recorded as an event, and
+its boundary counts as done: a broken job must not stall the clock for the others.
 
 The archiver component (`run_archiver`) also lives here: it is periodic on wall time, since it
 only copies what the stream holds.
@@ -32,6 +32,9 @@ from rtml.config import Settings, get_settings
 
 log = logging.getLogger("rtml.scheduler")
 
+# A failing job is tried again (a store that another process is still creating, a dropped
+# connection) before its boundary is given up.
+ATTEMPTS, RETRY_S = 3, 1.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL, fired INTEGER NOT NULL);
 -- the clock value the scheduler last found nothing due at (what "caught up and idle" means)
@@ -91,16 +94,20 @@ class Scheduler:
         out.sort()
         return out
 
-    def fire(self, boundary: int, job: Job) -> None:
+    def fire(self, boundary: int, job: Job, stop: threading.Event | None = None) -> None:
         changed = True
-        try:
-            changed = bool(job.run(boundary))
-        except Exception as exc:  # a failing job must not stop the others
-            log.error("job %s at %d failed: %s", job.name, boundary, traceback.format_exc())
-            self.events.record(
-                "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
-                boundary_ms=boundary, error=str(exc)[:500],
-            )  # fmt: skip
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                changed = bool(job.run(boundary))
+                break
+            except Exception as exc:  # a failing job must not stop the others
+                log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
+                if attempt < ATTEMPTS and not (stop or threading.Event()).wait(RETRY_S * attempt):
+                    continue
+                self.events.record(
+                    "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
+                    boundary_ms=boundary, attempts=attempt, error=str(exc)[:500],
+                )  # fmt: skip
         if job.changes_model and changed:
             self.on_model_change()
         self._db.execute(
@@ -119,7 +126,7 @@ class Scheduler:
         for boundary, index in self.due(now_ms):
             if stop is not None and stop.is_set():
                 break
-            self.fire(boundary, self.jobs[index])
+            self.fire(boundary, self.jobs[index], stop)
             fired += 1
         if fired == 0 and self._idle_at != now_ms:
             self._db.execute("INSERT OR REPLACE INTO idle VALUES (1, ?)", (now_ms,))
