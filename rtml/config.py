@@ -80,7 +80,7 @@ class SchedulerSettings(BaseModel):
     monitor_interval_s: float = 60.0
     retrain_interval_s: float = 86400.0
     retrain_window_s: float = 7 * 86400.0
-    poll_s: float = 0.5
+    poll_s: float = 0.2
 
 
 class Settings(BaseSettings):

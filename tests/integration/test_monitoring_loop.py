@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pandas as pd
+import pytest
 
 from rtml.config import Settings
 from rtml.features.writer import FeatureStoreSink
@@ -68,3 +69,42 @@ def test_degrading_model_breaches_alarms_retrains_and_is_replaced(settings: Sett
     assert gate.details["version"] == new_version and gate.details["promote"] is True
     assert promoted.details == {**promoted.details, "version": new_version, "previous": first.version}
     assert registry.champion_version(settings) == new_version != first.version
+
+
+def test_callers_forecasts_are_never_judged(settings: Settings, log_pipeline_forecasts: Callable[..., int]) -> None:
+    """Anyone who can reach the port can log forecasts (POST /forecast rows, what-if minutes, GET):
+    they are kept under their own kind, and neither the judged hours nor the dashboard's judged
+    band see them, so they can neither fake a breach nor hide one."""
+    from rtml.model.train import bootstrap_champion
+    from rtml.monitoring.evaluate import forecasts_frame, hourly_quality, join_actuals
+    from rtml.serving.dashboard_api import forecasts_payload
+    from rtml.serving.prediction_log import PredictionLog, PredictionRecord, read_judged, read_predictions
+
+    start = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=4)
+    minutes = swinging_fee_minutes(start, 4, 0)
+    sink = FeatureStoreSink(settings)
+    sink.write_frame(minutes)
+    sink.close()
+    end = minutes["minute"].max() + pd.Timedelta(minutes=1)
+    assert bootstrap_champion(settings, end.to_pydatetime()) is not None
+    sent = log_pipeline_forecasts(settings, minutes, start + pd.Timedelta(hours=1), end)
+    assert sent == 3 * 60 + 1
+
+    # Hostile forecasts for every judged minute: absurdly wrong, and one more version's worth.
+    log = PredictionLog(settings)
+    for record in read_predictions(settings):
+        for kind in ("batch", "online", "what-if"):
+            log.record(PredictionRecord(record.logged_ms + 1, "666", record.feature_time_ms, record.target_minute_ms,
+                                        1e12, 1e12, 1e12, 0.1, kind))  # fmt: skip
+    log.flush()
+    log.close()
+    assert {r.kind for r in read_predictions(settings)} == {"pipeline", "batch", "online", "what-if"}
+
+    report = run_monitoring_pass(settings)
+    expected = hourly_quality(join_actuals(forecasts_frame(read_judged(settings, 0, 1 << 62)), minutes))
+    expected = expected[expected["hour"] < end.floor("h")]
+    assert [v["hour"] for v in report.judged] == [h.isoformat() for h in expected["hour"]]
+    assert [v["wql"] for v in report.judged] == pytest.approx(list(expected["wql"]))
+    assert {v["model_version"] for v in report.judged} == {"1"} and not any(v["breach"] for v in report.judged)
+    band = forecasts_payload(settings, 6)
+    assert band["p50"] and max(band["p50"]) < 1e12 and set(band["model_version"]) == {"1"}
