@@ -24,6 +24,7 @@ import logging
 import signal
 import sqlite3
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ log = logging.getLogger("rtml.scheduler")
 # A failing job is tried again (a store that another process is still creating, a dropped
 # connection) before its boundary is given up.
 ATTEMPTS, RETRY_S = 3, 1.0
+# Jobs slower than this are logged with their duration (trainings, drift checks).
+SLOW_S = 1.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL, fired INTEGER NOT NULL);
 -- the clock value the scheduler last found nothing due at (what "caught up and idle" means)
@@ -54,6 +57,10 @@ class Job:
     every_ms: int | None = None
     after_minutes: int | None = None
     changes_model: bool = False
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(ms / 1000))
 
 
 class Scheduler:
@@ -96,9 +103,12 @@ class Scheduler:
 
     def fire(self, boundary: int, job: Job, stop: threading.Event | None = None) -> None:
         changed = True
+        started = time.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 changed = bool(job.run(boundary))
+                if time.monotonic() - started > SLOW_S:
+                    log.info("job %s at %s took %.1f s", job.name, _iso(boundary), time.monotonic() - started)
                 break
             except Exception as exc:  # a failing job must not stop the others
                 log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
