@@ -30,6 +30,7 @@ from rtml.demo import Story, free_port, wait_settled, write_wire_file
 from rtml.model import registry
 from rtml.monitoring.evaluate import QualityStore
 from rtml.monitoring.events import Event, EventLog
+from rtml.monitoring.loop import MIN_FORECASTS_PER_HOUR
 from rtml.ops.scheduler import scheduler_state
 from rtml.serving.prediction_log import PIPELINE_KIND, PredictionStore
 
@@ -109,8 +110,12 @@ def check_bootstrap_and_forecasts(settings: Settings, start_ms: int, status: dic
     assert logged == targets and abs(logged - expected) <= 0.01 * expected, (logged, expected)
     assert status["forecasts_logged"] == logged
 
-    # Every hour after the warm-up is judged: from the baseline's hour to the last closed one.
-    first_hour = -(-baseline_at // HOUR_MS) * HOUR_MS
+    # Every hour after the warm-up is judged: from the first with enough forecasts of the baseline
+    # champion (MIN_FORECASTS_PER_HOUR) to the last one closed by the clock.
+    first_target = baseline_at + (settings.model.horizon_min - 1) * 60_000
+    first_hour = first_target // HOUR_MS * HOUR_MS
+    if (first_hour + HOUR_MS - first_target) // 60_000 < MIN_FORECASTS_PER_HOUR:
+        first_hour += HOUR_MS
     hours = judged_hours(settings)
     assert hours == list(range(first_hour, clock_ms // HOUR_MS * HOUR_MS, HOUR_MS))
     assert status["hours_judged"] == len(hours)
