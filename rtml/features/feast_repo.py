@@ -27,6 +27,7 @@ Profiles:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import re
 import struct
@@ -270,23 +271,29 @@ def ensure_repo(settings: Settings) -> FeatureStore:
             tmp.write_text(text)
             os.replace(tmp, path)
     store = FeatureStore(repo_path=str(repo))
-    if not marker.exists() or marker.read_text() != digest:
-        spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        store.apply(
-            [
-                module.minute,
-                module.chain,
-                module.minute_push,
-                module.window_push,
-                module.minute_features,
-                module.minute_window,
-            ]
-        )
-        marker.write_text(digest)
-    return store
+    if marker.exists() and marker.read_text() == digest:
+        return store
+    # One process applies at a time: `rtml up` starts several that open the store at once, and
+    # two concurrent applies collide in the registry (a duplicate key in PostgreSQL's).
+    with open(repo / "data" / "apply.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists() or marker.read_text() != digest:
+            spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            store.apply(
+                [
+                    module.minute,
+                    module.chain,
+                    module.minute_push,
+                    module.window_push,
+                    module.minute_features,
+                    module.minute_window,
+                ]
+            )
+            marker.write_text(digest)
+    return FeatureStore(repo_path=str(repo))
 
 
 def _entity_key(join_key: str, value_type: int, value: bytes) -> bytes:
