@@ -14,11 +14,12 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="Hours of synthetic traffic to run through the pipeline.")
         ] = 36,
         seed: Annotated[int, typer.Option(help="Seed of the synthetic source.")] = 7,
+        serve: Annotated[bool, typer.Option("--serve", help="Keep the pipeline serving after the summary, until Ctrl-C.")] = False,
     ) -> None:
-        """Run every stage end to end on the embedded profile and print a summary."""
+        """`rtml up` on compressed time: a synthetic replay with a fee regime shift, then what the pipeline did."""
         from rtml.demo import run_demo
 
-        run_demo(hours=hours, seed=seed)
+        run_demo(hours=hours, seed=seed, serve=serve)
 
     @app.command("config")
     def show_config(

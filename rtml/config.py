@@ -104,6 +104,15 @@ class MonitoringSettings(BaseModel):
     metrics_cache_s: float = Field(default=10.0, ge=0, description="The pipeline's /metrics are read at most this often.")
 
 
+class SchedulerSettings(BaseModel):
+    """Cadences on the pipeline's event-time clock (drift's is `drift.interval_s`); `poll_s` is wall time."""
+
+    monitor_interval_s: float = 60.0
+    retrain_interval_s: float = 86400.0
+    retrain_window_s: float = 7 * 86400.0
+    poll_s: float = 0.2
+
+
 class Settings(BaseSettings):
     """The whole configuration; `get_settings()` builds it from file and environment."""
 
@@ -127,6 +136,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     @classmethod
     def settings_customise_sources(

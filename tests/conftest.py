@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,3 +264,34 @@ def isolated(redis_url: str, postgres_dsn: str) -> Iterator[Isolated]:
     iso = Isolated()
     yield iso
     iso.close()
+
+
+def _log_pipeline_forecasts(settings: Settings, minutes: Any, start: Any, end: Any) -> int:
+    from rtml.aggregate.sinks import MinutesTable, aggregate_db_path
+    from rtml.contracts import MinuteFeatures
+    from rtml.serving.forecaster import Forecaster
+
+    table = MinutesTable(aggregate_db_path(settings))
+    table.upsert(
+        [
+            MinuteFeatures(r.minute.to_pydatetime(), int(r.tx_count), int(r.fee_total_sat),
+                           None if r.fee_avg_sat != r.fee_avg_sat else float(r.fee_avg_sat),
+                           r.event_time.to_pydatetime(), int(r.revision))
+            for r in minutes.itertuples(index=False)
+        ]
+    )  # fmt: skip
+    table.close()
+    forecaster = Forecaster(settings)
+    try:
+        boundaries = range(int(start.timestamp() * 1000), int(end.timestamp() * 1000) + 1, 60_000)
+        return sum(forecaster.forecast_at(t) is not None for t in boundaries)
+    finally:
+        forecaster.close()
+
+
+@pytest.fixture
+def log_pipeline_forecasts() -> Callable[[Settings, Any, Any, Any], int]:
+    """`f(settings, minutes, start, end)`: put `minutes` (a frame) in the engine's table and log the
+    pipeline's forecast at every minute boundary in [start, end], as the scheduler's forecast job
+    does; returns how many were logged."""
+    return _log_pipeline_forecasts

@@ -22,16 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_sinks, read_minutes
+from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_sinks
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, MinuteFeatures
 from rtml.stream import Offset, Stream, open_stream
-
-if TYPE_CHECKING:
-    from rtml.demo import DemoContext
 
 log = logging.getLogger(__name__)
 CONSUMER = "aggregator"
@@ -465,52 +461,3 @@ def aggregate_counters(settings: Settings) -> dict[str, float]:
     with open_stream(settings) as stream:
         out["lag_events"] = float(stream.count_after(offset))
     return out
-
-
-def demo_stage(ctx: DemoContext) -> None:
-    """Aggregate the demo's stream into minutes (drain), filling the stream first if nobody did."""
-    settings = ctx.settings
-    with open_stream(settings) as stream:
-        if stream.count_after(None) == 0:
-            _fill_from_wire(ctx, stream)
-        total = stream.count_after(None)
-    done = 0
-    with ctx.console.status("") as status:
-
-        def show(p: Progress) -> None:
-            nonlocal done
-            done += p.events
-            status.update(f"  aggregating {done:,} / {total:,} events")
-
-        run(settings, drain=True, on_progress=show)
-    c = aggregate_counters(settings)
-    minutes = read_minutes(settings)
-    span = f", {minutes[0].minute:%Y-%m-%d %H:%M} .. {minutes[-1].minute:%H:%M} UTC" if minutes else ""
-    ctx.summary["minutes produced"] = (
-        f"{len(minutes):,} minutes from {int(c['events_in']):,} events{span} "
-        f"({int(c['late'])} late, {int(c['duplicates'])} duplicates dropped)"
-    )
-
-
-def _fill_from_wire(ctx: DemoContext, stream: Stream) -> None:
-    """Stand-in for ingestion when its stage is absent: valid, first-seen frames only."""
-    import gzip
-
-    from rtml.contracts import InvalidInput, parse_message
-
-    seen: set[str] = set()
-    batch = []
-    with gzip.open(ctx.wire_file, "rt") as lines:
-        for line in ctx.track(lines, "filling the stream", ctx.events_sent or None):
-            try:
-                e = parse_message(line, "demo", int(time.time() * 1000))
-            except InvalidInput:
-                continue
-            if e.tx_hash in seen:
-                continue
-            seen.add(e.tx_hash)
-            batch.append((e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time))
-            if len(batch) >= BATCH:
-                stream.append_rows(batch)
-                batch = []
-    stream.append_rows(batch)

@@ -157,6 +157,27 @@ def features_for_asof(
     return row
 
 
+def features_for_range(
+    minutes: pd.DataFrame, first_asof: pd.Timestamp, last_asof: pd.Timestamp, lags: int | None = None
+) -> pd.DataFrame:
+    """`features_for_asof` at every minute boundary in [first_asof, last_asof], in one pass.
+
+    The same trailing table on one grid covering `history_minutes` before `first_asof`: row t
+    equals `features_for_asof(minutes, t)` (each column at t reads only minutes closed by t), at
+    a fraction of the cost per row. Indexed by `asof`; columns are the feature columns.
+    """
+    lags = get_settings().features.lags if lags is None else lags
+    df = latest_revisions(minutes)
+    first_last = first_asof - MINUTE
+    grid_start = first_last - (history_minutes(lags) - 1) * MINUTE
+    df = df[(df["minute"] >= grid_start) & (df["event_time"] <= last_asof)]
+    grid = _dense(df, grid_start, last_asof - MINUTE)
+    table = _feature_table(grid, lags)
+    table.index = pd.DatetimeIndex(grid.index) + MINUTE
+    table.index.name = "asof"
+    return table.loc[first_asof:]
+
+
 def missing_minutes(minutes: pd.DataFrame) -> list[pd.Timestamp]:
     """Minutes absent between the first and last minute of the frame (the pipeline's gaps)."""
     df = latest_revisions(minutes)

@@ -27,6 +27,7 @@ Profiles:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import re
 import struct
@@ -255,7 +256,6 @@ def ensure_offline_table(settings: Settings) -> None:
 
 def ensure_repo(settings: Settings) -> FeatureStore:
     """Generate and apply the repo if it is new or changed; return an open FeatureStore."""
-    import fcntl
     import importlib.util
     import os
 

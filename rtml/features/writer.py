@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -171,49 +171,3 @@ def feature_counters(settings: Settings) -> dict[str, float]:
         time.time() - pd.Timestamp(recent["event_time"].iloc[-1]).timestamp() if len(recent) else 0.0
     )
     return out
-
-
-def demo_stage(ctx: Any) -> None:
-    """Demo: make sure the store holds the aggregated minutes, then build the training set."""
-    from rtml.features.etl import build_dataset
-    from rtml.features.offline import read_minutes_df
-    from rtml.features.online import last_minutes, online_count
-
-    settings = ctx.settings
-    sink = FeatureStoreSink(settings)
-    try:
-        stored = read_minutes_df(settings)
-        engine = _engine_minutes(settings)
-        if engine is not None and len(engine) > len(stored):
-            # The engine ran without this sink (or before it existed): load its minutes now.
-            sink.write_frame(engine)
-            stored = read_minutes_df(settings)
-        if stored.empty:
-            ctx.summary["feature store"] = "empty: no aggregated minutes to load"
-            return
-        rows, distinct = sink.offline.count()
-        window = last_minutes(settings)
-        ctx.summary["feature store"] = (
-            f"{rows:,} offline rows ({distinct:,} minutes, one row each), "
-            f"{online_count(settings):,} online minutes, serving window {len(window)} minutes "
-            f"to {window['minute'].iloc[-1]:%H:%M} UTC"
-        )
-        start = stored["minute"].iloc[0]
-        end = stored["minute"].iloc[-1] + pd.Timedelta(minutes=1)
-        card = build_dataset(settings, start, end, store=sink.store)
-        ctx.summary["training set"] = (
-            f"{card['rows']:,} rows (horizon {card['horizon_min']} min, "
-            f"{card['missing_minutes']['count']} missing minutes) -> {card['path']}"
-        )
-    finally:
-        sink.close()
-
-
-def _engine_minutes(settings: Settings) -> pd.DataFrame | None:
-    """The aggregation engine's own minutes table, if that part is present."""
-    try:
-        from rtml.aggregate.sinks import read_minutes
-    except ImportError:
-        return None
-    rows = read_minutes(settings)
-    return minutes_frame(list(rows)) if rows else None

@@ -26,7 +26,6 @@ from rtml.model.gbm import GBMParams, QuantileGBM
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from rtml.demo import DemoContext
 
 
 @dataclass
@@ -384,9 +383,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
-
-
-def demo_stage(ctx: DemoContext) -> None:
-    """Train on the demo's minutes before the fee regime shift, so monitoring can see the shift hurt."""
-    result = train(ctx.settings, end=ctx.shift_at, console=ctx.console)
-    ctx.summary["model quality"] = result.line() + f", {result.rows:,} rows, {result.seconds:.1f} s"

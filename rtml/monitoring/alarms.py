@@ -4,7 +4,7 @@ an alarm after N consecutive breaches.
 A breach is a judged hour whose wQL exceeds `settings.monitoring.wql_threshold`. Breaches are
 consecutive when they are adjacent judged hours served by the same model version: a new champion
 starts with a clean slate, and so does the count after each alarm (one alarm per streak of N).
-Every breach and alarm is an event in the shared event log.
+Every breach and alarm is an event in the shared event log, keyed by its hour.
 """
 
 from __future__ import annotations
@@ -63,13 +63,16 @@ def judge_hours(settings: Settings, hourly: pd.DataFrame, store: QualityStore, e
             model_version=str(row.model_version),
             breach=bool(row.wql > policy.wql_threshold),
         )
-        store.put(verdict)
         verdicts.append(verdict)
         if not verdict.breach:
+            store.put(verdict)
             continue
-        alarms = events.recent(limit=1, prefix="monitor.alarm")
+        # The last alarm before this hour (a re-run after a crash finds this hour's own alarm too).
+        alarms = [
+            a for a in events.recent(limit=2, prefix="monitor.alarm") if a.details["hour_ms"] < datetime_to_ms(hour)
+        ]
         after_ms = int(alarms[-1].details["hour_ms"]) if alarms else -1
-        count = streak(store.hours(limit=policy.breaches_for_alarm + 1), after_ms)
+        count = streak([*store.hours(limit=policy.breaches_for_alarm), verdict], after_ms)
         details = {
             "hour": hour.isoformat(),
             "hour_ms": datetime_to_ms(hour),
@@ -81,8 +84,11 @@ def judge_hours(settings: Settings, hourly: pd.DataFrame, store: QualityStore, e
             "model_version": verdict.model_version,
             "consecutive": count,
         }
-        events.record("monitor.breach", **details)
+        # Events before the verdict is stored: a crash in between judges the hour again, and the
+        # keyed events are then recorded once.
+        events.record("monitor.breach", key=f"monitor.breach@{details['hour_ms']}", **details)
         if count >= policy.breaches_for_alarm:
-            events.record("monitor.alarm", **details)
+            events.record("monitor.alarm", key=f"monitor.alarm@{details['hour_ms']}", **details)
             alarm = True
+        store.put(verdict)
     return Judgement(verdicts, alarm)

@@ -165,6 +165,10 @@ class QualityStore:
             HourVerdict(ms_to_datetime(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in reversed(rows)
         ]
 
+    def count(self) -> int:
+        """How many hours were judged."""
+        return int(self._run(f"SELECT count(*) FROM {self._table}")[0][0])
+
     def last_hour(self) -> datetime | None:
         rows = self._run(f"SELECT MAX(hour_ms) FROM {self._table}")
         return ms_to_datetime(rows[0][0]) if rows and rows[0][0] is not None else None

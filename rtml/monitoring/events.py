@@ -1,6 +1,9 @@
 """The pipeline's event log: drift alerts, rule failures, breaches, alarms, retraining, gate
 decisions, promotions. One table, written by every stage, read by the dashboard and the
 retraining loop. SQLite under the data directory (embedded) or PostgreSQL (services).
+
+An event may carry a `key` (unique): a job that the scheduler re-runs after a crash records
+the same keyed event again, and the second record is a no-op, so the log says it once.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class EventLog:
                 f"CREATE TABLE IF NOT EXISTS {self._table} "
                 "(id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, details JSONB NOT NULL)"
             )
+            self._pg.execute(f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS key TEXT")
+            self._pg.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS events_key ON {self._table} (key)")
         else:
             self._db = sqlite3.connect(settings.path("events.sqlite"), timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -45,16 +50,47 @@ class EventLog:
                 "CREATE TABLE IF NOT EXISTS events "
                 "(id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, details TEXT NOT NULL)"
             )
+            if "key" not in {row[1] for row in self._db.execute("PRAGMA table_info(events)")}:
+                self._db.execute("ALTER TABLE events ADD COLUMN key TEXT")
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (key)")
 
-    def record(self, kind: str, time_ms: int | None = None, **details: Any) -> None:
+    def record(self, kind: str, time_ms: int | None = None, key: str | None = None, **details: Any) -> bool:
+        """Append an event; False when an event with the same `key` is already there (nothing written)."""
         when = int(time.time() * 1000) if time_ms is None else time_ms
         payload = json.dumps(details, default=str)
         if self._services:
-            self._pg.execute(
-                f"INSERT INTO {self._table} (time_ms, kind, details) VALUES (%s, %s, %s::jsonb)", (when, kind, payload)
+            return bool(
+                self._pg.execute(
+                    f"INSERT INTO {self._table} (time_ms, kind, details, key) VALUES (%s, %s, %s::jsonb, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (when, kind, payload, key),
+                ).rowcount
             )
+        return bool(
+            self._db.execute(
+                "INSERT INTO events (time_ms, kind, details, key) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (when, kind, payload, key),
+            ).rowcount
+        )
+
+    def find(self, key: str) -> Event | None:
+        """The event recorded with this key, or None."""
+        if self._services:
+            row = self._pg.execute(
+                f"SELECT id, time_ms, kind, details::text FROM {self._table} WHERE key = %s", (key,)
+            ).fetchone()
         else:
-            self._db.execute("INSERT INTO events (time_ms, kind, details) VALUES (?, ?, ?)", (when, kind, payload))
+            row = self._db.execute("SELECT id, time_ms, kind, details FROM events WHERE key = ?", (key,)).fetchone()
+        return None if row is None else Event(row[0], row[1], row[2], json.loads(row[3]))
+
+    def count(self, kind: str) -> int:
+        """How many events of exactly this kind."""
+        sql = f"SELECT count(*) FROM {self._table if self._services else 'events'} WHERE kind = ?"
+        if self._services:
+            row = self._pg.execute(sql.replace("?", "%s"), (kind,)).fetchone()
+        else:
+            row = self._db.execute(sql, (kind,)).fetchone()
+        return int(row[0]) if row else 0
 
     def recent(self, limit: int = 200, prefix: str = "", after_id: int = 0) -> list[Event]:
         """Newest last; `prefix` filters kinds (`drift.` for all drift events)."""

@@ -71,17 +71,11 @@ def _wait_ready(settings: Settings, timeout: float) -> tuple[bool, str]:
     return False, why
 
 
-def bring_up(
-    profile: str | None, source: str, file: Path | None, speed: str, port: int | None, timeout: float
-) -> int:
-    if profile is not None:
-        os.environ["RTML_PROFILE"] = profile
-    settings = get_settings()
-    pid = supervisor_running(settings)
-    if pid is not None:
-        console.print(f"[yellow]already up[/] (supervisor pid {pid}); `rtml status` shows it")
-        return 0
-    spec = [asdict(c) for c in components(settings, source, file, speed, port or settings.serving.port)]
+def start_pipeline(
+    settings: Settings, source: str, file: Path | None, speed: str, port: int, timeout: float
+) -> tuple[bool, str]:
+    """Start the detached supervisor with every component and wait until all are ready (or why not)."""
+    spec = [asdict(c) for c in components(settings, source, file, speed, port)]
     log = open(settings.path("logs", "supervisor.log"), "ab")  # noqa: SIM115 - handed to the child
     subprocess.Popen(
         [sys.executable, "-m", "rtml.ops.supervisor", json.dumps(spec)],
@@ -92,8 +86,21 @@ def bring_up(
         env=os.environ.copy(),
     )
     log.close()
+    return _wait_ready(settings, timeout)
+
+
+def bring_up(
+    profile: str | None, source: str, file: Path | None, speed: str, port: int | None, timeout: float
+) -> int:
+    if profile is not None:
+        os.environ["RTML_PROFILE"] = profile
+    settings = get_settings()
+    pid = supervisor_running(settings)
+    if pid is not None:
+        console.print(f"[yellow]already up[/] (supervisor pid {pid}); `rtml status` shows it")
+        return 0
     with console.status("starting components"):
-        ok, why = _wait_ready(settings, timeout)
+        ok, why = start_pipeline(settings, source, file, speed, port or settings.serving.port, timeout)
     if not ok:
         console.print(f"[red]not ready after {timeout:.0f} s:[/] {why}; logs in {settings.root / 'logs'}")
         return 1
@@ -130,11 +137,15 @@ def gather_status(settings: Settings) -> dict:
 
 
 def pipeline_facts(settings: Settings) -> dict[str, object]:
-    """Stream lag, freshness of the newest minute, champion version, last drift verdict."""
+    """Stream lag, freshness of the newest minute, champion version, last drift verdict, and the
+    loop: the pipeline clock, the champion's kind, forecasts logged, hours judged, retrainings."""
+    from rtml.aggregate.clock import pipeline_clock
     from rtml.aggregate.embedded import aggregate_counters
     from rtml.aggregate.sinks import read_minutes
-    from rtml.model.registry import champion_version, registry_exists
+    from rtml.model.registry import champion_kind, champion_version, registry_exists
+    from rtml.monitoring.evaluate import QualityStore
     from rtml.monitoring.events import EventLog
+    from rtml.serving.prediction_log import count_predictions
 
     counters = aggregate_counters(settings)
     # The newest closed minute is just behind the engine's watermark.
@@ -143,18 +154,29 @@ def pipeline_facts(settings: Settings) -> dict[str, object]:
     newest = recent[-1].event_time if recent else None
     events = EventLog(settings)
     drift = events.recent(limit=1, prefix="drift.")
+    retrains = events.count("retrain.started")
     events.close()
+    quality = QualityStore(settings)
+    hours_judged = quality.count()
+    quality.close()
+    clock = pipeline_clock(settings)
+    registry = registry_exists(settings)
     return {
         "stream_lag_events": int(counters["lag_events"]),
         "newest_minute_end": newest.isoformat() if newest else None,
         "freshness_s": round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None,
-        "champion_version": champion_version(settings) if registry_exists(settings) else None,
+        "champion_version": champion_version(settings) if registry else None,
         "last_drift": (
             f"{drift[0].kind} at {datetime.fromtimestamp(drift[0].time_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC"
             f" (share {drift[0].details.get('share')})"
             if drift
             else None
         ),
+        "clock": clock.isoformat() if clock else None,
+        "champion_kind": champion_kind(settings) if registry else None,
+        "forecasts_logged": count_predictions(settings),
+        "hours_judged": hours_judged,
+        "retrains": retrains,
     }
 
 

@@ -1,13 +1,28 @@
-"""The periodic jobs of a running pipeline: drift and data quality hourly, model monitoring
-every minute, retraining on a schedule. A job that fails is logged and recorded as an event;
-it never stops the others.
+"""The scheduler: jobs fire on boundaries of the pipeline's event-time clock, each exactly once.
+
+The clock (rtml.aggregate.clock) is the end of the newest closed minute. A periodic job with
+cadence I fires at every multiple of I (epoch-aligned, so hourly jobs fire on the hour) after
+the first minute of data; a milestone job fires once, at the end of its n-th minute. Whatever
+the clock did since the last look (one minute live, hours in a `--speed max` replay), the due
+boundaries of all jobs run in time order, ties in the order of the job list, each with its
+boundary t as "now": nothing a job does at t may read a minute at or after t.
+
+The last boundary each job completed is kept in `<data_dir>/scheduler.sqlite`, written after
+the job returns. A crash (SIGKILL included) between a job's effect and that write re-runs the
+job at the same boundary on restart, never skips one: so every job's effect is idempotent per
+(job, boundary) (keyed events, upserts keyed by target minute, trainings keyed by boundary). A
+job that fails is tried again, ATTEMPTS times in all, then logged and recorded as an event, and
+its boundary counts as done: a broken job must not stall the clock for the others.
+
+The archiver component (`run_archiver`) also lives here: it is periodic on wall time, since it
+only copies what the stream holds.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -15,27 +30,139 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtml.config import Settings, get_settings
-from rtml.monitoring.events import EventLog
 
 log = logging.getLogger("rtml.scheduler")
+
+# A failing job is tried again (a store that another process is still creating, a dropped
+# connection) before its boundary is given up.
+ATTEMPTS, RETRY_S = 3, 1.0
+# Jobs slower than this are logged with their duration (trainings, drift checks).
+SLOW_S = 1.0
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL, fired INTEGER NOT NULL);
+-- the clock value the scheduler last found nothing due at (what "caught up and idle" means)
+CREATE TABLE IF NOT EXISTS idle (id INTEGER PRIMARY KEY CHECK (id = 1), clock_ms INTEGER NOT NULL);
+"""
 
 
 @dataclass
 class Job:
+    """`run(t_ms)` does the job's work for boundary t; exactly one of `every_ms` / `after_minutes`.
+
+    A `changes_model` job returns whether it may have changed the champion.
+    """
+
     name: str
-    interval_s: float
-    target: str  # "module:function", called with the settings
-
-    def resolve(self) -> Callable[[Settings], object]:
-        module, _, func = self.target.partition(":")
-        return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    run: Callable[[int], object]
+    every_ms: int | None = None
+    after_minutes: int | None = None
+    changes_model: bool = False
 
 
-def jobs(settings: Settings) -> list[Job]:
-    return [
-        Job("drift", settings.drift.interval_s, "rtml.quality.drift:run_drift_check"),
-        Job("monitor", 60.0, "rtml.monitoring.loop:run_monitoring_pass"),
-    ]
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(ms / 1000))
+
+
+class Scheduler:
+    """Fires the due boundaries of `jobs` against the clock; state in `<data_dir>/scheduler.sqlite`."""
+
+    def __init__(self, settings: Settings, jobs: list[Job], on_model_change: Callable[[], None] = lambda: None) -> None:
+        from rtml.aggregate.clock import Clock
+        from rtml.monitoring.events import EventLog
+
+        self.settings = settings
+        self.jobs = jobs
+        self.clock = Clock(settings)
+        self.events = EventLog(settings)
+        self.on_model_change = on_model_change
+        self._db = sqlite3.connect(settings.path("scheduler.sqlite"), timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._idle_at: int | None = None
+        self.last: dict[str, int] = dict(self._db.execute("SELECT name, last_ms FROM jobs").fetchall())
+
+    def due(self, now_ms: int) -> list[tuple[int, int]]:
+        """(boundary, job index) pairs not fired yet with boundary <= now_ms, in firing order."""
+        first = self.clock.first_minute_ms()
+        if first is None:
+            return []
+        out: list[tuple[int, int]] = []
+        for index, job in enumerate(self.jobs):
+            last = self.last.get(job.name)
+            if job.after_minutes is not None:
+                at = self.clock.nth_minute_end_ms(job.after_minutes)
+                if at is not None and at <= now_ms and last is None:
+                    out.append((at, index))
+                continue
+            assert job.every_ms is not None
+            start = first if last is None else last
+            boundary = (start // job.every_ms + 1) * job.every_ms
+            out.extend((b, index) for b in range(boundary, now_ms + 1, job.every_ms))
+        out.sort()
+        return out
+
+    def fire(self, boundary: int, job: Job, stop: threading.Event | None = None) -> None:
+        changed = True
+        started = time.monotonic()
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                changed = bool(job.run(boundary))
+                if time.monotonic() - started > SLOW_S:
+                    log.info("job %s at %s took %.1f s", job.name, _iso(boundary), time.monotonic() - started)
+                break
+            except Exception as exc:  # a failing job must not stop the others
+                log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
+                if attempt < ATTEMPTS and not (stop or threading.Event()).wait(RETRY_S * attempt):
+                    continue
+                self.events.record(
+                    "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
+                    boundary_ms=boundary, attempts=attempt, error=str(exc)[:500],
+                )  # fmt: skip
+        if job.changes_model and changed:
+            self.on_model_change()
+        self._db.execute(
+            "INSERT INTO jobs VALUES (?, ?, 1) ON CONFLICT(name) DO UPDATE SET last_ms = excluded.last_ms,"
+            " fired = fired + 1",
+            (job.name, boundary),
+        )
+        self.last[job.name] = boundary
+
+    def catch_up(self, stop: threading.Event | None = None) -> int:
+        """Fire every boundary due at the current clock; returns how many fired."""
+        now_ms = self.clock.now_ms()
+        if now_ms is None:
+            return 0
+        fired = 0
+        for boundary, index in self.due(now_ms):
+            if stop is not None and stop.is_set():
+                break
+            self.fire(boundary, self.jobs[index], stop)
+            fired += 1
+        if fired == 0 and self._idle_at != now_ms:
+            self._db.execute("INSERT OR REPLACE INTO idle VALUES (1, ?)", (now_ms,))
+            self._idle_at = now_ms
+        return fired
+
+    def close(self) -> None:
+        self._db.close()
+        self.clock.close()
+        self.events.close()
+
+
+def scheduler_state(settings: Settings) -> tuple[dict[str, tuple[int, int]], int | None]:
+    """Job name -> (last boundary fired in epoch ms, boundaries fired), and the clock (epoch ms)
+    at which the scheduler last found nothing due; for status, the demo and tests."""
+    path = settings.root / "scheduler.sqlite"
+    if not path.exists():
+        return {}, None
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.executescript(SCHEMA)
+        jobs = {n: (last, fired) for n, last, fired in db.execute("SELECT name, last_ms, fired FROM jobs")}
+        idle = db.execute("SELECT clock_ms FROM idle WHERE id = 1").fetchone()
+        return jobs, idle[0] if idle else None
+    finally:
+        db.close()
 
 
 def run_archiver(interval_s: float, stop: threading.Event | None = None) -> None:
@@ -54,24 +181,21 @@ def run_archiver(interval_s: float, stop: threading.Event | None = None) -> None
 
 
 def run_scheduler(stop: threading.Event | None = None) -> None:
+    """The scheduler component: catch up with the clock, wait `scheduler.poll_s`, until SIGTERM.
+
+    A SIGTERM lets the boundary in progress finish (its state is then written); the next start
+    goes on from there.
+    """
+    from rtml.pipeline import pipeline_scheduler
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    events = EventLog(settings)
-    planned = jobs(settings)
-    schedule = {job.name: 0.0 for job in planned}
-    while not stop.is_set():
-        now = time.time()
-        for job in planned:
-            if now < schedule[job.name]:
-                continue
-            schedule[job.name] = now + job.interval_s
-            try:
-                job.resolve()(settings)
-                log.info("job %s done", job.name)
-            except Exception as exc:  # a failing job must not stop the others
-                log.error("job %s failed: %s", job.name, traceback.format_exc())
-                events.record("scheduler.job_failed", job=job.name, error=str(exc)[:500])
-        stop.wait(1.0)
-    events.close()
+    scheduler = pipeline_scheduler(settings)
+    try:
+        while not stop.is_set():
+            if scheduler.catch_up(stop) == 0:
+                stop.wait(settings.scheduler.poll_s)
+    finally:
+        scheduler.close()

@@ -318,12 +318,21 @@ def run_drift_check(
     *,
     now: datetime | None = None,
     record: bool = True,
+    transactions: bool = True,
+    key: str | None = None,
 ) -> DriftResult:
-    """The hourly job: drift + rules over the windows, report files, events. Never raises on no data."""
+    """The hourly job: drift + rules over the windows, report files, events. Never raises on no data.
+
+    `transactions=False` leaves out the archived transactions: the scheduler's check at clock t
+    must not depend on how far the archiver got (the same verdict at any replay speed).
+    `key` makes the recorded events idempotent (see `reports.record_events`).
+    """
     from rtml.quality import reports, rules, sources
 
+    # The span of the data is needed only for default windows or a check "now": a check at a
+    # given time with given windows reads nothing outside them.
+    span = sources.data_span(settings) if reference is None or current is None or now is None else None
     now = now or datetime.now(UTC)
-    span = sources.data_span(settings)
     if reference is None or current is None:
         default_ref, default_cur = default_windows(settings, span)
         reference, current = reference or default_ref, current or default_cur
@@ -332,11 +341,11 @@ def run_drift_check(
     )
     ref_minutes = load_minutes(settings, reference) if reference else None
     cur_minutes = load_minutes(settings, current) if current else None
-    cur_tx = load_tx(settings, current) if current else None
+    cur_tx = load_tx(settings, current) if current and transactions else None
     if ref_minutes is None or cur_minutes is None or ref_minutes.empty or cur_minutes.empty:
         result.skipped = "no data"
     else:
-        ref_tx = load_tx(settings, reference) if reference else None
+        ref_tx = load_tx(settings, reference) if reference and transactions else None
         try:
             found = drift_report(
                 ref_minutes, cur_minutes, ref_tx, cur_tx, drift_share=settings.drift.drift_share
@@ -344,12 +353,24 @@ def run_drift_check(
             result.columns, result.snapshots = found.columns, found.snapshots
         except ValueError as exc:  # e.g. no fee in either period: a verdict is impossible, not an error
             result.skipped = str(exc)
-    newest = span[1] if span else None
+    newest = span[1] if span else (current.end if current else None)
     result.rules = rules.run_rules(settings, cur_minutes, cur_tx, now=now, newest_end=newest)
     reports.write_report(settings, result, kind="drift", now=now)
     if record:
-        reports.record_events(settings, result, drift=True)
+        reports.record_events(settings, result, drift=True, key=key)
     return result
+
+
+def scheduled_windows(settings: Settings, clock: datetime, first: datetime) -> tuple[Window, Window]:
+    """The windows of the check at clock t: the last hour before t against the champion's training
+    window, or else the first day of data, both cut at the current hour (nothing at or after t)."""
+    from rtml.quality import sources
+
+    current = Window(clock - DEFAULT_CURRENT, clock)
+    trained = sources.champion_training_window(settings)
+    if trained is not None and trained.start < current.start:
+        return Window(trained.start, min(trained.end, current.start)), current
+    return Window(first, max(first, min(first + DEFAULT_REFERENCE, current.start))), current
 
 
 def run_quality_check(
@@ -372,30 +393,3 @@ def run_quality_check(
     if record:
         reports.record_events(settings, result, drift=False)
     return result
-
-
-def demo_stage(ctx: Any) -> None:
-    """Demo: the first day (before the fee regime shift) against the last hour (after it)."""
-    from rtml.quality import sources
-
-    settings = ctx.settings
-    span = sources.data_span(settings)
-    if span is None:
-        ctx.summary["drift verdict"] = "skipped: no minutes written by the earlier stages"
-        return
-    first, last = span
-    reference = Window(first, min(first + DEFAULT_REFERENCE, ctx.shift_at))
-    current = Window(max(last - DEFAULT_CURRENT, ctx.shift_at), last)
-    result = run_drift_check(settings, reference, current)
-    columns = ", ".join(f"{c.column} {c.statistic:.2f}" for c in result.columns if c.drifted) or "none"
-    ctx.summary["drift verdict"] = (
-        f"{result.verdict.upper()}: {result.share:.0%} of {len(result.columns)} columns drifted "
-        f"({columns}); reference {reference}, current {current}; report {result.html_path}"
-    )
-    by_status = {
-        status: [r.name for r in result.rules if r.status == status] for status in ("pass", "fail", "skipped")
-    }
-    ctx.summary["data quality"] = (
-        f"{len(by_status['pass'])} rules pass, failed: {', '.join(by_status['fail']) or 'none'}"
-        + (f", skipped (no data): {', '.join(by_status['skipped'])}" if by_status["skipped"] else "")
-    )

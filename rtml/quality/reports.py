@@ -84,7 +84,8 @@ def write_report(settings: Settings, result: DriftResult, kind: str, now: dateti
         "json": json_path.name,
     }
     with _locked(settings):
-        runs = load_index(settings) + [entry]
+        # A run repeated at the same time (the scheduler after a crash) replaces its entry.
+        runs = [r for r in load_index(settings) if r.get("json") != entry["json"]] + [entry]
         for old in runs[:-KEEP_HTML]:
             if old.get("html"):
                 (folder / old["html"]).unlink(missing_ok=True)
@@ -140,17 +141,22 @@ def render_html(result: DriftResult, kind: str, now: datetime) -> str:
     )
 
 
-def record_events(settings: Settings, result: DriftResult, drift: bool) -> None:
-    """Alert events for the monitoring and retraining loop; ok events so the dashboard sees runs."""
+def record_events(settings: Settings, result: DriftResult, drift: bool, key: str | None = None) -> None:
+    """Alert events for the monitoring and retraining loop; ok events so the dashboard sees runs.
+
+    With `key` (the scheduler's job and boundary) a repeated check records nothing new.
+    """
     events = EventLog(settings)
+    drift_key, quality_key = (f"{key}:drift", f"{key}:quality") if key else (None, None)
     try:
         common: dict[str, Any] = {"report": result.html_path, "current": str(result.current or "")}
         if drift:
             if result.skipped:
-                events.record("drift.skipped", reason=result.skipped, **common)
+                events.record("drift.skipped", key=drift_key, reason=result.skipped, **common)
             else:
                 events.record(
                     "drift.alert" if result.drifted else "drift.ok",
+                    key=drift_key,
                     share=result.share,
                     drift_share=result.drift_share,
                     drifted_columns=result.drifted_columns,
@@ -159,10 +165,11 @@ def record_events(settings: Settings, result: DriftResult, drift: bool) -> None:
                 )
         failed = [r.to_dict() for r in result.rules if r.status == "fail"]
         if failed:
-            events.record("quality.failed", failed=failed, **common)
+            events.record("quality.failed", key=quality_key, failed=failed, **common)
         else:
             events.record(
                 "quality.ok",
+                key=quality_key,
                 passed=sum(r.status == "pass" for r in result.rules),
                 skipped=sum(r.status == "skipped" for r in result.rules),
                 **common,

@@ -48,13 +48,11 @@ from rtml.serving.swap import Loaded, ModelSource, ModelWatcher
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from rtml.demo import DemoContext
 
 # Modules that add routers to every app, when present: each defines build_router(settings).
 ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
 MAX_TX_PER_MINUTE = 10_000_000
 MAX_SATOSHI = 2_100_000_000_000_000  # every bitcoin there will ever be
-DEMO_REQUESTS = 200
 # Request times: not before Bitcoin's genesis block, not more than a day ahead of now (a time
 # outside these overflowed date arithmetic downstream, or poisoned what monitoring reads).
 EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
@@ -775,39 +773,3 @@ class BackgroundServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
-
-
-def demo_stage(ctx: DemoContext) -> None:
-    """Start the API on a free port, ask it for forecasts, and leave it running for later stages."""
-    import httpx
-    import numpy as np
-
-    from rtml.serving.real import RegistryModelSource
-
-    try:
-        champion = RegistryModelSource(ctx.settings).champion_version()
-    except ImportError:
-        champion = None
-    if champion is None:
-        ctx.summary["serving"] = "skipped: the registry has no champion (no model trained, or the gate refused it)"
-        return
-    server = BackgroundServer(create_app(ctx.settings)).start()
-    ctx.cleanups.append(server.stop)
-    ctx.resources["serving_url"] = server.url
-    latencies, codes = [], []
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        for _ in ctx.track(range(DEMO_REQUESTS), "forecasting over HTTP", DEMO_REQUESTS):
-            started = time.perf_counter()
-            response = client.get("/forecast")
-            latencies.append((time.perf_counter() - started) * 1000)
-            codes.append(response.status_code)
-        last = response.json()
-    if response.status_code != 200:
-        ctx.summary["serving"] = f"{server.url}: GET /forecast answered {response.status_code}: {last['detail']}"
-        return
-    p50, p99 = np.percentile(latencies, [50, 99])
-    ctx.summary["serving"] = (
-        f"{server.url} (docs /docs), model v{last['model_version']}: {codes.count(200)}/{len(codes)} "
-        f"GET /forecast ok, p50 {p50:.1f} ms, p99 {p99:.1f} ms; P10/P50/P90 for "
-        f"{last['target_minute'][11:16]} UTC = {last['p10']:,.0f} / {last['p50']:,.0f} / {last['p90']:,.0f} sat"
-    )

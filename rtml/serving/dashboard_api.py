@@ -71,10 +71,11 @@ def _forecasts_with_actuals(settings: Settings, hours: float) -> Any:
     """The latest logged forecast per target minute in the last `hours`, with the actual (or NaN)."""
     from rtml.monitoring.evaluate import forecasts_frame
     from rtml.monitoring.loop import read_minutes
-    from rtml.serving.prediction_log import read_predictions
+    from rtml.serving.prediction_log import JUDGED_KINDS, read_predictions
 
     since = int((time.time() - LOOKBACK.total_seconds()) * 1000)
-    forecasts = forecasts_frame(read_predictions(settings, since_ms=since))
+    # The judged band is the pipeline's own forecasts: a caller's rows never draw in it.
+    forecasts = forecasts_frame([r for r in read_predictions(settings, since_ms=since) if r.kind in JUDGED_KINDS])
     if forecasts.empty:
         return forecasts.assign(y=[])
     forecasts = forecasts.drop_duplicates("target_minute", keep="last").sort_values("target_minute")

@@ -5,6 +5,10 @@ slow disk or a PostgreSQL round trip never sits on the request path. The same th
 the serving counters. Embedded: `<data_dir>/predictions.sqlite`. Services: the table
 `predictions` in the schema `settings.namespace`, counters in the Redis hash
 `{namespace}:counters:serving`.
+
+Kinds: the pipeline's own forecast of every closed minute is `pipeline` (written by the
+scheduler, at most one per target minute: a unique index makes a re-run after a crash a
+no-op); callers' forecasts are `online`, `batch` and `what-if`. Only `pipeline` is judged.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from rtml.config import Settings
 
 log = logging.getLogger(__name__)
 
+PIPELINE_KIND = "pipeline"
+JUDGED_KINDS = (PIPELINE_KIND,)
+
 COLUMNS = (
     "logged_ms",
     "model_version",
@@ -38,6 +45,7 @@ _SQLITE_DDL = (
     "model_version TEXT NOT NULL, feature_time_ms INTEGER NOT NULL, target_minute_ms INTEGER NOT NULL, "
     "p10 REAL NOT NULL, p50 REAL NOT NULL, p90 REAL NOT NULL, latency_ms REAL NOT NULL, kind TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS predictions_target ON predictions (target_minute_ms)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS predictions_pipeline ON predictions (target_minute_ms) WHERE kind = 'pipeline'",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
 )
 _PG_COLUMNS = (
@@ -50,7 +58,7 @@ _PG_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class PredictionRecord:
-    """One logged forecast. `kind` is `online` (GET /forecast), `what-if` or `batch` (POST)."""
+    """One logged forecast. `kind` is `pipeline` (the scheduler), `online` (GET /forecast), `what-if` or `batch` (POST)."""
 
     logged_ms: int
     model_version: str
@@ -63,7 +71,7 @@ class PredictionRecord:
     kind: str
 
 
-class _Store:
+class PredictionStore:
     """Where records and counters land; used only by the writer thread (and by readers)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -80,6 +88,10 @@ class _Store:
             self.pg.execute(
                 f"CREATE INDEX IF NOT EXISTS predictions_target ON {self.table} (target_minute_ms)"
             )
+            self.pg.execute(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS predictions_pipeline ON {self.table} (target_minute_ms) "
+                "WHERE kind = 'pipeline'"
+            )
             self.redis = redis.Redis.from_url(settings.redis_url)
             self.counters_key = f"{settings.namespace}:counters:serving"
         else:
@@ -91,12 +103,14 @@ class _Store:
                 self.db.execute(ddl)
 
     def write(self, records: list[PredictionRecord], counts: Mapping[str, float]) -> None:
+        """Append records (a pipeline forecast whose target minute is logged already is skipped)."""
         rows = [astuple(r) for r in records]
         if self.services:
             if rows:
                 with self.pg.cursor() as cur:
                     cur.executemany(
-                        f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})",
+                        f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+                        " ON CONFLICT DO NOTHING",
                         rows,
                     )
             if counts:
@@ -109,7 +123,8 @@ class _Store:
             self.db.execute("BEGIN")
             if rows:
                 self.db.executemany(
-                    f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join(['?'] * len(COLUMNS))})",
+                    f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join(['?'] * len(COLUMNS))})"
+                    " ON CONFLICT DO NOTHING",
                     rows,
                 )
             for name, value in counts.items():
@@ -119,13 +134,30 @@ class _Store:
                     (name, value),
                 )
 
-    def read(self, since_ms: int, limit: int) -> list[PredictionRecord]:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM {{table}} WHERE logged_ms >= {{p}} ORDER BY id LIMIT {{p}}"
+    def _query(self, sql: str, params: tuple) -> list[tuple]:
         if self.services:
-            rows = self.pg.execute(sql.format(table=self.table, p="%s"), (since_ms, limit)).fetchall()
-        else:
-            rows = self.db.execute(sql.format(table="predictions", p="?"), (since_ms, limit)).fetchall()
-        return [PredictionRecord(*row) for row in rows]
+            return self.pg.execute(sql.format(table=self.table).replace("?", "%s"), params).fetchall()
+        return self.db.execute(sql.format(table="predictions"), params).fetchall()
+
+    def read(self, since_ms: int, limit: int) -> list[PredictionRecord]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {{table}} WHERE logged_ms >= ? ORDER BY id LIMIT ?"
+        return [PredictionRecord(*row) for row in self._query(sql, (since_ms, limit))]
+
+    def read_targets(self, kinds: tuple[str, ...], start_ms: int, end_ms: int) -> list[PredictionRecord]:
+        """Records of these kinds whose target minute is in [start_ms, end_ms), oldest logged first."""
+        marks = ", ".join("?" * len(kinds))
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM {{table}} WHERE kind IN ({marks}) "
+            "AND target_minute_ms >= ? AND target_minute_ms < ? ORDER BY id"
+        )
+        return [PredictionRecord(*row) for row in self._query(sql, (*kinds, start_ms, end_ms))]
+
+    def count(self, kind: str) -> int:
+        return int(self._query("SELECT count(*) FROM {table} WHERE kind = ?", (kind,))[0][0])
+
+    def newest_target_ms(self, kind: str) -> int | None:
+        row = self._query("SELECT max(target_minute_ms) FROM {table} WHERE kind = ?", (kind,))[0]
+        return None if row[0] is None else int(row[0])
 
     def counters(self) -> dict[str, float]:
         if self.services:
@@ -145,7 +177,7 @@ class PredictionLog:
     """Append forecasts and count events without blocking; a writer thread persists them in batches."""
 
     def __init__(self, settings: Settings, flush_interval_s: float = 0.2) -> None:
-        self._store = _Store(settings)
+        self._store = PredictionStore(settings)
         self._queue: queue.SimpleQueue[PredictionRecord | None] = queue.SimpleQueue()
         self._counts: defaultdict[str, float] = defaultdict(float)
         self._counts_lock = threading.Lock()
@@ -215,16 +247,33 @@ class PredictionLog:
 
 def read_predictions(settings: Settings, since_ms: int = 0, limit: int = 100_000) -> list[PredictionRecord]:
     """The logged forecasts (for monitoring), oldest first."""
-    store = _Store(settings)
+    store = PredictionStore(settings)
     try:
         return store.read(since_ms, limit)
     finally:
         store.close()
 
 
+def read_judged(settings: Settings, start_ms: int, end_ms: int) -> list[PredictionRecord]:
+    """The forecasts monitoring judges (the pipeline's own) with a target minute in [start_ms, end_ms)."""
+    store = PredictionStore(settings)
+    try:
+        return store.read_targets(JUDGED_KINDS, start_ms, end_ms)
+    finally:
+        store.close()
+
+
+def count_predictions(settings: Settings, kind: str = PIPELINE_KIND) -> int:
+    store = PredictionStore(settings)
+    try:
+        return store.count(kind)
+    finally:
+        store.close()
+
+
 def serving_counters(settings: Settings) -> dict[str, float]:
     """Persisted serving counters: forecasts by kind, stale refusals, model swaps, errors."""
-    store = _Store(settings)
+    store = PredictionStore(settings)
     try:
         return store.counters()
     finally:

@@ -29,7 +29,6 @@ from rtml.stream.dedup import open_dedup
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from rtml.demo import DemoContext
 
 log = logging.getLogger(__name__)
 RawInput = bytes | str | Mapping[str, Any] | Oversized
@@ -300,18 +299,3 @@ def _print_counters(console: Console, source: str, run: Counts, total: dict[str,
     for name in COUNTERS:
         table.add_row(name.replace("_", " "), f"{getattr(run, name):,}", f"{int(total.get(name, 0)):,}")
     console.print(table)
-
-
-def demo_stage(ctx: DemoContext) -> None:
-    """Replay the demo's wire file at max speed through the real ingestion into the stream and the archive."""
-    from rtml.archive.parquet_lake import archive_files
-
-    totals = run_ingest(ctx.settings, "replay", file=ctx.wire_file, speed=None, console=ctx.console)
-    ctx.summary["events in"] = (
-        f"{totals.received:,} received / {totals.valid:,} valid / {totals.duplicates:,} duplicates"
-        f" / {totals.dead_letters:,} dead letters"
-    )
-    files = archive_files(ctx.settings)
-    ctx.summary["raw archive"] = (
-        f"{len(files)} Parquet files in {len({f.parent for f in files})} hour partitions"
-    )

@@ -1,0 +1,96 @@
+"""The composition root: which sinks the engine delivers to and which jobs the scheduler runs.
+
+`rtml up` starts the engine (its sinks: `rtml.aggregate.sinks.minute_sinks`, the engine's own
+minutes table and the feature store) and the scheduler with `pipeline_jobs`. Jobs, in the order
+they fire when several share a boundary t (nothing reads a minute at or after t):
+
+- `baseline`: once, at the end of the `model.min_baseline_minutes`-th minute: the best
+  calibrated baseline becomes a registered champion (unless there is a champion already);
+- `first_training`: once, at the end of the `model.min_train_minutes`-th minute: the first
+  model, trained on [t - retrain window, t), through the gate (unless a model exists);
+- `forecast`: every minute, the champion's forecast of `model.horizon_min` ahead, logged;
+- `drift`: every `drift.interval_s`, drift + data quality of the last hour before t;
+- `monitor`: every `scheduler.monitor_interval_s`, judge hours closed by t, retrain on an alarm
+  or a drift alert;
+- `retrain`: every `scheduler.retrain_interval_s`, the scheduled retraining.
+Retention (hourly) takes its place at the end of this list.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rtml.config import Settings
+from rtml.ops.scheduler import Job, Scheduler
+
+
+def _at(t_ms: int) -> datetime:
+    return datetime.fromtimestamp(t_ms / 1000, UTC)
+
+
+class PipelineScheduler(Scheduler):
+    """The scheduler with the pipeline's jobs, which keep their stores open across boundaries."""
+
+    def __init__(self, settings: Settings) -> None:
+        from rtml.aggregate.clock import Clock
+        from rtml.monitoring.loop import Monitor
+        from rtml.serving.forecaster import Forecaster
+
+        self.forecaster = Forecaster(settings)
+        self.monitor = Monitor(settings)
+        self.minutes = Clock(settings)
+        super().__init__(settings, self._jobs(settings), on_model_change=self.forecaster.model_may_change)
+
+    def _jobs(self, settings: Settings) -> list[Job]:
+        from rtml.monitoring.loop import retrain, retrain_key
+        from rtml.quality.drift import run_drift_check, scheduled_windows
+
+        events = self.monitor.events
+
+        def baseline(t_ms: int) -> bool:
+            from rtml.model.registry import champion_kind
+            from rtml.model.train import bootstrap_champion
+
+            return champion_kind(settings) is None and bootstrap_champion(settings, _at(t_ms)) is not None
+
+        def first_training(t_ms: int) -> bool:
+            from rtml.model.registry import has_trained_model
+
+            # A model trained by hand makes this one moot; one this job started (its key is
+            # there) is finished or redone by `retrain`.
+            if events.find(retrain_key(_at(t_ms))) is None and has_trained_model(settings):
+                return False
+            return retrain(settings, events, "first", {}, _at(t_ms)) is not None
+
+        def drift(t_ms: int) -> None:
+            first = self.minutes.first_minute_ms()
+            assert first is not None  # a boundary exists only once a minute does
+            reference, current = scheduled_windows(settings, _at(t_ms), _at(first))
+            run_drift_check(settings, reference, current, now=_at(t_ms), transactions=False, key=f"drift@{t_ms}")
+
+        def monitor(t_ms: int) -> bool:
+            return self.monitor.pass_at(_at(t_ms)).outcome is not None
+
+        def scheduled(t_ms: int) -> bool:
+            details = {"every_s": settings.scheduler.retrain_interval_s}
+            return retrain(settings, events, "schedule", details, _at(t_ms)) is not None
+
+        s = settings.scheduler
+        return [
+            Job("baseline", baseline, after_minutes=settings.model.min_baseline_minutes, changes_model=True),
+            Job("first_training", first_training, after_minutes=settings.model.min_train_minutes, changes_model=True),
+            Job("forecast", self.forecaster.forecast_at, every_ms=60_000),
+            Job("drift", drift, every_ms=int(settings.drift.interval_s * 1000)),
+            Job("monitor", monitor, every_ms=int(s.monitor_interval_s * 1000), changes_model=True),
+            Job("retrain", scheduled, every_ms=int(s.retrain_interval_s * 1000), changes_model=True),
+        ]
+
+    def close(self) -> None:
+        super().close()
+        self.forecaster.close()
+        self.monitor.close()
+        self.minutes.close()
+
+
+def pipeline_scheduler(settings: Settings) -> Scheduler:
+    return PipelineScheduler(settings)
