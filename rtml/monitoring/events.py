@@ -2,8 +2,8 @@
 decisions, promotions. One table, written by every stage, read by the dashboard and the
 retraining loop. SQLite under the data directory (embedded) or PostgreSQL (services).
 
-An event's time is event time: the pipeline clock when it is recorded (wall time before the
-first closed minute), so a replay's events sit beside its minutes and retention (by the clock)
+An event's time is event time: the boundary of the scheduled job that records it, else the
+pipeline clock (wall time before the first closed minute), so a replay's events sit beside its minutes and retention (by the clock)
 ages them like every other store.
 
 An event may carry a `key` (unique): a job that the scheduler re-runs after a crash records
@@ -133,7 +133,11 @@ class EventLog:
 
 
 def _clock_ms(settings: Settings) -> int:
-    from rtml.aggregate.clock import pipeline_clock
+    """The boundary of the scheduled job recording, else the pipeline clock, else wall time."""
+    from rtml.aggregate.clock import current_boundary, pipeline_clock
 
+    boundary = current_boundary.get()
+    if boundary is not None:
+        return boundary
     clock = pipeline_clock(settings)
     return int(time.time() * 1000) if clock is None else int(clock.timestamp() * 1000)

@@ -92,7 +92,10 @@ class Scheduler:
         return out
 
     def fire(self, boundary: int, job: Job) -> None:
+        from rtml.aggregate.clock import current_boundary
+
         changed = True
+        token = current_boundary.set(boundary)  # what the job records is stamped with its boundary
         try:
             changed = bool(job.run(boundary))
         except Exception as exc:  # a failing job must not stop the others
@@ -101,6 +104,8 @@ class Scheduler:
                 "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
                 boundary_ms=boundary, error=str(exc)[:500],
             )  # fmt: skip
+        finally:
+            current_boundary.reset(token)
         if job.changes_model and changed:
             self.on_model_change()
         self._db.execute(
