@@ -108,6 +108,9 @@ class RetentionSettings(BaseModel):
     online_days: float = 2.0
     # Artifacts of versions that were never champion (a rejected model is evidence for a month).
     candidates_days: float = 30.0
+    # How many past champions rollback can return to; older ones age out like candidates
+    # (each version is a few MB, and a pipeline that retrains daily promotes often).
+    champion_history: int = 10
     # 0 keeps forever: the archive is the raw record and the offline store the training data.
     archive_days: float = 0.0
     offline_days: float = 0.0

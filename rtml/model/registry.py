@@ -440,8 +440,9 @@ def protected_windows(settings: Settings) -> list[tuple[datetime, datetime]]:
 
 
 def trim_candidates(settings: Settings, before: datetime) -> int:
-    """Retention: delete versions that were never champion and were trained on data ending before
-    `before`: their artifacts, their model-cache copy, the version and (softly) its run.
+    """Retention: delete versions that were never champion (or that rollback can no longer return
+    to: the history keeps the last `retention.champion_history`) and were trained on data ending
+    before `before`: their artifacts, their model-cache copy, the version and (softly) its run.
 
     Order per version: artifacts, then the registry row. A crash between them leaves a version
     without files, which the next run deletes (a version is only ever loaded while champion).
@@ -451,8 +452,12 @@ def trim_candidates(settings: Settings, before: datetime) -> int:
 
     from mlflow.exceptions import MlflowException
 
-    keep = {v["version"] for v in protected_versions(settings)}
     c = client(settings)
+    history = champion_history(settings)
+    limit = max(1, settings.retention.champion_history)
+    if len(history) > limit:  # rollback walks this tag: beyond it, no rollback returns
+        c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history[-limit:]))
+    keep = {v["version"] for v in protected_versions(settings)}
     gone = 0
     for info in list_versions(settings):
         end = info["train_end"]

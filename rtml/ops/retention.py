@@ -8,8 +8,8 @@ their training window's end; dead letters: ingest time, since a refused frame ha
 time to trust). What retention never deletes:
 - stream events a consumer (`aggregator`, `archiver`) has not committed: the stream trims a
   prefix no longer than the lowest committed offset, and nothing before both committed once;
-- the champion and every version on its history, their artifacts and the offline minutes
-  of their training windows;
+- the champion and every version on its history (the last `retention.champion_history`, what
+  rollback can return to), their artifacts and the offline minutes of their training windows;
 - the reports the dashboard links to (the newest `DASHBOARD_REPORTS`).
 Every trim is a deletion below a cutoff, so re-running a boundary (after a crash) deletes
 nothing more; each store's trim is one transaction or a sequence of whole-file deletions,
@@ -172,12 +172,21 @@ def store_stats(settings: Settings) -> list[dict[str, object]]:
     out = []
     for name, stat in _stats(settings).items():
         try:
-            size, rows, oldest = stat()
+            size, rows, oldest = _retry(stat)
         except Exception as exc:  # status must answer even when one store is unreachable
             log.warning("stats of %s failed: %s", name, exc)
             size, rows, oldest = -1, -1, None
         out.append(asdict(StoreStats(name, size, rows, None if oldest is None else _at(oldest).isoformat())))
     return out
+
+
+def _retry(stat: Callable[[], tuple[int, int, int | None]]) -> tuple[int, int, int | None]:
+    """Once more on failure: a store trimmed by another process while read (a registry version
+    deleted between listing and reading it) answers on the second look."""
+    try:
+        return stat()
+    except Exception:
+        return stat()
 
 
 def _stats(settings: Settings) -> dict[str, Callable[[], tuple[int, int, int | None]]]:

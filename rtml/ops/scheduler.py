@@ -24,6 +24,7 @@ import logging
 import signal
 import sqlite3
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL
 -- the clock value the scheduler last found nothing due at (what "caught up and idle" means)
 CREATE TABLE IF NOT EXISTS idle (id INTEGER PRIMARY KEY CHECK (id = 1), clock_ms INTEGER NOT NULL);
 """
+
+
+# How long each job's last boundary took (wall seconds): what a soak watches for creeping costs.
+DURATIONS_SCHEMA = "CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, last_s REAL NOT NULL)"
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Scheduler:
         self._db = sqlite3.connect(settings.path("scheduler.sqlite"), timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        self._db.execute(DURATIONS_SCHEMA)
         self._idle_at: int | None = None
         self.last: dict[str, int] = dict(self._db.execute("SELECT name, last_ms FROM jobs").fetchall())
 
@@ -96,6 +102,7 @@ class Scheduler:
 
         changed = True
         token = current_boundary.set(boundary)  # what the job records is stamped with its boundary
+        started = time.perf_counter()
         try:
             changed = bool(job.run(boundary))
         except Exception as exc:  # a failing job must not stop the others
@@ -106,6 +113,10 @@ class Scheduler:
             )  # fmt: skip
         finally:
             current_boundary.reset(token)
+        self._db.execute(
+            "INSERT INTO durations VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s",
+            (job.name, time.perf_counter() - started),
+        )
         if job.changes_model and changed:
             self.on_model_change()
         self._db.execute(
@@ -149,6 +160,19 @@ def scheduler_state(settings: Settings) -> tuple[dict[str, tuple[int, int]], int
         jobs = {n: (last, fired) for n, last, fired in db.execute("SELECT name, last_ms, fired FROM jobs")}
         idle = db.execute("SELECT clock_ms FROM idle WHERE id = 1").fetchone()
         return jobs, idle[0] if idle else None
+    finally:
+        db.close()
+
+
+def job_durations(settings: Settings) -> dict[str, float]:
+    """Job name -> wall seconds its last boundary took (for soaks and benches)."""
+    path = settings.root / "scheduler.sqlite"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.execute(DURATIONS_SCHEMA)
+        return dict(db.execute("SELECT name, last_s FROM durations").fetchall())
     finally:
         db.close()
 
