@@ -97,9 +97,17 @@ def sample(settings: Any, day: int, url: str, requests: int) -> dict[str, Any]:
         except (psutil.Error, TypeError):
             row[f"{name}_rss_MB"], row[f"{name}_fds"] = float("nan"), float("nan")
     row["forecast_p99_ms"] = _p99_ms(f"{url}/forecast", requests)
+    # Mean wall time per boundary since the previous sample (a pass that retrains is in the mean).
     durations = job_durations(settings)
-    row["monitor_s"], row["drift_s"] = durations.get("monitor", float("nan")), durations.get("drift", float("nan"))
+    for job in ("monitor", "drift"):
+        _, total, runs = durations.get(job, (0.0, 0.0, 0))
+        before_total, before_runs = _previous.get(job, (0.0, 0))
+        row[f"{job}_s"] = (total - before_total) / (runs - before_runs) if runs > before_runs else float("nan")
+        _previous[job] = (total, runs)
     return row
+
+
+_previous: dict[str, tuple[float, int]] = {}
 
 
 def run_soak(

@@ -70,10 +70,36 @@ def run_retention(settings: Settings, t_ms: int) -> dict[str, int]:
         except Exception as exc:  # one broken store must not keep the others growing
             log.exception("retention of %s failed", name)
             errors.append(f"{name}: {exc}")
+    checkpoint_sqlite(settings)
     if errors:
         raise RuntimeError("; ".join(errors))
     log.info("retention at %s: %s", _at(t_ms).isoformat(), dropped)
     return dropped
+
+
+# The SQLite files under the data directory (WAL mode): their logs are folded back hourly.
+SQLITE_FILES = (
+    "stream.sqlite", "ingest.sqlite", "dedup.sqlite", "aggregate.sqlite", "predictions.sqlite", "events.sqlite",
+    "monitoring.sqlite", "scheduler.sqlite", "feature_repo/data/online.db",
+)  # fmt: skip
+
+
+def checkpoint_sqlite(settings: Settings) -> None:
+    """Fold each write-ahead log into its database and truncate it: SQLite reuses a log but never
+    shrinks it, so each keeps the size of its largest burst (a max-speed replay's catch-up) and,
+    with readers always open, often more. A log busy right now is left for the next hour."""
+    import sqlite3
+
+    for name in SQLITE_FILES:
+        path = settings.root / name
+        if path.exists():
+            conn = sqlite3.connect(path, timeout=5)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:
+                log.info("checkpoint of %s deferred: %s", name, exc)
+            finally:
+                conn.close()
 
 
 def _trims(settings: Settings) -> dict[str, Callable[[int], int]]:

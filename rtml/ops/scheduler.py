@@ -41,7 +41,10 @@ CREATE TABLE IF NOT EXISTS idle (id INTEGER PRIMARY KEY CHECK (id = 1), clock_ms
 
 
 # How long each job's last boundary took (wall seconds): what a soak watches for creeping costs.
-DURATIONS_SCHEMA = "CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, last_s REAL NOT NULL)"
+DURATIONS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, last_s REAL NOT NULL, total_s REAL NOT NULL,"
+    " runs INTEGER NOT NULL)"
+)
 
 
 @dataclass
@@ -114,8 +117,9 @@ class Scheduler:
         finally:
             current_boundary.reset(token)
         self._db.execute(
-            "INSERT INTO durations VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s",
-            (job.name, time.perf_counter() - started),
+            "INSERT INTO durations VALUES (?, ?, ?, 1) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s,"
+            " total_s = total_s + excluded.last_s, runs = runs + 1",
+            (job.name, *[time.perf_counter() - started] * 2),
         )
         if job.changes_model and changed:
             self.on_model_change()
@@ -164,15 +168,15 @@ def scheduler_state(settings: Settings) -> tuple[dict[str, tuple[int, int]], int
         db.close()
 
 
-def job_durations(settings: Settings) -> dict[str, float]:
-    """Job name -> wall seconds its last boundary took (for soaks and benches)."""
+def job_durations(settings: Settings) -> dict[str, tuple[float, float, int]]:
+    """Job name -> (wall seconds of its last boundary, of all boundaries, boundaries): for soaks."""
     path = settings.root / "scheduler.sqlite"
     if not path.exists():
         return {}
     db = sqlite3.connect(path, timeout=30)
     try:
         db.execute(DURATIONS_SCHEMA)
-        return dict(db.execute("SELECT name, last_s FROM durations").fetchall())
+        return {n: (last, total, runs) for n, last, total, runs in db.execute("SELECT * FROM durations")}
     finally:
         db.close()
 
