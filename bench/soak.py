@@ -125,10 +125,15 @@ def run_soak(
     from rtml.demo import DEMO_START, Story, free_port, wait_settled, write_wire_file
     from rtml.ops.deploy import bring_down, start_pipeline
     from rtml.ops.scheduler import scheduler_state
+    from rtml.sources.synthetic import SyntheticConfig, SyntheticSource
 
     settings = get_settings()
     wire = settings.path("soak-input", "utx.jsonl.gz")
-    write_wire_file(Story.build(days * 24, seed=7, rate_per_min=rate_per_min), wire)
+    # Steady traffic (no regime shift): a soak measures what grows by itself, not a reaction.
+    config = SyntheticConfig(seed=7, start=DEMO_START, minutes=int(days * 1440))
+    if rate_per_min is not None:
+        config = SyntheticConfig(**{**vars(config), "rate_per_min": rate_per_min})
+    write_wire_file(Story(SyntheticSource(config), DEMO_START), wire)
     port = free_port()
     ok, why = start_pipeline(settings, "replay", wire, "max", port, timeout=300)
     if not ok:

@@ -165,11 +165,11 @@ class ParquetMinutes:
                     continue
                 day = pd.read_parquet(path)
                 kept = _kept(day, cut, keep)
-                if len(kept) < len(day):
+                if not kept.all():
                     tmp = self.dir / f".{path.name}.{os.getpid()}.tmp"
                     day[kept].to_parquet(tmp, index=False)
                     os.replace(tmp, path)
-                    gone += int(len(day) - kept.sum())
+                    gone += int((~kept).sum())
         return gone
 
     def stats(self) -> tuple[int, int, int | None]:

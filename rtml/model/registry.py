@@ -469,9 +469,11 @@ def trim_candidates(settings: Settings, before: datetime) -> int:
             uris.append(c.get_logged_model(mv.model_id).artifact_location)
         if mv.run_id:
             uris.append(c.get_run(mv.run_id).info.artifact_uri)
-        for uri in uris:
-            if uri and uri.startswith("file://"):
-                shutil.rmtree(unquote(urlsplit(uri).path), ignore_errors=True)
+        own = (settings.root / "mlflow").resolve()
+        for uri in uris:  # only folders of this data directory's artifact store, never a link
+            path = Path(unquote(urlsplit(uri).path)) if uri and uri.startswith("file://") else None
+            if path is not None and not path.is_symlink() and path.resolve().is_relative_to(own):
+                shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(settings.root / "mlflow" / "cache" / f"v{mv.version}-{mv.run_id}", ignore_errors=True)
         c.delete_model_version(MODEL_NAME, str(mv.version))
         if mv.run_id:
