@@ -465,13 +465,18 @@ def trim_candidates(settings: Settings, before: datetime) -> int:
             continue
         mv = c.get_model_version(MODEL_NAME, info["version"])
         uris = []
-        if mv.model_id:
-            uris.append(c.get_logged_model(mv.model_id).artifact_location)
-        if mv.run_id:
+        # The logged model (the model files): MLflow 3 names it in the version's source.
+        source = mv.source or ""
+        model_id = mv.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
+        if model_id:
+            uris.append(c.get_logged_model(model_id).artifact_location)
+        if mv.run_id:  # the run's own artifacts (backtest figures, dataset card)
             uris.append(c.get_run(mv.run_id).info.artifact_uri)
         own = (settings.root / "mlflow").resolve()
         for uri in uris:  # only folders of this data directory's artifact store, never a link
             path = Path(unquote(urlsplit(uri).path)) if uri and uri.startswith("file://") else None
+            if path is not None and path.name == "artifacts":
+                path = path.parent  # <run id>/ or models/<model id>/, which hold nothing else
             if path is not None and not path.is_symlink() and path.resolve().is_relative_to(own):
                 shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(settings.root / "mlflow" / "cache" / f"v{mv.version}-{mv.run_id}", ignore_errors=True)
