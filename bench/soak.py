@@ -168,8 +168,10 @@ def slope(rows: list[dict[str, Any]], key: str, last: int = 20) -> float:
     return statistics.linear_regression([d for d, _ in tail], [v for _, v in tail]).slope
 
 
-def bounds(rows: list[dict[str, Any]], settings: Any, last: int = 20, reference_day: int = 7) -> list[str]:
-    """The issue's bounds; returns the ones broken (empty when all hold)."""
+def bounds(
+    rows: list[dict[str, Any]], settings: Any, last: int = 20, reference_day: int = 7, exclude: tuple[str, ...] = ()
+) -> list[str]:
+    """The issue's bounds (stores in `exclude` aside); returns the ones broken (empty when all hold)."""
     from rtml.ops.retention import windows_ms
 
     broken = []
@@ -178,7 +180,7 @@ def bounds(rows: list[dict[str, Any]], settings: Any, last: int = 20, reference_
     for store, window in windows.items():
         key = f"{store}_MB"
         first = tail[0]
-        if window <= 0 or first[f"_{store}_span_d"] * DAY_MS < window * 0.95:
+        if store in exclude or window <= 0 or first[f"_{store}_span_d"] * DAY_MS < window * 0.95:
             continue  # kept forever, or its window not yet full (in the store's own event time)
         grown = tail[-1][key] - first[key]
         if grown > 0.05 * max(first[key], 0.01):  # below 10 kB a store is noise, not growth

@@ -306,6 +306,11 @@ def load_version(settings: Settings, version: str) -> LoadedModel:
     cache = settings.path("mlflow", "cache", f"v{version}-{mv.run_id}")
     target = cache / "artifacts" / MODEL_DIR
     if not (target / "meta.json").exists():
+        # A version's source is its logged model (`models:/m-...`), which MLflow resolves on the
+        # process-wide tracking URI, not the one passed below: set it, or a process that never
+        # logged a model (a fresh `rtml serve`) finds no model behind a cold cache.
+        mlflow.set_tracking_uri(tracking_uri(settings))
+        mlflow.set_registry_uri(tracking_uri(settings))
         mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{MODEL_NAME}/{version}",
             dst_path=str(cache),
