@@ -302,7 +302,9 @@ def test_kill_9_in_the_middle_of_retention_loses_nothing_kept(
 
     _, settings, _ = soak
     t_ms = scheduler_state(settings)[0]["retention"][0]
-    env = {**os.environ, **{f"RTML_RETENTION__{k}": str(float(v) / 2) for k, v in WINDOWS.items() if "DAYS" in k or "HOURS" in k}}
+    halved = {f"RTML_RETENTION__{k}": str(float(v) / 2) for k, v in WINDOWS.items() if "DAYS" in k or "HOURS" in k}
+    # The copy keeps the original's namespace: Feast's online tables are named after it.
+    env = {**os.environ, **halved, "RTML_NAMESPACE": settings.namespace}
     copy = tmp_path / "reference"
     shutil.copytree(settings.root, copy, symlinks=True)
     code = f"from rtml.config import get_settings; from rtml.ops.retention import run_retention; run_retention(get_settings(), {t_ms})"
