@@ -38,6 +38,9 @@ WINDOWS = {
     "STREAM_HOURS": "24", "DEAD_LETTERS_DAYS": "3", "PREDICTIONS_DAYS": "5", "CALLER_PREDICTIONS_DAYS": "5",
     "EVENTS_DAYS": "5", "REPORTS_DAYS": "2", "ONLINE_DAYS": "2", "CANDIDATES_DAYS": "5", "ARCHIVE_DAYS": "5",
 }  # fmt: skip
+# Below these a difference is the shared 2-core machine's noise, not a trend (latencies of a
+# few ms and passes of tens of ms move by more than 20 % when another process runs).
+NOISE = {"forecast_p99_ms": 5.0, "monitor_s": 0.05, "drift_s": 0.1}
 CADENCES = {"RTML_SCHEDULER__MONITOR_INTERVAL_S": "3600", "RTML_SERVING__MAX_FEATURE_AGE_S": "1e12"}
 
 
@@ -189,8 +192,9 @@ def bounds(
     keys = [f"{c}_rss_MB" for c in COMPONENTS] + ["forecast_p99_ms", "monitor_s", "drift_s"]
     for key in keys:
         base = reference[key]
+        limit = 1.2 * base + NOISE.get(key, 0.0)
         for r in rows:
-            if r["day"] > reference["day"] and r[key] == r[key] and base == base and r[key] > 1.2 * base:
+            if r["day"] > reference["day"] and r[key] == r[key] and base == base and r[key] > limit:
                 broken.append(f"{key}: {r[key]:.3g} on day {r['day']} > 1.2 x {base:.3g} (day {reference['day']})")
                 break
     return broken
