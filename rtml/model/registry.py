@@ -53,6 +53,8 @@ def quiet_mlflow() -> None:
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ["DO_NOT_TRACK"] = "1"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own SQL store still uses a loader SQLAlchemy deprecated: noise to our users.
+    warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated")
 
 
 def tracking_uri(settings: Settings) -> str:
