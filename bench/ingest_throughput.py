@@ -7,6 +7,11 @@ six hash characters replaced by the copy number (so every frame is a distinct tr
 the real `rtml ingest --source replay --speed max` path (`replay.read_lines` + `Ingestor`).
 
     .venv/bin/python bench/ingest_throughput.py [--events 1000000] [--file utx.jsonl.gz]
+
+`--against DIR` (a checkout of earlier code, e.g. `git archive <commit> | tar -x -C DIR`) also
+times that code's `parse_batch` and `read_lines` against this one's on the same frames, in
+alternating rounds in one process (best of each), so the ratio holds on a busy machine where
+whole runs vary by 2x: issue 15's hostile-input checks may cost at most 5 %.
 """
 
 from __future__ import annotations
@@ -44,6 +49,51 @@ def make_frames(source: Path, events: int, target: Path) -> int:
     return written
 
 
+def compare(against: Path, frames: Path, rounds: int = 7) -> None:
+    """Best-of-`rounds` time of this code's and `against`'s parse and read stages, alternating."""
+    import importlib.util
+    import sys
+
+    from rtml import contracts
+    from rtml.sources import replay
+
+    def load(name: str, path: Path) -> object:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    old_contracts = load("rtml_before_contracts", against / "rtml" / "contracts.py")
+    sample = [line for _, line in zip(range(200_000), replay.read_lines(frames), strict=False)]
+
+    def parse_time(module: object) -> float:
+        t = time.perf_counter()
+        module.parse_batch(sample, "bench", 0)  # type: ignore[attr-defined]
+        return time.perf_counter() - t
+
+    def read_time(module: object) -> float:
+        t = time.perf_counter()
+        for _ in module.read_lines(frames):  # type: ignore[attr-defined]
+            pass
+        return time.perf_counter() - t
+
+    old_replay = load("rtml_before_replay", against / "rtml" / "sources" / "replay.py")
+    for stage, timer, new, old in (
+        ("parse+validate", parse_time, contracts, old_contracts),
+        ("read_lines", read_time, replay, old_replay),
+    ):
+        best_new = best_old = float("inf")
+        for _ in range(rounds):
+            best_old = min(best_old, timer(old))
+            best_new = min(best_new, timer(new))
+        print(
+            f"{stage}: before {best_old:.3f} s, after {best_new:.3f} s (best of {rounds}):"
+            f" {100 * (best_new / best_old - 1):+.1f} % time, load {loadavg()}"
+        )
+
+
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
@@ -53,6 +103,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--file", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--serial", action="store_true", help="One thread: no parse/store overlap.")
+    parser.add_argument("--against", type=Path, help="A checkout of earlier code to compare the stages with.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rtml-bench-") as tmp:
@@ -75,6 +126,7 @@ def main() -> None:
         parse_rate = len(sample) / (time.perf_counter() - t)
 
         settings = get_settings()
+
         def cpu_now() -> float:
             """This process and its reaped children (the parse worker)."""
             t = os.times()
@@ -105,6 +157,8 @@ def main() -> None:
             f" {totals.received / cpu:,.0f} events per CPU-second (parse in a worker process, dedup + append here)"
         )
         print(f"load after: {loadavg()} on {os.cpu_count()} cores")
+        if args.against is not None:
+            compare(args.against.resolve(), frames)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 the dashboard's JSON endpoints, on the real stores of a fresh data directory.
 
 A week of synthetic minutes (calm, then a swinging fee level: rtml.monitoring.scenario) goes
-into the real feature store, and one logged forecast per minute into the real prediction log
+into the real feature store, and one logged pipeline forecast per minute into the real prediction log
 (P10/P50/P90 around the level 5 minutes earlier, as a naive model would give). Then it times
 the first pass (judging every hour of the week; retraining is not triggered: no champion, no
 drift event), a second pass (nothing new: the steady-state cost of the scheduler's minute
@@ -57,7 +57,7 @@ def main() -> None:
         target = minutes["minute"].iloc[i]
         log.record(
             PredictionRecord(now_ms, "1", datetime_to_ms(target) - 4 * 60_000, datetime_to_ms(target),
-                             level * 0.7, level, level * 1.4, 1.0, "online")
+                             level * 0.7, level, level * 1.4, 1.0, "pipeline")
         )  # fmt: skip
     log.flush(timeout_s=120)
     log.close()
@@ -72,9 +72,10 @@ def main() -> None:
         return result
 
     store, events = QualityStore(settings), EventLog(settings)
-    judged = timed("first pass: judge every hour", lambda: judge_new_hours(settings, store, events))
+    clock = (minutes["minute"].max() + pd.Timedelta(minutes=1)).to_pydatetime()
+    judged = timed("first pass: judge every hour", lambda: judge_new_hours(settings, store, events, clock))
     print(f"    {len(judged.verdicts)} hours judged, {sum(v.breach for v in judged.verdicts)} breaches, alarm={judged.alarm}")  # type: ignore[attr-defined]
-    timed("steady pass: nothing new to judge", lambda: judge_new_hours(settings, store, events), repeat=5)
+    timed("steady pass: nothing new to judge", lambda: judge_new_hours(settings, store, events, clock), repeat=5)
     store.close()
     events.close()
     collector = PipelineCollector(settings)

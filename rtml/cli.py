@@ -47,6 +47,17 @@ def main(
         os.environ["RTML_PROFILE"] = profile
     if config is not None:
         os.environ["RTML_CONFIG"] = str(config)
+    exit_if_settings_refused()
+
+
+def exit_if_settings_refused() -> None:
+    """A refused setting ends the command with its reason and exit 2, before anything runs."""
+    from rtml.config import settings_problem
+
+    problem = settings_problem()
+    if problem is not None:
+        typer.echo(f"rtml: {problem}", err=True)
+        raise typer.Exit(2)
 
 
 for _module in COMMAND_MODULES:

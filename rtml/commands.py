@@ -22,14 +22,23 @@ def register(app: typer.Typer) -> None:
         run_demo(hours=hours, seed=seed, serve=serve)
 
     @app.command("config")
-    def show_config() -> None:
-        """Print the effective settings (file + RTML_ variables), as TOML."""
+    def show_config(
+        show_secrets: Annotated[
+            bool, typer.Option("--show-secrets", help="Print tokens and passwords instead of ***.")
+        ] = False,
+    ) -> None:
+        """Print the effective settings (file + RTML_ variables), as TOML; secrets as ***."""
         import tomli_w
         from rich.console import Console
         from rich.syntax import Syntax
 
-        from rtml.config import get_settings
+        from rtml.config import get_settings, mask_secrets
 
         settings = get_settings()
         data = settings.model_dump(mode="json", exclude_none=True)
+        if not show_secrets:
+            for key in ("redis_url", "postgres_dsn"):
+                data[key] = mask_secrets(data[key])
+            if "admin_token" in data["serving"]:
+                data["serving"]["admin_token"] = "***"
         Console().print(Syntax(tomli_w.dumps(data), "toml"))

@@ -9,12 +9,16 @@ schemas carry `namespace`, derived from the data directory, so two pipelines nev
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +27,14 @@ from pydantic_settings import (
 )
 
 Profile = Literal["embedded", "services"]
+# The marker a data directory carries from its creation: what it is, for whom, and where its
+# services live. `rtml down --purge` deletes nothing that does not carry it.
+MARKER = "rtml-data-dir.json"
+NAMESPACE_RULE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+NAMESPACE_RULE_TEXT = (
+    "a namespace must match ^[a-z][a-z0-9_]{0,40}$ (a lower-case letter, then up to 40 lower-case "
+    "letters, digits or _) and must not be a reserved PostgreSQL schema (public, pg_*, information_schema)"
+)
 
 
 class IngestSettings(BaseModel):
@@ -34,11 +46,17 @@ class IngestSettings(BaseModel):
     reconnect_max_s: float = 60.0
     rest_min_interval_s: float = 10.0
     dedup_ttl_s: int = 3 * 3600
+    # Live sources (ws, rest) refuse an event this far ahead of its ingest time.
+    max_future_s: float = 300.0
+    # Raw text kept per dead letter (plus the frame's full length and SHA-256).
+    dead_letter_max_bytes: int = Field(default=64 * 1024, ge=256)
 
 
 class WindowSettings(BaseModel):
     allowed_lateness_s: float = 60.0
     idle_timeout_s: float = 20.0
+    # An event further ahead of the watermark waits for corroboration (see windows.ClockGuard).
+    max_jump_s: float = Field(default=3600.0, gt=0)
 
 
 class FeatureSettings(BaseModel):
@@ -67,11 +85,23 @@ class ServingSettings(BaseModel):
     port: int = 8000
     admin_token: str | None = None
     max_feature_age_s: float = 600.0
+    max_body_bytes: int = Field(default=1 << 20, gt=0, description="Larger request bodies get a 413.")
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host headers answered (others get a 400); default: the bind host, localhost, 127.0.0.1, ::1.",
+    )
+
+    def hosts(self) -> list[str]:
+        """The Host names answered: a rebinding DNS name pointing at 127.0.0.1 is not among them."""
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        return list(dict.fromkeys([self.host, "localhost", "127.0.0.1", "::1"]))
 
 
 class MonitoringSettings(BaseModel):
     wql_threshold: float = 0.24
     breaches_for_alarm: int = 3
+    metrics_cache_s: float = Field(default=10.0, ge=0, description="The pipeline's /metrics are read at most this often.")
 
 
 class SchedulerSettings(BaseModel):
@@ -80,7 +110,7 @@ class SchedulerSettings(BaseModel):
     monitor_interval_s: float = 60.0
     retrain_interval_s: float = 86400.0
     retrain_window_s: float = 7 * 86400.0
-    poll_s: float = 0.5
+    poll_s: float = 0.2
 
 
 class RetentionSettings(BaseModel):
@@ -158,14 +188,43 @@ class Settings(BaseSettings):
 
     @cached_property
     def root(self) -> Path:
-        """The data directory, absolute and created."""
+        """The data directory, absolute and created. A directory rtml creates (or finds empty)
+        gets the marker; an existing one with other files in it does not, so purge refuses it."""
         path = self.data_dir.expanduser().resolve()
+        fresh = not path.exists() or (path.is_dir() and not any(path.iterdir()))
         path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            write_marker(path, self)
         return path
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespace(cls, value: str) -> str:
+        """Purge matches `<namespace>:*` and drops the schema `<namespace>`: `a*` or `public`
+        would reach another pipeline's keys or PostgreSQL's own schema."""
+        if value and (
+            not NAMESPACE_RULE.match(value) or value in ("public", "information_schema") or value.startswith("pg_")
+        ):
+            raise ValueError(f"invalid namespace {value!r}: {NAMESPACE_RULE_TEXT}")
+        return value
 
     @model_validator(mode="after")
     def _derive_namespace(self) -> Settings:
-        """Two data directories never share Redis keys or PostgreSQL schemas."""
+        """Two data directories never share Redis keys or PostgreSQL schemas; a directory keeps
+        the profile and namespace it was created with (its marker), so no command repeats them."""
+        marker = read_marker(self.data_dir.expanduser().resolve())
+        if marker is not None:
+            where = self.data_dir.expanduser().resolve() / MARKER
+            for key in ("profile", "namespace"):
+                given = getattr(self, key)
+                if key in self.model_fields_set and given and given != marker[key]:
+                    raise ValueError(
+                        f"{key} {given!r} conflicts with the data directory, created for {key} "
+                        f"{marker[key]!r} (recorded in {where}): drop the {key} setting "
+                        f"(--{key} / RTML_{key.upper()}) or use another data directory"
+                    )
+            self.profile = "services" if marker["profile"] == "services" else "embedded"
+            self.namespace = marker["namespace"]
         if not self.namespace:
             digest = hashlib.sha1(str(self.data_dir.expanduser().resolve()).encode()).hexdigest()[:10]
             self.namespace = f"rtml_{digest}"
@@ -184,6 +243,71 @@ class Settings(BaseSettings):
         return target
 
 
+def without_secrets(url: str) -> str:
+    """A service URL with user and password left out: where the service lives, nothing more."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def mask_secrets(url: str) -> str:
+    """A service URL with its password shown as `***` (`rtml config`)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@" + parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def read_marker(path: Path) -> dict[str, str] | None:
+    """The marker of the data directory at `path`, or None (no marker, or not a regular file)."""
+    marker = path / MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("profile") not in ("embedded", "services"):
+        return None
+    if not isinstance(data.get("namespace"), str):
+        return None
+    return data
+
+
+def write_marker(path: Path, settings: Settings) -> None:
+    """Written atomically: a crash leaves either no marker or a whole one (a temporary file at most)."""
+    services = (
+        {"redis": without_secrets(settings.redis_url), "postgres": without_secrets(settings.postgres_dsn)}
+        if settings.profile == "services"
+        else None
+    )
+    data = {
+        "created_by": "rtml",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "profile": settings.profile,
+        "namespace": settings.namespace,
+        "services": services,
+    }
+    tmp = path / f".{MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path / MARKER)
+
+
 def get_settings(**overrides: object) -> Settings:
     """Settings from `rtml.toml` and `RTML_...` variables; keyword overrides win."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def settings_problem() -> str | None:
+    """Why the settings are refused (a bad namespace, a profile the data directory was not
+    created for), in one line per problem for the command line; None when they are fine."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        return "\n".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    return None

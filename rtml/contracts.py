@@ -9,21 +9,42 @@ into a `TxEvent` or raises `InvalidInput` with a reason precise enough to fix th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from pydantic import BaseModel, Field
 
 MINUTE_MS = 60_000
-# Plausible transaction times: the genesis block (2009-01-03) to 2100; anything else is a unit error.
+# Bounds from Bitcoin's own rules; anything beyond them is a dead letter naming the field and bound.
+# No amount exceeds the 21,000,000 BTC that will ever exist (MAX_MONEY, in satoshi).
+MAX_MONEY_SAT = 2_100_000_000_000_000
+# A block holds at most 4,000,000 weight units, so no transaction is larger than 4,000,000 bytes.
+MAX_TX_SIZE = 4_000_000
+# The smallest input is 41 bytes and the smallest output 9: no more of them fit in MAX_TX_SIZE.
+MAX_INPUTS = MAX_TX_SIZE // 41
+MAX_OUTPUTS = MAX_TX_SIZE // 9
+# Times: not before the genesis block's day (2009-01-03); after 2100 it is a unit error (ms for s).
+# How far ahead of *now* a time may be is the live sources' rule (`ingest.max_future_s`), and how
+# far ahead of the stream the window semantics' (`window.max_jump_s`).
 _MIN_TIME_S = 1_230_940_800
 _MAX_TIME_S = 4_102_444_800
+# How many events in a row far off the stream's clock show that it really jumped (a replay's gap)
+# rather than that one frame lies: the window semantics and replay pacing both use it.
+CLOCK_CONFIRM_EVENTS = 10
+# The longest frame or replay line read whole: 4 MiB is 5,000 times the longest frame in the
+# 2020 recording (799 bytes). Longer ones are refused unread (`Oversized`).
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+# Raw text kept per dead letter (`ingest.dead_letter_max_bytes` overrides it).
+DEAD_LETTER_MAX_BYTES = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
+# A replay row's own `source` is kept only when it is a plain name (any store accepts it).
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII).fullmatch
 
 
 class InvalidInput(ValueError):
@@ -51,12 +72,24 @@ class TxEvent:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """Input that was refused, kept whole with the reason so nothing is lost."""
+    """Input that was refused, with the reason: a bounded prefix of its raw text, its full length
+    in bytes and the SHA-256 of all of it (so a huge frame is identified without being kept)."""
 
     raw: str
     reason: str
     source: str
     ingest_time: int
+    raw_bytes: int = -1
+    raw_sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A frame or line longer than MAX_FRAME_BYTES, read in chunks and never held whole."""
+
+    head: bytes
+    length: int
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +140,11 @@ def datetime_to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
+def _show(value: str, limit: int) -> str:
+    """A short quote of hostile text for a reason: ASCII only, so any store accepts it."""
+    return ascii(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def _int(value: Any, what: str) -> int:
     """Satoshi amounts and sizes: ints, integral floats, or decimal strings (old REST responses)."""
     if isinstance(value, bool):
@@ -118,10 +156,14 @@ def _int(value: Any, what: str) -> int:
             return int(value)
         raise InvalidInput(f"{what} is not an integer: {value!r}")
     if isinstance(value, str):
+        digits = value.strip()
+        # Longer than any bound in digits: refused before int() (CPython refuses > 4,300 digits).
+        if len(digits) > 20:
+            raise InvalidInput(f"{what} is not an integer of at most 20 digits: {_show(value, 40)}")
         try:
-            return int(value.strip())
+            return int(digits)
         except ValueError:
-            raise InvalidInput(f"{what} is not an integer: {value[:40]!r}") from None
+            raise InvalidInput(f"{what} is not an integer: {_show(value, 40)}") from None
     if value is None:
         raise InvalidInput(f"{what} is missing")
     raise InvalidInput(f"{what} has type {type(value).__name__}, expected an integer")
@@ -132,7 +174,7 @@ def _hash(value: Any) -> str:
         raise InvalidInput("hash is missing" if value is None else "hash is not a string")
     tx_hash = value.lower()
     if len(tx_hash) != 64 or not _HEX.issuperset(tx_hash):
-        raise InvalidInput(f"hash is not 64 hex characters: {value[:80]!r}")
+        raise InvalidInput(f"hash is not 64 hex characters: {_show(value, 80)}")
     return tx_hash
 
 
@@ -140,6 +182,9 @@ def _sum_values(items: Any, what: str, *, allow_coinbase: bool) -> tuple[int, bo
     """Σ value over inputs' prev_out (or outputs); returns (sum, is_coinbase)."""
     if not isinstance(items, list):
         raise InvalidInput(f"{what} is not a list")
+    limit = MAX_INPUTS if allow_coinbase else MAX_OUTPUTS
+    if len(items) > limit:
+        raise InvalidInput(f"{what} has {len(items)} items, more than {limit:,} fit in {MAX_TX_SIZE:,} bytes")
     total = 0
     coinbase = 0
     for i, item in enumerate(items):
@@ -155,8 +200,8 @@ def _sum_values(items: Any, what: str, *, allow_coinbase: bool) -> tuple[int, bo
             value = _int(prev.get("value"), f"{what}[{i}].prev_out.value")
         else:
             value = _int(item.get("value"), f"{what}[{i}].value")
-        if value < 0:
-            raise InvalidInput(f"{what}[{i}] value is negative: {value}")
+        if not 0 <= value <= MAX_MONEY_SAT:
+            raise InvalidInput(f"{what}[{i}] value {value} is outside 0..{MAX_MONEY_SAT:,} sat (21M BTC)")
         total += value
     if coinbase and coinbase != len(items):
         raise InvalidInput(f"{what}: {coinbase} of {len(items)} inputs have no prev_out (not a coinbase)")
@@ -170,12 +215,12 @@ def _from_blockchain_tx(tx: Mapping[str, Any], source: str, ingest_time: int) ->
         raise InvalidInput("time is missing")
     time_s = _int(tx.get("time"), "time")
     if not _MIN_TIME_S <= time_s <= _MAX_TIME_S:
-        raise InvalidInput(f"time {time_s} is not a plausible epoch second")
-    size = _int(tx.get("size"), "size")
-    if size <= 0:
-        raise InvalidInput(f"size is not positive: {size}")
+        raise InvalidInput(
+            f"time {time_s} is not a plausible epoch second (2009-01-03 {_MIN_TIME_S} .. 2100 {_MAX_TIME_S})"
+        )
+    size = _check_size(_int(tx.get("size"), "size"))
     fee_field = tx.get("fee")
-    fee_given = None if fee_field is None else _int(fee_field, "fee")
+    fee_given = None if fee_field is None else _check_fee(_int(fee_field, "fee"), "fee")
     fee_computed = None
     if "inputs" in tx or "out" in tx:
         inputs, coinbase = _sum_values(tx.get("inputs"), "inputs", allow_coinbase=True)
@@ -188,34 +233,72 @@ def _from_blockchain_tx(tx: Mapping[str, Any], source: str, ingest_time: int) ->
         raise InvalidInput("no fee: neither a fee field nor inputs and outputs")
     if fee < 0:
         raise InvalidInput(f"fee is negative: {fee} (outputs exceed inputs)")
-    return TxEvent(tx_hash, time_s * 1000, fee, size, source, ingest_time)
+    return TxEvent(tx_hash, time_s * 1000, _check_fee(fee, "fee"), size, source, ingest_time)
 
 
-def _from_row(row: Mapping[str, Any], source: str, ingest_time: int) -> TxEvent:
-    """A TxEvent row (replay files, the stream's own records)."""
+def _check_fee(fee: int, what: str) -> int:
+    if fee < 0:
+        raise InvalidInput(f"{what} is negative: {fee}")
+    if fee > MAX_MONEY_SAT:
+        raise InvalidInput(f"{what} {fee} is above {MAX_MONEY_SAT:,} sat (21M BTC, all there will ever be)")
+    return fee
+
+
+def _check_size(size: int) -> int:
+    if size <= 0:
+        raise InvalidInput(f"size is not positive: {size}")
+    if size > MAX_TX_SIZE:
+        raise InvalidInput(f"size {size} is above {MAX_TX_SIZE:,} bytes (a block's weight limit)")
+    return size
+
+
+def _from_row(row: Mapping[str, Any], source: str, ingest_time: int, *, trusted: bool) -> TxEvent:
+    """A TxEvent row (replay files, the stream's own records); `source` and `ingest_time` are
+    the row's own only when `trusted` (a replay), never from a live sender."""
     tx_hash = _hash(row.get("tx_hash"))
     event_time = _int(row.get("event_time"), "event_time")
     if not _MIN_TIME_S * 1000 <= event_time <= _MAX_TIME_S * 1000:
-        raise InvalidInput(f"event_time {event_time} is not a plausible epoch millisecond")
-    fee = _int(row.get("fee_sat"), "fee_sat")
-    if fee < 0:
-        raise InvalidInput(f"fee_sat is negative: {fee}")
-    size = _int(row.get("size"), "size")
-    if size <= 0:
-        raise InvalidInput(f"size is not positive: {size}")
+        raise InvalidInput(
+            f"event_time {event_time} is not a plausible epoch millisecond"
+            f" (2009-01-03 {_MIN_TIME_S * 1000} .. 2100 {_MAX_TIME_S * 1000})"
+        )
+    fee = _check_fee(_int(row.get("fee_sat"), "fee_sat"), "fee_sat")
+    size = _check_size(_int(row.get("size"), "size"))
     row_source = row.get("source")
-    return TxEvent(
-        tx_hash,
-        event_time,
-        fee,
-        size,
-        row_source if isinstance(row_source, str) and row_source else source,
-        _int(row["ingest_time"], "ingest_time") if row.get("ingest_time") is not None else ingest_time,
-    )
+    if trusted and isinstance(row_source, str) and _SOURCE_NAME(row_source):
+        source = row_source
+    if trusted and row.get("ingest_time") is not None:
+        ingest_time = _int(row["ingest_time"], "ingest_time")
+        if not 0 <= ingest_time <= _MAX_TIME_S * 1000:
+            raise InvalidInput(f"ingest_time {ingest_time} is outside 0..{_MAX_TIME_S * 1000} (2100) ms")
+    return TxEvent(tx_hash, event_time, fee, size, source, ingest_time)
 
 
-def parse_message(raw: bytes | str | Mapping[str, Any], source: str, ingest_time: int) -> TxEvent:
-    """Turn any raw input into a TxEvent, or raise InvalidInput saying what is wrong."""
+def parse_message(
+    raw: bytes | str | Mapping[str, Any] | Oversized,
+    source: str,
+    ingest_time: int,
+    max_future_ms: int | None = None,
+) -> TxEvent:
+    """Turn any raw input into a TxEvent, or raise InvalidInput saying what is wrong.
+
+    `max_future_ms` is given by live sources: it refuses a time more than that ahead of
+    `ingest_time`, and the sender cannot set `source` or `ingest_time` (row-format frames).
+    """
+    event = _parse(raw, source, ingest_time, trusted=max_future_ms is None)
+    if max_future_ms is not None and event.event_time > ingest_time + max_future_ms:
+        raise InvalidInput(
+            f"time is {(event.event_time - ingest_time) / 1000:.0f} s ahead of the ingest time"
+            f" (ingest.max_future_s = {max_future_ms / 1000:g})"
+        )
+    return event
+
+
+def _parse(
+    raw: bytes | str | Mapping[str, Any] | Oversized, source: str, ingest_time: int, *, trusted: bool
+) -> TxEvent:
+    if isinstance(raw, Oversized):
+        raise InvalidInput(f"frame of {raw.length:,} bytes is over the {MAX_FRAME_BYTES:,}-byte limit")
     obj: Any = raw
     if isinstance(raw, bytes | bytearray):
         try:
@@ -223,24 +306,77 @@ def parse_message(raw: bytes | str | Mapping[str, Any], source: str, ingest_time
         except UnicodeDecodeError as exc:
             raise InvalidInput(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     if isinstance(raw, str):
+        if len(raw) > MAX_FRAME_BYTES:
+            raise InvalidInput(f"frame of {len(raw):,} characters is over the {MAX_FRAME_BYTES:,}-byte limit")
         try:
             obj = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise InvalidInput(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("not JSON: nested too deep") from None
+        except ValueError as exc:  # JSONDecodeError, and integers past CPython's 4,300-digit limit
+            raise InvalidInput(f"not JSON: {_show(str(exc), 200)}") from None
     if not isinstance(obj, Mapping):
         raise InvalidInput(f"expected a JSON object, got {type(obj).__name__}")
     if "op" in obj:
         if obj["op"] != "utx":
-            raise InvalidInput(f"not a transaction message: op={str(obj['op'])[:40]!r}")
+            raise InvalidInput(f"not a transaction message: op={_show(str(obj['op']), 40)}")
         tx = obj.get("x")
         if not isinstance(tx, Mapping):
             raise InvalidInput("utx message without an 'x' object")
         return _from_blockchain_tx(tx, source, ingest_time)
     if "tx_hash" in obj:
-        return _from_row(obj, source, ingest_time)
+        return _from_row(obj, source, ingest_time, trusted=trusted)
     if "hash" in obj:
         return _from_blockchain_tx(obj, source, ingest_time)
     raise InvalidInput("unknown message: no 'op', 'hash' or 'tx_hash' key")
+
+
+def dead_letter(
+    raw: bytes | str | Mapping[str, Any] | Oversized,
+    reason: str,
+    source: str,
+    ingest_time: int,
+    max_bytes: int = DEAD_LETTER_MAX_BYTES,
+) -> DeadLetter:
+    """A bounded dead letter: at most `max_bytes` of the raw text (valid UTF-8, undecodable bytes
+    escaped), the raw input's full length in bytes and the SHA-256 of all of it.
+
+    A str is hashed in chunks, so a huge frame is never copied whole once more."""
+    if isinstance(raw, Oversized):
+        return DeadLetter(_prefix(raw.head, max_bytes), reason, source, ingest_time, raw.length, raw.sha256)
+    if isinstance(raw, bytes | bytearray):
+        return DeadLetter(
+            _prefix(raw[: max_bytes + 4], max_bytes),
+            reason,
+            source,
+            ingest_time,
+            len(raw),
+            hashlib.sha256(raw).hexdigest(),
+        )
+    text = raw if isinstance(raw, str) else raw_text(raw)
+    digest = hashlib.sha256()
+    length = 0
+    for at in range(0, len(text), 1 << 16):
+        chunk = text[at : at + (1 << 16)].encode("utf-8", "surrogatepass")
+        digest.update(chunk)
+        length += len(chunk)
+    head = text[:max_bytes].encode("utf-8", "backslashreplace")
+    return DeadLetter(_prefix(head, max_bytes), reason, source, ingest_time, length, digest.hexdigest())
+
+
+def _prefix(data: bytes | bytearray, max_bytes: int) -> str:
+    """At most `max_bytes` bytes of UTF-8 text: undecodable bytes escaped, a cut character dropped."""
+    text = bytes(data[:max_bytes]).decode("utf-8", errors="backslashreplace")
+    encoded = text.encode("utf-8")
+    return text if len(encoded) <= max_bytes else encoded[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def printable(text: str) -> str:
+    """Refused text made safe for a terminal: control and other unprintable characters escaped
+    (`\\x1b`, `\\n`, `\\u202e`), so an escape sequence in a frame never reaches the screen.
+    Print the result as a rich `Text`, never as markup."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def raw_text(raw: bytes | str | Mapping[str, Any]) -> str:
@@ -251,8 +387,8 @@ def raw_text(raw: bytes | str | Mapping[str, Any]) -> str:
         return raw
     try:
         return json.dumps(raw, default=str)
-    except (TypeError, ValueError):
-        return repr(raw)
+    except (TypeError, ValueError, RecursionError):
+        return f"<a {type(raw).__name__} that cannot be shown as JSON (nested too deep or unprintable)>"
 
 
 # The fast path of the validator. `parse_message` judges one message in ~14 µs; ingestion must
@@ -265,8 +401,12 @@ Row = tuple[str, int, int, int, str, int]
 _HEX_HASH = re.compile(r"[0-9a-fA-F]{64}", re.ASCII).fullmatch
 
 
+# Bounds checked in msgspec's C decoder: a frame outside them fails here and falls through.
+_Amount = Annotated[int, msgspec.Meta(ge=0, le=MAX_MONEY_SAT)]
+
+
 class _WirePrevOut(msgspec.Struct):
-    value: int
+    value: _Amount
 
 
 class _WireInput(msgspec.Struct):
@@ -274,16 +414,16 @@ class _WireInput(msgspec.Struct):
 
 
 class _WireOutput(msgspec.Struct):
-    value: int
+    value: _Amount
 
 
 class _WireTx(msgspec.Struct, gc=False):
     hash: str
-    time: int
-    size: int
-    inputs: list[_WireInput]
-    out: list[_WireOutput]
-    fee: int | None = None
+    time: Annotated[int, msgspec.Meta(ge=_MIN_TIME_S, le=_MAX_TIME_S)]
+    size: Annotated[int, msgspec.Meta(gt=0, le=MAX_TX_SIZE)]
+    inputs: Annotated[list[_WireInput], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)]
+    out: Annotated[list[_WireOutput], msgspec.Meta(max_length=MAX_OUTPUTS)]
+    fee: _Amount | None = None
 
 
 class _WireMessage(msgspec.Struct, gc=False):
@@ -294,50 +434,62 @@ class _WireMessage(msgspec.Struct, gc=False):
 _decode_wire = msgspec.json.Decoder(_WireMessage).decode
 
 
-def _fast_row(raw: bytes | str, source: str, ingest_time: int) -> Row | None:
+def _fast_row(
+    raw: bytes | str, source: str, ingest_time: int, max_future_ms: int | None = None
+) -> Row | None:
     """The row of an ordinary `utx` frame, or None when `parse_message` must judge it."""
-    if not raw.isascii():
+    if len(raw) > MAX_FRAME_BYTES or not raw.isascii():
         return None
     try:
         msg = _decode_wire(raw)
     except (msgspec.DecodeError, RecursionError):
         return None
     tx = msg.x
-    if msg.op != "utx" or not _HEX_HASH(tx.hash) or not tx.inputs or tx.size <= 0:
+    if msg.op != "utx" or not _HEX_HASH(tx.hash):
         return None
-    if not _MIN_TIME_S <= tx.time <= _MAX_TIME_S:
+    if max_future_ms is not None and tx.time * 1000 > ingest_time + max_future_ms:
         return None
-    total_in = 0
+    fee = 0
     for item in tx.inputs:
-        value = item.prev_out.value
-        if value < 0:
-            return None
-        total_in += value
+        fee += item.prev_out.value
     for output in tx.out:
-        value = output.value
-        if value < 0:
-            return None
-        total_in -= value
-    if total_in < 0 or (tx.fee is not None and tx.fee != total_in):
+        fee -= output.value
+    if not 0 <= fee <= MAX_MONEY_SAT or (tx.fee is not None and tx.fee != fee):
         return None
-    return (tx.hash.lower(), tx.time * 1000, total_in, tx.size, source, ingest_time)
+    return (tx.hash.lower(), tx.time * 1000, fee, tx.size, source, ingest_time)
 
 
 def parse_batch(
-    raws: Iterable[bytes | str | Mapping[str, Any]], source: str, ingest_time: int
+    raws: Iterable[bytes | str | Mapping[str, Any] | Oversized],
+    source: str,
+    ingest_time: int,
+    *,
+    max_future_ms: int | None = None,
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
 ) -> tuple[list[Row], list[DeadLetter]]:
-    """Judge many raw inputs at once: rows in TxEvent field order for the valid, dead letters for the rest."""
+    """Judge many raw inputs at once: rows in TxEvent field order for the valid, dead letters for the rest.
+
+    Never raises: an item that breaks the parser itself (a bug, not a rule) is dead-lettered
+    alone with the exception named, and the rest of the batch goes on.
+    """
     rows: list[Row] = []
     dead: list[DeadLetter] = []
     keep = rows.append
     for raw in raws:
-        row = _fast_row(raw, source, ingest_time) if isinstance(raw, bytes | str) else None
-        if row is None:
-            try:
-                e = parse_message(raw, source, ingest_time)
-            except InvalidInput as err:
-                dead.append(DeadLetter(raw_text(raw), err.reason, source, ingest_time))
-                continue
-            row = (e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time)
+        try:
+            row = _fast_row(raw, source, ingest_time, max_future_ms) if isinstance(raw, bytes | str) else None
+            if row is None:
+                e = parse_message(raw, source, ingest_time, max_future_ms)
+                row = (e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time)
+        except InvalidInput as err:
+            dead.append(dead_letter(raw, err.reason, source, ingest_time, dead_letter_max_bytes))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad item must not stop its batch
+            dead.append(
+                dead_letter(
+                    raw, f"parser error: {type(exc).__name__}", source, ingest_time, dead_letter_max_bytes
+                )
+            )
+            continue
         keep(row)
     return rows, dead

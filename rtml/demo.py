@@ -116,16 +116,25 @@ def loop_state(settings: Settings) -> dict[str, object]:
     ingest = state["components"].get("ingest", {})
     clock = pipeline_clock(settings)
     _, idle_ms = scheduler_state(settings)
+    counters = aggregate_counters(settings)
     return {
         "replayed": ingest.get("state") == "finished",
-        "lag": int(aggregate_counters(settings)["lag_events"]),
+        "lag": int(counters["lag_events"]),
+        "open_windows": int(counters["open_windows"]),
         "clock": clock,
         "idle_at": datetime.fromtimestamp(idle_ms / 1000, UTC) if idle_ms is not None else None,
     }
 
 
-def wait_settled(settings: Settings, timeout_s: float, console: Console | None = None) -> dict[str, object]:
-    """Poll until the replay finished, the stream is drained, the clock stopped and the scheduler is idle at it."""
+def wait_settled(
+    settings: Settings, timeout_s: float, console: Console | None = None, all_closed: bool = False
+) -> dict[str, object]:
+    """Poll until the replay finished, the stream is drained, the clock stopped and the scheduler is idle at it.
+
+    `all_closed` also waits for the last window: after a replay's last event it closes only once
+    the watermark, moving with the wall clock, passes its end (allowed lateness after about a
+    minute of quiet); without it, the run ends a minute earlier or later depending on timing.
+    """
     deadline = time.monotonic() + timeout_s
     moved_at, last_clock = time.monotonic(), None
     status = console.status("") if console is not None else None
@@ -138,6 +147,7 @@ def wait_settled(settings: Settings, timeout_s: float, console: Console | None =
                 moved_at, last_clock = time.monotonic(), state["clock"]
             settled = (
                 state["replayed"] and state["lag"] == 0 and state["clock"] is not None
+                and (state["open_windows"] == 0 or not all_closed)
                 and state["idle_at"] == state["clock"] and time.monotonic() - moved_at >= SETTLED_S
             )  # fmt: skip
             if settled:
@@ -149,7 +159,8 @@ def wait_settled(settings: Settings, timeout_s: float, console: Console | None =
                 idle = f"{state['idle_at']:%H:%M}" if state["idle_at"] else "-"
                 status.update(
                     f"  pipeline clock {clock} UTC, scheduler caught up to {idle}, "
-                    f"{'replay done' if state['replayed'] else 'replaying'}, stream lag {state['lag']:,}"
+                    f"{'replay done' if state['replayed'] else 'replaying'}, stream lag {state['lag']:,}, "
+                    f"open windows {state['open_windows']}"
                 )
             time.sleep(0.5)
     finally:
@@ -212,9 +223,9 @@ def summarize(settings: Settings, story: Story, frames: int, url: str | None) ->
     if baseline is not None:
         out["baseline champion"] = f"v{baseline.details['version']}: {baseline.details.get('reason', '')}"
     first = next((e for e in starts if e.details.get("reason") == "first"), None)
-    if first is not None and gates:
-        g = next(e for e in gates if e.id > first.id)
-        out["model quality"] = _gate_line(g.details) + f" (first training at {_hhmm(first.details['clock'])} UTC)"
+    first_gate = next((e for e in gates if first is not None and e.id > first.id), None)
+    if first is not None and first_gate is not None:
+        out["model quality"] = _gate_line(first_gate.details) + f" (first training at {_hhmm(first.details['clock'])} UTC)"
     out["forecasts"] = (
         f"{count_predictions(settings):,} pipeline forecasts logged, one per closed minute "
         f"from {min((h.hour for h in hours), default=cfg.start):%H:%M} UTC; {len(hours)} hours judged"
@@ -247,9 +258,9 @@ def summarize(settings: Settings, story: Story, frames: int, url: str | None) ->
     shift_retrains = [e for e in starts if first_breach is not None and e.id > first_breach.id]
     if shift_retrains:
         r = shift_retrains[0]
-        g = next((e for e in gates if e.id > r.id), None)
+        decision = next((e for e in gates if e.id > r.id), None)
         out["retraining"] = f"triggered by {r.details['reason']} at {_hhmm(r.details['clock'])} UTC: " + (
-            _gate_line(g.details) if g else "no gate decision yet"
+            _gate_line(decision.details) if decision else "no gate decision yet"
         )
     champion = champion_version(settings)
     kind = champion_kind(settings)
@@ -317,7 +328,7 @@ def run_demo(
     console.print(f"[green]✓[/] rtml up [dim]({time.monotonic() - t:.1f} s)[/]")
     t = time.monotonic()
     try:
-        wait_settled(settings, timeout_s, console)
+        wait_settled(settings, timeout_s, console, all_closed=True)
         console.print(f"[green]✓[/] loop settled [dim]({time.monotonic() - t:.1f} s)[/]")
         url = f"http://{settings.serving.host}:{port}"
         summary = summarize(settings, story, frames, url if serve else None)

@@ -43,7 +43,7 @@ class PipelineScheduler(Scheduler):
         super().__init__(settings, self._jobs(settings), on_model_change=self.forecaster.model_may_change)
 
     def _jobs(self, settings: Settings) -> list[Job]:
-        from rtml.monitoring.loop import retrain
+        from rtml.monitoring.loop import retrain, retrain_key
         from rtml.quality.drift import run_drift_check, scheduled_windows
 
         events = self.monitor.events
@@ -57,7 +57,11 @@ class PipelineScheduler(Scheduler):
         def first_training(t_ms: int) -> bool:
             from rtml.model.registry import has_trained_model
 
-            return not has_trained_model(settings) and retrain(settings, events, "first", {}, _at(t_ms)) is not None
+            # A model trained by hand makes this one moot; one this job started (its key is
+            # there) is finished or redone by `retrain`.
+            if events.find(retrain_key(_at(t_ms))) is None and has_trained_model(settings):
+                return False
+            return retrain(settings, events, "first", {}, _at(t_ms)) is not None
 
         def drift(t_ms: int) -> None:
             first = self.minutes.first_minute_ms()

@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,141 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, li
         yield settings, versions
         if registry.champion_version(settings) != versions[0]:
             registry.promote(settings, versions[0], reason="test cleanup")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' own checker (Debian's `prometheus` package; .ci/run installs it)."""
+    path = shutil.which("promtool")
+    require(path is not None, "promtool is not installed (Debian package prometheus; .ci/run installs it)")
+    return str(path)
+
+
+CLAIM = "rtml-test-claim"
+
+
+class Isolated:
+    """A Redis database and a PostgreSQL database of the test's own, on the machine's shared
+    servers, so that the WHOLE keyspace and the WHOLE catalog can be compared before and after.
+
+    Why not diff the shared db 0 and database `test`: other engineers' tests create and drop
+    their own namespaces there at any moment, so a full diff of those would flap, and filtering
+    it by "our namespace" is exactly the pattern search this test must not rely on (a key rtml
+    wrote under another name would slip through both). In a database nobody else uses, any
+    difference at all is rtml's doing. What could still escape: a part that ignored the
+    configured database and wrote to db 0 / `test`; those are searched for anything carrying
+    the namespace, and the server-wide role list is compared in full.
+    """
+
+    def __init__(self) -> None:
+        import random
+
+        import psycopg
+        import redis
+
+        admin = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        used = {int(name[2:]) for name in admin.info("keyspace")}
+        admin.close()
+        free = [n for n in range(8, 16) if n not in used]
+        random.shuffle(free)
+        self.redis_db = -1
+        for n in free:  # claimed with SET NX, so two tests running at once never share one
+            client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{n}")
+            if client.set(CLAIM, os.getpid(), nx=True, ex=3600):
+                self.redis_db, self.redis = n, client
+                break
+            client.close()
+        assert self.redis_db >= 0, "no empty Redis database among 8..15 for the test"
+        self.redis_url = f"redis://127.0.0.1:6379/{self.redis_db}"
+        self.shared_redis = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        self.pg_db = f"rtml_purge_test_{os.getpid()}_{random.randrange(10**6)}"
+        self.server_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.pg_db}"')
+        self.postgres_dsn = f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}"
+
+    def keyspace(self) -> dict[bytes, tuple[bytes, object]]:
+        """Every key of the test's Redis database, with its type and value."""
+        out: dict[bytes, tuple[bytes, object]] = {}
+        for key in self.redis.scan_iter(count=1000):
+            kind = self.redis.type(key)
+            value: object = self.redis.dump(key)
+            out[key] = (kind, value)
+        return out
+
+    def catalog(self) -> dict[str, list[tuple[str, ...]]]:
+        """Every schema, relation, function, type and extension of the test's database, and the
+        server's roles."""
+        import psycopg
+
+        queries = {
+            "schemas": "SELECT nspname FROM pg_namespace",
+            "relations": "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace",
+            "functions": "SELECT n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace",
+            "types": "SELECT n.nspname, t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace",
+            "extensions": "SELECT extname FROM pg_extension",
+            "roles": "SELECT rolname FROM pg_roles",
+        }
+        with psycopg.connect(self.postgres_dsn, autocommit=True) as conn:
+            found = {name: sorted(tuple(map(str, r)) for r in conn.execute(q).fetchall()) for name, q in queries.items()}
+        # PostgreSQL's own per-connection temporary schemas: the server creates one when a session
+        # first uses a temporary table and keeps it, empty, for reuse. Not rtml's; anything left
+        # inside one would still show among the relations.
+        found["schemas"] = [s for s in found["schemas"] if not s[0].startswith(("pg_temp_", "pg_toast_temp_"))]
+        return found
+
+    def shared_traces(self, namespace: str) -> list[str]:
+        """Anything carrying the namespace in the shared db 0 or the shared database `test`."""
+        import psycopg
+
+        found = [repr(k) for k in self.shared_redis.scan_iter(match=f"*{namespace}*".encode(), count=1000)]
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+            found += [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = %s", (namespace,))]
+        return found
+
+    def close(self) -> None:
+        import psycopg
+
+        self.redis.flushdb()  # the database was empty and claimed: everything in it is the test's
+        self.redis.close()
+        self.shared_redis.close()
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+
+
+@pytest.fixture
+def isolated(redis_url: str, postgres_dsn: str) -> Iterator[Isolated]:
+    iso = Isolated()
+    yield iso
+    iso.close()
+
+
+def _log_pipeline_forecasts(settings: Settings, minutes: Any, start: Any, end: Any) -> int:
+    from rtml.aggregate.sinks import MinutesTable, aggregate_db_path
+    from rtml.contracts import MinuteFeatures
+    from rtml.serving.forecaster import Forecaster
+
+    table = MinutesTable(aggregate_db_path(settings))
+    table.upsert(
+        [
+            MinuteFeatures(r.minute.to_pydatetime(), int(r.tx_count), int(r.fee_total_sat),
+                           None if r.fee_avg_sat != r.fee_avg_sat else float(r.fee_avg_sat),
+                           r.event_time.to_pydatetime(), int(r.revision))
+            for r in minutes.itertuples(index=False)
+        ]
+    )  # fmt: skip
+    table.close()
+    forecaster = Forecaster(settings)
+    try:
+        boundaries = range(int(start.timestamp() * 1000), int(end.timestamp() * 1000) + 1, 60_000)
+        return sum(forecaster.forecast_at(t) is not None for t in boundaries)
+    finally:
+        forecaster.close()
+
+
+@pytest.fixture
+def log_pipeline_forecasts() -> Callable[[Settings, Any, Any, Any], int]:
+    """`f(settings, minutes, start, end)`: put `minutes` (a frame) in the engine's table and log the
+    pipeline's forecast at every minute boundary in [start, end], as the scheduler's forecast job
+    does; returns how many were logged."""
+    return _log_pipeline_forecasts

@@ -7,7 +7,10 @@ counters, the late events and the emitted rows (into an outbox). Only then are t
 rows delivered to the sinks (idempotent upserts keyed by minute) and the outbox cleared.
 A kill -9 at any instant leaves either the old state (the batch is re-read and re-applied
 from the same offset, deterministically) or the new one (the outbox is re-delivered):
-nothing lost, nothing counted twice.
+nothing lost, nothing counted twice. Events the clock guard holds back are part of the state
+(`held_events`); its clock outliers wait in `outlier_outbox` (same transaction) until they are
+in ingestion's dead-letter store: a crash between the two records an outlier twice, never
+loses one.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_sinks
-from rtml.aggregate.windows import NO_WATERMARK, LateEvent, Window, WindowState
+from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
-from rtml.contracts import MinuteFeatures
+from rtml.contracts import DeadLetter, MinuteFeatures
 from rtml.stream import Offset, Stream, open_stream
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,20 @@ CREATE TABLE IF NOT EXISTS late_events (
   watermark INTEGER NOT NULL,
   reason TEXT NOT NULL,
   recorded_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held_events (
+  seq INTEGER PRIMARY KEY,           -- stream order
+  tx_hash TEXT NOT NULL,
+  event_time INTEGER NOT NULL,
+  fee_sat INTEGER NOT NULL,
+  seen INTEGER NOT NULL              -- later events that did not refute it
+);
+CREATE TABLE IF NOT EXISTS outlier_outbox (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  tx_hash TEXT NOT NULL,
+  event_time INTEGER NOT NULL,
+  fee_sat INTEGER NOT NULL,
+  reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -119,6 +136,7 @@ class Engine:
         self._conn = connect(aggregate_db_path(settings))
         self._conn.executescript(STATE_SCHEMA)
         self.state, self.offset = self._load()
+        self._held_stored = bool(self.state.guard and self.state.guard.held)
         self._undelivered = False
         self._published_at = 0.0
         self._redis = None
@@ -130,6 +148,7 @@ class Engine:
             self.deliver()  # rows a crash left between commit and delivery
         except DeliveryError as exc:
             log.warning("%s; will retry", exc)
+        self.deliver_outliers()
 
     # -- state -----------------------------------------------------------------------------
     def _load(self) -> tuple[WindowState, Offset | None]:
@@ -138,7 +157,13 @@ class Engine:
             "SELECT stream, input_offset, watermark, max_event_time, next_emit, max_minute,"
             " events_in, late, duplicates, windows_emitted FROM engine_state WHERE id = 1"
         ).fetchone()
-        state = WindowState(lateness_ms=lateness)
+        guard = ClockGuard(int(self.settings.window.max_jump_s * 1000), lateness)
+        for tx_hash, et, fee, seen in self._conn.execute(
+            "SELECT tx_hash, event_time, fee_sat, seen FROM held_events ORDER BY seq"
+        ):
+            guard.held.append((tx_hash, et, fee))
+            guard.seen.append(seen)
+        state = WindowState(lateness_ms=lateness, guard=guard)
         if row is None:
             return state, None
         # States written before logs had an identity named the log by its place.
@@ -205,11 +230,27 @@ class Engine:
                     "INSERT INTO outbox (minute, tx_count, fee_total_sat, revision) VALUES (?, ?, ?, ?)",
                     [(w.minute, w.tx_count, w.fee_total_sat, w.revision) for w in windows],
                 )
+            guard = s.guard
+            if guard is not None and (guard.held or guard.outliers or self._held_stored):
+                conn.execute("DELETE FROM held_events")
+                conn.executemany(
+                    "INSERT INTO held_events VALUES (?, ?, ?, ?, ?)",
+                    [(i, *r, n) for i, (r, n) in enumerate(zip(guard.held, guard.seen, strict=True))],
+                )
+                conn.executemany(
+                    "INSERT INTO outlier_outbox (tx_hash, event_time, fee_sat, reason) VALUES (?, ?, ?, ?)",
+                    [(e.tx_hash, e.event_time, e.fee_sat, e.reason) for e in guard.outliers],
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         s.dirty.clear()
+        if s.guard is not None:
+            self._held_stored = bool(s.guard.held)
+            if s.guard.outliers:
+                s.guard.outliers = []
+                self.deliver_outliers()
         self.offset = offset
         if now - self._published_at >= 1:
             self._publish_offset()
@@ -245,6 +286,22 @@ class Engine:
         self._undelivered = False
         return len(features)
 
+    def deliver_outliers(self) -> int:
+        """Move clock outliers from the outbox into the dead-letter store, then clear them;
+        they stay for the next try while the store is down."""
+        rows = self._conn.execute(
+            "SELECT seq, tx_hash, event_time, fee_sat, reason FROM outlier_outbox ORDER BY seq"
+        ).fetchall()
+        if not rows:
+            return 0
+        try:
+            record_outliers(self.settings, [r[1:] for r in rows])
+        except Exception as exc:  # noqa: BLE001 - they wait in the outbox
+            log.warning("could not dead-letter %d clock outliers (%s); will retry", len(rows), exc)
+            return 0
+        self._conn.execute("DELETE FROM outlier_outbox WHERE seq <= ?", (rows[-1][0],))
+        return len(rows)
+
     def counters(self) -> dict[str, float]:
         s = self.state
         wm = s.watermark if s.watermark != NO_WATERMARK else None
@@ -277,8 +334,9 @@ class Engine:
             emitted += p.emitted
             if on_progress is not None:
                 on_progress(p)
+        late = self.state.settle()
         windows = self.state.drain()
-        self._commit(self.offset, [], windows)
+        self._commit(self.offset, late, windows)
         return emitted + self.deliver()
 
     def run_live(self, stop: threading.Event, poll_s: float = POLL_S) -> None:
@@ -298,11 +356,15 @@ class Engine:
                     backoff = 0.0
                     continue
                 quiet_ms = (time.monotonic() - last_event) * 1000
-                if quiet_ms >= idle_ms and self.state.max_event_time != NO_WATERMARK:
-                    self.state.advance(self.state.max_event_time + int(quiet_ms) - lateness)
+                if quiet_ms >= idle_ms:
+                    if self.state.max_event_time == NO_WATERMARK:
+                        # A quiet stream of fewer events than corroboration needs: judge them now.
+                        late = self.state.settle()
+                    else:
+                        late = self.state.advance(self.state.max_event_time + int(quiet_ms) - lateness)
                     windows = self.state.pop_final()
-                    if windows:
-                        self._commit(self.offset, [], windows)
+                    if windows or late or (self.state.guard and self.state.guard.outliers):
+                        self._commit(self.offset, late, windows)
                         self.deliver()
                 backoff = 0.0
             except DeliveryError as exc:
@@ -326,6 +388,22 @@ class Engine:
         if self._redis is not None:
             self._redis.close()
         self._lock.close()
+
+
+def record_outliers(settings: Settings, outliers: Sequence[Sequence[object]]) -> None:
+    """Clock outliers (tx_hash, event_time, fee_sat, reason) into ingestion's dead-letter store,
+    as source `aggregate` with the row as JSON: both engines call this."""
+    import json
+
+    from rtml.sources.deadletters import open_ingest_store
+
+    now = int(time.time() * 1000)
+    letters = []
+    for tx_hash, et, fee, reason in outliers:
+        raw = json.dumps({"tx_hash": tx_hash, "event_time": et, "fee_sat": fee})
+        letters.append(DeadLetter(raw, str(reason), "aggregate", now, len(raw), ""))
+    with open_ingest_store(settings) as store:
+        store.record(letters, {"clock_outliers": len(letters)})
 
 
 def run(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml.aggregate.sinks import MinuteSink, minute_sinks
-from rtml.aggregate.windows import MINUTE_MS, NO_WATERMARK, Window, WindowState
+from rtml.aggregate.windows import MAX_TOTAL_SAT, MINUTE_MS, NO_WATERMARK, ClockGuard, Window, WindowState
 from rtml.config import Settings, get_settings
 from rtml.contracts import MinuteFeatures
 
@@ -131,7 +131,10 @@ class DriverState:
         w = self.windows
         watermark_before = w.watermark
         for minute, count, total, max_et in totals:
-            if minute + MINUTE_MS <= watermark_before:
+            if minute + MINUTE_MS <= watermark_before or total > MAX_TOTAL_SAT:
+                # A total past int64 (more than 4,392 fees of 21M BTC in one minute) keeps the
+                # window's last value: the embedded engine refuses the event that would pass it,
+                # which Spark's totals cannot single out. Counted, so it is never silent.
                 self.ignored_updates += 1
                 continue
             w.open[minute] = [count, total, set()]
@@ -211,8 +214,18 @@ def spark_session(master: str | None = None, app_name: str = "rtml-aggregate") -
     return spark
 
 
-def minute_totals(spark: SparkSession, settings: Settings, max_rows_per_batch: int) -> DataFrame:
-    """The streaming query: dedup tx_hash within the watermark, sum 1-minute event-time windows."""
+def guard_path(settings: Settings, checkpoint: str) -> str:
+    """The source's clock-guard file, beside the driver's window state."""
+    return str(state_path(settings, checkpoint).with_name("rtml-clock-guard.json"))
+
+
+def minute_totals(
+    spark: SparkSession, settings: Settings, max_rows_per_batch: int, guard: str | None = None
+) -> DataFrame:
+    """The streaming query: dedup tx_hash within the watermark, sum 1-minute event-time windows.
+
+    With `guard` (a file path) the source applies the window semantics' clock guard first, so
+    an event far ahead of the stream never reaches Spark's watermark."""
     from pyspark.sql import functions as F
 
     from rtml.aggregate.spark_source import RtmlStreamSource, source_options
@@ -221,7 +234,7 @@ def minute_totals(spark: SparkSession, settings: Settings, max_rows_per_batch: i
     lateness_ms = int(settings.window.allowed_lateness_s * 1000)
     events = (
         spark.readStream.format(RtmlStreamSource.name())
-        .options(**source_options(settings, max_rows_per_batch=max_rows_per_batch))
+        .options(**source_options(settings, max_rows_per_batch=max_rows_per_batch, guard_path=guard))
         .load()
         .select("tx_hash", "event_time", "fee_sat", F.timestamp_millis("event_time").alias("ts"))
         .withWatermark("ts", f"{lateness_ms} milliseconds")
@@ -230,7 +243,10 @@ def minute_totals(spark: SparkSession, settings: Settings, max_rows_per_batch: i
     return events.groupBy(F.window("ts", "1 minute").alias("w")).agg(
         F.unix_millis(F.col("w.start")).alias("minute"),
         F.count("*").alias("tx_count"),
-        F.sum("fee_sat").alias("fee_total_sat"),
+        # No overflow: summed as decimal(38, 0) (room for 4.7e22 fees of 21M BTC), so Spark's
+        # ANSI mode can never fail the query on a sum; the driver applies the int64 bound of
+        # the window semantics (windows.MAX_TOTAL_SAT) before any store sees the total.
+        F.sum(F.col("fee_sat").cast("decimal(38,0)")).alias("fee_total_sat"),
         F.max("event_time").alias("max_event_time"),
     )
 
@@ -251,17 +267,30 @@ class _Driver:
     query and the idle clock, hence the lock.
     """
 
-    def __init__(self, state: DriverState, sinks: Sequence[MinuteSink], on_batch: Callable[[int, int], None] | None):
+    def __init__(
+        self,
+        state: DriverState,
+        sinks: Sequence[MinuteSink],
+        on_batch: Callable[[int, int], None] | None,
+        settings: Settings | None = None,
+        guard: str | None = None,
+    ):
         self.state = state
         self.sinks = sinks
         self.on_batch = on_batch
+        self.settings = settings
+        self.guard = guard
         self.lock = threading.Lock()
         self.batches = 0
         self.last_data = time.monotonic()
         self.emitted = state.deliver(sinks)  # a crash between commit and delivery left rows here
 
     def micro_batch(self, df: DataFrame, batch_id: int) -> None:
-        rows = [tuple(r) for r in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()]
+        rows = [
+            (m, c, int(t), e)
+            for m, c, t, e in df.select("minute", "tx_count", "fee_total_sat", "max_event_time").collect()
+        ]
+        self.dead_letter_outliers()
         with self.lock:
             if not self.state.apply(batch_id, rows):
                 return  # a replayed batch: its effect is already committed
@@ -285,8 +314,56 @@ class _Driver:
 
     def drain(self) -> None:
         with self.lock:
+            self._settle_guard()
             self.state.drain()
             self._commit()
+        self.dead_letter_outliers()
+
+    def _settle_guard(self) -> None:
+        """End of input: the source's held events are decided as the embedded engine decides them."""
+        from rtml.aggregate.spark_source import load_guard, save_guard
+
+        if self.guard is None:
+            return
+        doc = load_guard(self.guard)
+        if not doc["states"]:
+            return
+        last = next(reversed(doc["states"]))
+        top, held = doc["states"][last]
+        assert self.settings is not None
+        guard = ClockGuard(
+            int(self.settings.window.max_jump_s * 1000),
+            self.state.windows.lateness_ms,
+            [tuple(r) for r, _ in held],
+        )
+        wm = top - self.state.windows.lateness_ms if top != NO_WATERMARK else NO_WATERMARK
+        released = guard.settle(wm)
+        w = self.state.windows
+        counted: set[str] = set()
+        for tx_hash, et, fee, *_ in released:  # only before any watermark: no window is final yet
+            if tx_hash in counted:
+                continue
+            counted.add(tx_hash)
+            minute = et - et % MINUTE_MS
+            window = w.open.setdefault(minute, [0, 0, set()])
+            window[0] += 1
+            window[1] += fee
+            w.next_emit = minute if w.next_emit is None else min(w.next_emit, minute)
+            w.max_minute = minute if w.max_minute is None else max(w.max_minute, minute)
+            w.max_event_time = max(w.max_event_time, et)
+        doc["states"][last] = [max([top, *(r[1] for r in released)]), []]
+        doc["outliers"]["drain"] = [[e.tx_hash, e.event_time, e.fee_sat, e.reason] for e in guard.outliers]
+        save_guard(self.guard, doc)
+
+    def dead_letter_outliers(self) -> None:
+        """The source's clock outliers into the dead-letter store (as the embedded engine does)."""
+        from rtml.aggregate.embedded import record_outliers
+        from rtml.aggregate.spark_source import take_outliers
+
+        if self.guard is not None and self.settings is not None:
+            outliers = take_outliers(self.guard)
+            if outliers:
+                record_outliers(self.settings, outliers)
 
     def _commit(self) -> None:
         if self.state.outbox:
@@ -316,12 +393,15 @@ def run_spark(
     started = time.monotonic()
     ckpt = checkpoint_dir(settings, checkpoint)
     state = DriverState(state_path(settings, ckpt), int(settings.window.allowed_lateness_s * 1000))
-    driver = _Driver(state, list(sinks) if sinks is not None else minute_sinks(settings), on_batch)
+    guard = guard_path(settings, ckpt)
+    driver = _Driver(
+        state, list(sinks) if sinks is not None else minute_sinks(settings), on_batch, settings, guard
+    )
     stop = stop if stop is not None else threading.Event()
     session = spark if spark is not None else spark_session(master)
     try:
         writer = (
-            minute_totals(session, settings, max_rows_per_batch)
+            minute_totals(session, settings, max_rows_per_batch, guard)
             .writeStream.outputMode("update")
             .foreachBatch(driver.micro_batch)
             .option("checkpointLocation", ckpt)
@@ -370,7 +450,9 @@ def run_command(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ckpt = checkpoint_dir(settings, checkpoint)
-    with console.status(f"starting Spark ({master or 'local[2] unless submitted'}), checkpoint {ckpt}") as status:
+    with console.status(
+        f"starting Spark ({master or 'local[2] unless submitted'}), checkpoint {ckpt}"
+    ) as status:
         result = run_spark(
             settings,
             drain=drain,
@@ -390,9 +472,15 @@ def run_command(
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `spark-submit` (and `python -m rtml.aggregate.spark_job`)."""
     parser = argparse.ArgumentParser(description="rtml aggregation as a Spark Structured Streaming job")
-    parser.add_argument("--drain", action="store_true", help="process what the stream holds, close all windows, exit")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)")
-    parser.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[2])")
+    parser.add_argument(
+        "--drain", action="store_true", help="process what the stream holds, close all windows, exit"
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)"
+    )
+    parser.add_argument(
+        "--master", default=None, help="Spark master (default: spark-submit's, else local[2])"
+    )
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--max-rows-per-batch", type=int, default=100_000)
     args = parser.parse_args(argv)

@@ -8,6 +8,15 @@ Offsets are `{"offset": "<backend offset>"}` (SQLite `events.offset` as text, Re
 Register with `spark.dataSource.register(RtmlStreamSource)` and read with
 `spark.readStream.format("rtml_stream").options(**source_options(settings)).load()`.
 Executors open their own connection in `read` (nothing unpicklable crosses to them).
+
+Clock protection (option `guardPath`): the window semantics' `ClockGuard` must judge events
+before Spark's own watermark sees them, in stream order, which only the driver can do. So the
+driver reads each planned range's event times once more, runs the guard, and tells the
+partitions which offsets to skip (held back or outliers) and which held rows to add (released
+now). The guard's state after each range is kept in `guardPath` keyed by the range's end
+offset, so a range Spark re-plans after a crash is judged again from the same state, with
+the same result. Outliers wait in the same file until the job dead-letters them
+(`take_outliers`): a crash in between records one twice, never loses one.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import StructType
 
+from rtml.aggregate.windows import NO_WATERMARK, ClockGuard
 from rtml.config import Settings
 
 SCHEMA = "tx_hash string, event_time long, fee_sat long, size long, source string, ingest_time long"
@@ -36,13 +46,27 @@ _CHUNK = 10_000
 _SEQ_MAX = 18446744073709551615
 
 
+# Guard states kept per planned range end (Spark re-plans at most the last uncommitted batch).
+_GUARD_SNAPSHOTS = 16
+
+
 def source_options(
-    settings: Settings, *, max_rows_per_batch: int = 100_000, partitions: int = 2
+    settings: Settings,
+    *,
+    max_rows_per_batch: int = 100_000,
+    partitions: int = 2,
+    guard_path: str | None = None,
 ) -> dict[str, str]:
     """The options that point the source at this pipeline's stream (chosen by the profile)."""
     from rtml.stream import stream_path
 
     options = {"maxRowsPerBatch": str(max_rows_per_batch), "partitions": str(partitions)}
+    if guard_path is not None:
+        options |= {
+            "guardPath": guard_path,
+            "maxJumpMs": str(int(settings.window.max_jump_s * 1000)),
+            "latenessMs": str(int(settings.window.allowed_lateness_s * 1000)),
+        }
     if settings.profile == "services":
         options |= {"backend": "redis", "url": settings.redis_url, "key": f"{settings.namespace}:stream:tx"}
     else:
@@ -51,11 +75,16 @@ def source_options(
 
 
 class OffsetRange(InputPartition):
-    """Events with `start < offset <= end` (backend offsets as text; `start` None = from the beginning)."""
+    """Events with `start < offset <= end` (backend offsets as text; `start` None = from the beginning),
+    less the offsets in `skip`, plus the rows in `extra` (the clock guard's decisions)."""
 
-    def __init__(self, start: str | None, end: str) -> None:
+    def __init__(
+        self, start: str | None, end: str, skip: frozenset[str] = frozenset(), extra: Sequence[list[Any]] = ()
+    ) -> None:
         self.start = start
         self.end = end
+        self.skip = skip
+        self.extra = list(extra)
 
 
 class _Log:
@@ -138,30 +167,76 @@ class _Log:
 
     def read(self, part: OffsetRange) -> Iterator[list[list[Any]]]:
         """The events of one range in log order, in chunks of rows (TxEvent field order)."""
+        if not part.skip:
+            for chunk in self._read(part.start, part.end, with_offsets=False):
+                yield [row for _, row in chunk]
+        else:
+            for chunk in self._read(part.start, part.end, with_offsets=True):
+                yield [row for offset, row in chunk if offset not in part.skip]
+        if part.extra:
+            yield part.extra
+
+    def rows(self, start: str | None, end: str) -> Iterator[tuple[str, list[Any]]]:
+        """(offset, row) of `(start, end]` in log order, for the driver's clock guard."""
+        for chunk in self._read(start, end, with_offsets=True):
+            yield from chunk
+
+    def _read(
+        self, start: str | None, end: str, *, with_offsets: bool
+    ) -> Iterator[list[tuple[str, list[Any]]]]:
         if self.backend == "sqlite":
             conn = self._sqlite()
             try:
                 cur = conn.execute(
-                    "SELECT tx_hash, event_time, fee_sat, size, source, ingest_time FROM events"
+                    "SELECT offset, tx_hash, event_time, fee_sat, size, source, ingest_time FROM events"
                     " WHERE offset > ? AND offset <= ? ORDER BY offset",
-                    (int(part.start or 0), int(part.end)),
+                    (int(start or 0), int(end)),
                 )
                 while rows := cur.fetchmany(_CHUNK):
-                    yield [list(r) for r in rows]
+                    yield [(str(r[0]) if with_offsets else "", list(r[1:])) for r in rows]
             finally:
                 conn.close()
             return
         client = self._redis()
         try:
-            low = f"({part.start}" if part.start is not None else "-"
+            low = f"({start}" if start is not None else "-"
             while True:
-                entries = client.xrange(self.options["key"], min=low, max=part.end, count=_CHUNK)
+                entries = client.xrange(self.options["key"], min=low, max=end, count=_CHUNK)
                 if not entries:
                     return
-                yield json.loads(b"[" + b",".join(fields[b"j"] for _, fields in entries) + b"]")
+                rows = json.loads(b"[" + b",".join(fields[b"j"] for _, fields in entries) + b"]")
+                yield [(entry_id.decode(), row) for (entry_id, _), row in zip(entries, rows, strict=True)]
                 low = f"({entries[-1][0].decode()}"
         finally:
             client.close()
+
+
+def load_guard(path: str) -> dict[str, Any]:
+    """The clock guard's file: states by range end (insertion order) and outliers by range end."""
+    if not os.path.exists(path):
+        return {"states": {}, "outliers": {}}
+    with open(path) as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def save_guard(path: str, doc: dict[str, Any]) -> None:
+    """Atomically (a kill -9 leaves the old file or the new one)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def take_outliers(path: str) -> list[tuple[str, int, int, str]]:
+    """Outliers judged so far (tx_hash, event_time, fee_sat, reason), removed from the file."""
+    doc = load_guard(path)
+    found = [tuple(o) for batch in doc["outliers"].values() for o in batch]
+    if found:
+        doc["outliers"] = {}
+        save_guard(path, doc)
+    return found  # type: ignore[return-value]
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -178,6 +253,9 @@ class RtmlStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.parts = int(options.get("partitions", "2"))
         self.target: str | None = None
         self.available_now = False
+        self.guard_path = options.get("guardpath")
+        self.max_jump_ms = int(options.get("maxjumpms", "3600000"))
+        self.lateness_ms = int(options.get("latenessms", "60000"))
 
     def initialOffset(self) -> dict[str, Any]:
         return {"offset": None}
@@ -210,7 +288,43 @@ class RtmlStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> Sequence[InputPartition]:
         if end["offset"] is None or start == end:
             return []
-        return self.log.split(start["offset"], end["offset"], self.parts)
+        parts = self.log.split(start["offset"], end["offset"], self.parts)
+        if self.guard_path is None:
+            return parts
+        skip, extra = self._guard(start["offset"], end["offset"])
+        return [OffsetRange(p.start, p.end, skip, extra if i == 0 else ()) for i, p in enumerate(parts)]
+
+    def _guard(self, start: str | None, end: str) -> tuple[frozenset[str], list[list[Any]]]:
+        """Judge `(start, end]` from the guard state after `start`; keep the state after `end`."""
+        assert self.guard_path is not None
+        doc = load_guard(self.guard_path)
+        top, held = doc["states"].get(start or "", [NO_WATERMARK, []])
+        guard = ClockGuard(
+            self.max_jump_ms, self.lateness_ms, [tuple(r) for r, _ in held], [n for _, n in held]
+        )
+        skip: set[str] = set()
+        extra: list[list[Any]] = []
+        for offset, row in self.log.rows(start, end):
+            et = row[1]
+            wm = top - self.lateness_ms if top != NO_WATERMARK else NO_WATERMARK
+            if not guard.needs(et, wm):
+                top = max(top, et)
+                continue
+            passed = False
+            for r in guard.judge((*row, offset), wm):
+                top = max(top, r[1])
+                if r[-1] == offset:
+                    passed = True
+                else:
+                    extra.append(list(r[:-1]))  # held earlier, released now
+            if not passed:
+                skip.add(offset)  # held back (or an outlier): not in this range's data
+        doc["states"][end] = [top, [[list(r), n] for r, n in zip(guard.held, guard.seen, strict=True)]]
+        while len(doc["states"]) > _GUARD_SNAPSHOTS:
+            doc["states"].pop(next(iter(doc["states"])))
+        doc["outliers"][end] = [[e.tx_hash, e.event_time, e.fee_sat, e.reason] for e in guard.outliers]
+        save_guard(self.guard_path, doc)
+        return frozenset(skip), extra
 
     def read(self, partition: InputPartition) -> Iterator[Any]:
         import pyarrow as pa

@@ -27,13 +27,14 @@ Profiles:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import re
 import struct
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import parse_qsl, quote, unquote, urlparse
 
 from rtml.config import Settings
 
@@ -129,12 +130,16 @@ def pg_table(settings: Settings) -> str:
 
 def _pg_parts(dsn: str) -> dict[str, Any]:
     url = urlparse(dsn)
+    query = dict(parse_qsl(url.query))
     return {
         "host": url.hostname or "127.0.0.1",
         "port": url.port or 5432,
         "database": (url.path or "/postgres").lstrip("/") or "postgres",
         "user": unquote(url.username or "postgres"),
         "password": unquote(url.password or ""),
+        # TLS as the DSN asks (libpq's own default, prefer, when it does not say): Feast's
+        # default would be `require`, which a local server without TLS refuses.
+        "ssl": {key: query[key] for key in ("sslmode", "sslrootcert", "sslcert", "sslkey") if key in query},
     }
 
 
@@ -160,8 +165,9 @@ def store_yaml(settings: Settings) -> str:
         pg = _pg_parts(settings.postgres_dsn)
         auth = quote(pg["user"]) + (f":{quote(pg['password'])}" if pg["password"] else "")
         search_path = quote(f"-csearch_path={settings.namespace}")
+        ssl_query = "".join(f"&{key}={quote(value)}" for key, value in pg["ssl"].items())
         registry_url = (
-            f"postgresql+psycopg://{auth}@{pg['host']}:{pg['port']}/{pg['database']}?options={search_path}"
+            f"postgresql+psycopg://{auth}@{pg['host']}:{pg['port']}/{pg['database']}?options={search_path}{ssl_query}"
         )
         lines += [
             "registry:",
@@ -181,7 +187,8 @@ def store_yaml(settings: Settings) -> str:
             f"  db_schema: {settings.namespace}",
             f"  user: {pg['user']}",
             f"  password: '{pg['password']}'",
-            "  sslmode: disable",
+            f"  sslmode: {pg['ssl'].get('sslmode', 'prefer')}",
+            *(f"  {key}_path: '{pg['ssl'][key]}'" for key in ("sslrootcert", "sslcert", "sslkey") if key in pg["ssl"]),
         ]
     else:
         lines += [
@@ -258,35 +265,44 @@ def ensure_repo(settings: Settings) -> FeatureStore:
     repo = repo_dir(settings)
     (repo / "data").mkdir(parents=True, exist_ok=True)
     offline_dir(settings)
-    yaml_text, defs_text = store_yaml(settings), definitions_py(settings)
-    digest = hashlib.sha256((yaml_text + defs_text).encode()).hexdigest()[:16]
-    marker = repo / "data" / "applied"
-    if settings.profile == "services":
-        ensure_offline_table(settings)
-    for name, text in (("feature_store.yaml", yaml_text), ("definitions.py", defs_text)):
-        path = repo / name
-        if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-    store = FeatureStore(repo_path=str(repo))
-    if not marker.exists() or marker.read_text() != digest:
-        spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        store.apply(
-            [
-                module.minute,
-                module.chain,
-                module.minute_push,
-                module.window_push,
-                module.minute_features,
-                module.minute_window,
-            ]
-        )
-        marker.write_text(digest)
-    return store
+    # Components start together (`rtml up`): two applying a new registry at once collide on its
+    # unique keys, so one process at a time generates and applies; the others then find it done.
+    with open(repo / "data" / "apply.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yaml_text, defs_text = store_yaml(settings), definitions_py(settings)
+        digest = hashlib.sha256((yaml_text + defs_text).encode()).hexdigest()[:16]
+        marker = repo / "data" / "applied"
+        if settings.profile == "services":
+            ensure_offline_table(settings)
+        for name, text in (("feature_store.yaml", yaml_text), ("definitions.py", defs_text)):
+            path = repo / name
+            if not path.exists() or path.read_text() != text:
+                # feature_store.yaml holds the PostgreSQL and Redis passwords: owner-only from birth.
+                tmp = path.with_suffix(".tmp")
+                tmp.unlink(missing_ok=True)
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                    out.write(text)
+                os.replace(tmp, path)
+            elif path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        store = FeatureStore(repo_path=str(repo))
+        if not marker.exists() or marker.read_text() != digest:
+            spec = importlib.util.spec_from_file_location(f"rtml_feature_repo_{digest}", repo / "definitions.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            store.apply(
+                [
+                    module.minute,
+                    module.chain,
+                    module.minute_push,
+                    module.window_push,
+                    module.minute_features,
+                    module.minute_window,
+                ]
+            )
+            marker.write_text(digest)
+        return store
 
 
 def _entity_key(join_key: str, value_type: int, value: bytes) -> bytes:

@@ -64,8 +64,10 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         from rtml.config import get_settings
+        from rtml.contracts import printable
         from rtml.monitoring.events import EventLog
 
         log = EventLog(get_settings())
@@ -81,5 +83,6 @@ def register(app: typer.Typer) -> None:
         for e in found:
             when = datetime.fromtimestamp(e.time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             details = "  ".join(f"{k}={v}" for k, v in e.details.items())
-            table.add_row(str(e.id), when, e.kind, details)
+            # Details may quote refused input: printed literally (no markup), control characters escaped.
+            table.add_row(str(e.id), when, Text(printable(e.kind)), Text(printable(details)))
         Console().print(table)

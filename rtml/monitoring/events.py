@@ -63,17 +63,19 @@ class EventLog:
         when = _clock_ms(self.settings) if time_ms is None else time_ms
         payload = json.dumps(details, default=str)
         if self._services:
-            cur = self._pg.execute(
-                f"INSERT INTO {self._table} (time_ms, kind, details, key) VALUES (%s, %s, %s::jsonb, %s) "
-                "ON CONFLICT DO NOTHING",
-                (when, kind, payload, key),
+            return bool(
+                self._pg.execute(
+                    f"INSERT INTO {self._table} (time_ms, kind, details, key) VALUES (%s, %s, %s::jsonb, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (when, kind, payload, key),
+                ).rowcount
             )
-        else:
-            cur = self._db.execute(
+        return bool(
+            self._db.execute(
                 "INSERT INTO events (time_ms, kind, details, key) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (when, kind, payload, key),
-            )
-        return bool(cur.rowcount)
+            ).rowcount
+        )
 
     def find(self, key: str) -> Event | None:
         """The event recorded with this key, or None."""

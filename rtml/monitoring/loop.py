@@ -111,6 +111,11 @@ def enough_minutes(settings: Settings, clock: datetime) -> bool:
     return end is not None and end <= datetime_to_ms(clock)
 
 
+def retrain_key(clock: datetime) -> str:
+    """The idempotency key of a retraining triggered at `clock` (at most one per boundary)."""
+    return f"retrain@{datetime_to_ms(clock)}"
+
+
 def retrain(
     settings: Settings, events: EventLog, reason: str, details: dict[str, Any], clock: datetime
 ) -> dict[str, Any] | None:
@@ -124,7 +129,7 @@ def retrain(
 
     if not enough_minutes(settings, clock):
         return None
-    key = f"retrain@{datetime_to_ms(clock)}"
+    key = retrain_key(clock)
     window = timedelta(seconds=settings.scheduler.retrain_window_s)
     started = events.record(
         "retrain.started", key=key, reason=reason, clock=clock.isoformat(), window_s=window.total_seconds(), **details

@@ -6,6 +6,13 @@ function returning `dict[str, float]`; `PipelineCollector` calls them when Prome
 `/metrics` and turns them into metric families, next to figures derived from the data itself
 (freshness, forecast latency, wQL, drift share, champion version). A part whose counters cannot
 be read is reported by `rtml_part_up{part=...} 0` instead of failing the whole scrape.
+
+Every name appears once on a page (Prometheus refuses a page with two HELP lines for one
+name): serving's persisted counters, which count every replica since the data directory was
+created, are `rtml_serving_recorded_*`, beside the replica's own in-process `rtml_serving_*`.
+Reading the stores costs milliseconds to seconds, so a scrape runs off the event loop (see
+rtml.serving.app) and the families are cached for `monitoring.metrics_cache_s`: scrapes more
+frequent than that, from several Prometheus servers say, cost nothing more.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -35,12 +44,18 @@ COUNTER_SOURCES: dict[str, str] = {
 GAUGE_KEYS = frozenset(
     {"open_windows", "watermark", "watermark_lag_s", "lag_events", "last_drift_share", "last_run_time_s"}
 )
+# The supervisor's state file reader (components, restarts), referenced like the parts' counters.
+SUPERVISOR_STATE = "rtml.ops.supervisor:read_state"
+# Metric-name prefix of a part's persisted counters, where it is not the part's name.
+PREFIXES: dict[str, str] = {"serving": "serving_recorded"}
 # How far back forecast latency quantiles look.
 LATENCY_WINDOW = timedelta(minutes=15)
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def _metric_name(part: str, key: str) -> str:
+    """`rtml_<part>_<key>`, with a key's `_s` spelled out as Prometheus' base unit `_seconds`."""
+    key = key[: -len("_s")] + "_seconds" if key.endswith("_s") else key
     return "rtml_" + _NAME.sub("_", f"{part}_{key}").lower()
 
 
@@ -52,11 +67,33 @@ def _resolve(ref: str) -> Callable[[Settings], dict[str, float]]:
 class PipelineCollector(Collector):
     """A custom collector: every scrape reads the parts' counters and the monitoring stores afresh."""
 
-    def __init__(self, settings: Settings, sources: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sources: dict[str, str] | None = None, max_age_s: float | None = None
+    ) -> None:
         self.settings = settings
         self.sources = COUNTER_SOURCES if sources is None else sources
+        self.max_age_s = settings.monitoring.metrics_cache_s if max_age_s is None else max_age_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[Metric]] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        """The families of the last read, when younger than max_age_s; else read afresh (one
+        reader at a time: concurrent scrapes wait for it and share its result)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.max_age_s:
+                seen: set[str] = set()
+                families = []
+                for family in self._read():
+                    if family.name in seen:  # never two HELP lines for one name
+                        log.warning("metric %s produced twice; the second is dropped", family.name)
+                        continue
+                    seen.add(family.name)
+                    families.append(family)
+                self._cached = (now, families)
+            return iter(self._cached[1])
+
+    def _read(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("rtml_part_up", "1 when the part's counters could be read", labels=["part"])
         for part, ref in self.sources.items():
             try:
@@ -67,7 +104,7 @@ class PipelineCollector(Collector):
                 continue
             up.add_metric([part], 1)
             for key, value in sorted(counters.items()):
-                name = _metric_name(part, key.removesuffix("_total"))
+                name = _metric_name(PREFIXES.get(part, part), key.removesuffix("_total"))
                 if key in GAUGE_KEYS:
                     yield GaugeMetricFamily(name, f"{part}: {key}", value=value)
                 else:
@@ -77,7 +114,7 @@ class PipelineCollector(Collector):
 
     def _derived(self) -> Iterator[Metric]:
         """Figures computed from the data: each is skipped while its source holds nothing."""
-        for produce in (self._freshness, self._latency, self._quality, self._drift, self._model):
+        for produce in (self._freshness, self._latency, self._quality, self._drift, self._model, self._components):
             try:
                 yield from produce()
             except Exception as exc:
@@ -107,14 +144,16 @@ class PipelineCollector(Collector):
         from rtml.serving.prediction_log import read_predictions
 
         since = int((time.time() - LATENCY_WINDOW.total_seconds()) * 1000)
-        latencies = np.array([r.latency_ms for r in read_predictions(self.settings, since_ms=since)])
+        latencies = np.array([r.latency_ms for r in read_predictions(self.settings, since_ms=since)]) / 1000
         if not len(latencies):
             return
-        family = GaugeMetricFamily(
-            "rtml_forecast_latency_ms", "Forecast latency over the last 15 minutes", labels=["quantile"]
-        )
+        # A summary (quantiles, count, sum) over the forecasts of the last 15 minutes, in seconds.
+        name = "rtml_forecast_latency_seconds"
+        family = Metric(name, "Forecast latency over the last 15 minutes", "summary")
         for q in (0.5, 0.9, 0.99):
-            family.add_metric([str(q)], float(np.quantile(latencies, q)))
+            family.add_sample(name, {"quantile": str(q)}, float(np.quantile(latencies, q)))
+        family.add_sample(f"{name}_count", {}, float(len(latencies)))
+        family.add_sample(f"{name}_sum", {}, float(latencies.sum()))
         yield family
 
     def _quality(self) -> Iterator[Metric]:
@@ -154,6 +193,21 @@ class PipelineCollector(Collector):
         last = checks[-1]
         yield GaugeMetricFamily("rtml_drift_share", "Share of drifted columns at the last check", value=float(last.details["share"]))
         yield GaugeMetricFamily("rtml_drift_alert", "1 when the last drift check raised an alert", value=float(last.kind == "drift.alert"))
+
+    def _components(self) -> Iterator[Metric]:
+        """Restarts and state of the components `rtml up` supervises (from its state file)."""
+        state: Any = _resolve(SUPERVISOR_STATE)(self.settings)
+        if not state:
+            return
+        restarts = CounterMetricFamily(
+            "rtml_component_restarts", "Restarts of a supervised component since `rtml up`", labels=["component"]
+        )
+        running = GaugeMetricFamily("rtml_component_running", "1 while the component runs", labels=["component"])
+        for comp in state["components"].values():
+            restarts.add_metric([comp["name"]], float(comp["restarts"]))
+            running.add_metric([comp["name"]], float(comp["state"] == "running"))
+        yield restarts
+        yield running
 
     def _model(self) -> Iterator[Metric]:
         from rtml.monitoring.loop import champion_version

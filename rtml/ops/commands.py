@@ -21,7 +21,14 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds to wait for every component to be ready.")] = 180,
     ) -> None:
         """Start ingestion, aggregation, archiver, serving and the scheduler as supervised processes."""
+        import os
+
+        from rtml.cli import exit_if_settings_refused
         from rtml.ops.deploy import bring_up
+
+        if profile is not None:
+            os.environ["RTML_PROFILE"] = profile
+            exit_if_settings_refused()
 
         raise typer.Exit(bring_up(profile, source, file, speed, port, timeout))
 

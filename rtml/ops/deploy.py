@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from rtml.config import Settings, get_settings
-from rtml.ops.purge import execute_purge, plan_purge
+from rtml.ops.purge import PurgeRefused, execute_purge, plan_purge, refusal
 from rtml.ops.supervisor import Component, read_state, supervisor_running
 
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one line per refusal, for people and scripts
 
 
 def components(settings: Settings, source: str, file: Path | None, speed: str, port: int) -> list[Component]:
@@ -222,7 +223,13 @@ def stores_table(stores: list[dict]) -> Table:
 
 
 def bring_down(purge: bool, yes: bool) -> int:
+    """Stop the pipeline; with `purge`, delete its state. A directory that is not provably rtml's
+    is refused (exit 2) before anything is stopped or created in it."""
     settings = get_settings()
+    services = settings.profile == "services"
+    if purge and (why := refusal(settings, services)) is not None:
+        errors.print(f"[red]refusing to purge:[/] {why}")
+        return 2
     pid = supervisor_running(settings)
     if pid is not None and pid > 0:
         os.kill(pid, signal.SIGTERM)
@@ -238,7 +245,11 @@ def bring_down(purge: bool, yes: bool) -> int:
         console.print("nothing running")
     if not purge:
         return 0
-    plan = plan_purge(settings, services=settings.profile == "services")
+    try:
+        plan = plan_purge(settings, services=services)
+    except PurgeRefused as exc:
+        errors.print(f"[red]refusing to purge:[/] {exc}")
+        return 2
     if plan.empty:
         console.print("nothing to purge")
         return 0

@@ -4,15 +4,68 @@ The pipeline keeps all its files under the data directory, every Redis key under
 `<namespace>:` (Feast's online keys, which take no prefix, end with the namespace instead) and
 every PostgreSQL table in the schema `<namespace>` (see rtml.config), so the plan is exact:
 nothing of another application's is ever listed.
+
+What is rtml's is decided before anything is deleted (`refusal`): the directory must carry the
+marker rtml writes when it creates a data directory (rtml.config.MARKER), must not be a
+symlink, `/`, the home directory or the current directory or one of its ancestors, and in the
+services profile the configured Redis and PostgreSQL must be the ones the marker recorded.
+The deletion order (Redis, PostgreSQL, then the directory with its marker last) means a crash
+part-way leaves the marker behind, so a second `rtml down --purge` finishes the job.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rtml.config import Settings
+from rtml.config import MARKER, Settings, read_marker, without_secrets
+
+
+class PurgeRefused(Exception):
+    """The data directory is not provably rtml's: nothing was deleted."""
+
+
+def data_dir_path(settings: Settings) -> Path:
+    """The data directory as configured, absolute but with no symlink resolved."""
+    return Path(os.path.abspath(settings.data_dir.expanduser()))
+
+
+def refusal(settings: Settings, services: bool) -> str | None:
+    """Why purging this data directory would be unsafe, or None when it is rtml's own."""
+    path = data_dir_path(settings)
+    if str(settings.data_dir) in ("", "."):
+        return f"the data directory is empty or '.' (RTML_DATA_DIR={os.environ.get('RTML_DATA_DIR')!r}): it resolves to the current directory {path}"
+    if path.is_symlink():
+        return f"{path} is a symlink (to {os.readlink(path)}); purge never follows a symlink"
+    real = path.resolve()
+    if real == Path(real.anchor):
+        return f"{real} is the file system root"
+    if real == Path.home().resolve():
+        return f"{real} is the home directory"
+    cwd = Path.cwd().resolve()
+    if cwd == real or cwd.is_relative_to(real):
+        return f"{real} is the current directory or one of its ancestors ({cwd})"
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    marker = read_marker(path)
+    if marker is None:
+        return (
+            f"{path} has no rtml marker ({MARKER}): rtml did not create it, so purge deletes nothing in it"
+        )
+    if services and marker.get("services"):
+        recorded = marker["services"]
+        here = {"redis": without_secrets(settings.redis_url), "postgres": without_secrets(settings.postgres_dsn)}
+        for name, where in here.items():
+            if isinstance(recorded, dict) and recorded.get(name) not in (None, where):
+                return (
+                    f"the data directory's {name} is {recorded.get(name)} (recorded in {path / MARKER}), "
+                    f"but the settings point at {where}: purge would delete another pipeline's data"
+                )
+    return None
 
 
 @dataclass
@@ -65,11 +118,15 @@ def _pg_tables(settings: Settings) -> tuple[str | None, list[str]]:
 
 
 def plan_purge(settings: Settings, services: bool) -> PurgePlan:
-    """What a purge would delete. `services`: also look in Redis and PostgreSQL."""
-    data_dir = settings.data_dir.expanduser().resolve()
+    """What a purge would delete. `services`: also look in Redis and PostgreSQL.
+    Raises PurgeRefused (having touched nothing) when the directory is not provably rtml's."""
+    why = refusal(settings, services)
+    if why is not None:
+        raise PurgeRefused(why)
+    data_dir = data_dir_path(settings)
     plan = PurgePlan(data_dir=data_dir)
     if data_dir.exists():
-        plan.files = sum(1 for p in data_dir.rglob("*") if p.is_file())
+        plan.files = sum(1 for p in data_dir.rglob("*") if p.is_file() and not p.is_symlink())
     if services:
         plan.redis_keys = _redis_keys(settings)
         plan.pg_schema, plan.pg_tables = _pg_tables(settings)
@@ -92,4 +149,21 @@ def execute_purge(settings: Settings, plan: PurgePlan) -> None:
 
         with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{plan.pg_schema}" CASCADE')
-    shutil.rmtree(plan.data_dir, ignore_errors=True)
+    _remove_tree(plan.data_dir)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete the data directory without following any symlink inside it (rmtree unlinks them,
+    and on Linux opens every level with O_NOFOLLOW); the marker goes last."""
+    if not path.exists() or path.is_symlink():
+        return
+    marker = path / MARKER
+    for child in path.iterdir():
+        if child == marker:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    marker.unlink(missing_ok=True)
+    path.rmdir()

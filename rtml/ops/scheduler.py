@@ -11,8 +11,8 @@ The last boundary each job completed is kept in `<data_dir>/scheduler.sqlite`, w
 the job returns. A crash (SIGKILL included) between a job's effect and that write re-runs the
 job at the same boundary on restart, never skips one: so every job's effect is idempotent per
 (job, boundary) (keyed events, upserts keyed by target minute, trainings keyed by boundary). A
-job that fails is logged and recorded as an event, and its boundary counts as done: a broken
-job must not stall the clock for the others.
+job that fails is tried again, ATTEMPTS times in all, then logged and recorded as an event, and
+its boundary counts as done: a broken job must not stall the clock for the others.
 
 The archiver component (`run_archiver`) also lives here: it is periodic on wall time, since it
 only copies what the stream holds.
@@ -33,6 +33,11 @@ from rtml.config import Settings, get_settings
 
 log = logging.getLogger("rtml.scheduler")
 
+# A failing job is tried again (a store that another process is still creating, a dropped
+# connection) before its boundary is given up.
+ATTEMPTS, RETRY_S = 3, 1.0
+# Jobs slower than this are logged with their duration (trainings, drift checks).
+SLOW_S = 1.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, last_ms INTEGER NOT NULL, fired INTEGER NOT NULL);
 -- the clock value the scheduler last found nothing due at (what "caught up and idle" means)
@@ -60,6 +65,10 @@ class Job:
     every_ms: int | None = None
     after_minutes: int | None = None
     changes_model: bool = False
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(ms / 1000))
 
 
 class Scheduler:
@@ -101,27 +110,34 @@ class Scheduler:
         out.sort()
         return out
 
-    def fire(self, boundary: int, job: Job) -> None:
+    def fire(self, boundary: int, job: Job, stop: threading.Event | None = None) -> None:
         from rtml.aggregate.clock import current_boundary
 
         changed = True
+        started = time.monotonic()
         token = current_boundary.set(boundary)  # what the job records is stamped with its boundary
-        started = time.perf_counter()
         try:
-            changed = bool(job.run(boundary))
-        except Exception as exc:  # a failing job must not stop the others
-            log.error("job %s at %d failed: %s", job.name, boundary, traceback.format_exc())
-            self.events.record(
-                "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
-                boundary_ms=boundary, error=str(exc)[:500],
-            )  # fmt: skip
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    changed = bool(job.run(boundary))
+                    if time.monotonic() - started > SLOW_S:
+                        log.info("job %s at %s took %.1f s", job.name, _iso(boundary), time.monotonic() - started)
+                    break
+                except Exception as exc:  # a failing job must not stop the others
+                    log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
+                    if attempt < ATTEMPTS and not (stop or threading.Event()).wait(RETRY_S * attempt):
+                        continue
+                    self.events.record(
+                        "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
+                        boundary_ms=boundary, attempts=attempt, error=str(exc)[:500],
+                    )  # fmt: skip
         finally:
             current_boundary.reset(token)
         self._db.execute(
             "INSERT INTO durations VALUES (?, ?, ?, 1) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s,"
             " total_s = total_s + excluded.last_s, runs = runs + 1",
             # a boundary that retrained or promoted is timed apart: it says nothing of the pass itself
-            (f"{job.name}.model" if job.changes_model and changed else job.name, *[time.perf_counter() - started] * 2),
+            (f"{job.name}.model" if job.changes_model and changed else job.name, *[time.monotonic() - started] * 2),
         )
         if job.changes_model and changed:
             self.on_model_change()
@@ -141,7 +157,7 @@ class Scheduler:
         for boundary, index in self.due(now_ms):
             if stop is not None and stop.is_set():
                 break
-            self.fire(boundary, self.jobs[index])
+            self.fire(boundary, self.jobs[index], stop)
             fired += 1
         if fired == 0 and self._idle_at != now_ms:
             self._db.execute("INSERT OR REPLACE INTO idle VALUES (1, ?)", (now_ms,))

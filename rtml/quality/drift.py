@@ -329,8 +329,10 @@ def run_drift_check(
     """
     from rtml.quality import reports, rules, sources
 
+    # The span of the data is needed only for default windows or a check "now": a check at a
+    # given time with given windows reads nothing outside them.
+    span = sources.data_span(settings) if reference is None or current is None or now is None else None
     now = now or datetime.now(UTC)
-    span = sources.data_span(settings)
     if reference is None or current is None:
         default_ref, default_cur = default_windows(settings, span)
         reference, current = reference or default_ref, current or default_cur
@@ -351,7 +353,7 @@ def run_drift_check(
             result.columns, result.snapshots = found.columns, found.snapshots
         except ValueError as exc:  # e.g. no fee in either period: a verdict is impossible, not an error
             result.skipped = str(exc)
-    newest = min(span[1], now) if span else None
+    newest = span[1] if span else (current.end if current else None)
     result.rules = rules.run_rules(settings, cur_minutes, cur_tx, now=now, newest_end=newest)
     reports.write_report(settings, result, kind="drift", now=now)
     if record:

@@ -86,7 +86,8 @@ def write_report(settings: Settings, result: DriftResult, kind: str, now: dateti
         "json": json_path.name,
     }
     with _locked(settings):
-        runs = load_index(settings) + [entry]
+        # A run repeated at the same time (the scheduler after a crash) replaces its entry.
+        runs = [r for r in load_index(settings) if r.get("json") != entry["json"]] + [entry]
         for old in runs[:-KEEP_HTML]:
             if old.get("html"):
                 (folder / old["html"]).unlink(missing_ok=True)

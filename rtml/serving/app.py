@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +53,37 @@ if TYPE_CHECKING:
 ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
 MAX_TX_PER_MINUTE = 10_000_000
 MAX_SATOSHI = 2_100_000_000_000_000  # every bitcoin there will ever be
+# Request times: not before Bitcoin's genesis block, not more than a day ahead of now (a time
+# outside these overflowed date arithmetic downstream, or poisoned what monitoring reads).
+EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
+MAX_AHEAD = timedelta(days=1)
+
+
+def _minute_schema(schema: dict[str, Any]) -> None:
+    """State the time bounds in the OpenAPI schema, so clients (schemathesis) see what the code
+    enforces: a whole minute, with a zone, in a year from 2009 to the year a day from now."""
+    last_year = (datetime.now(UTC) + MAX_AHEAD).year
+    years = "|".join(str(y) for y in range(EARLIEST.year, last_year + 1))
+    schema["pattern"] = (
+        rf"^({years})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:00(\.0+)?"
+        r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )
+    schema["description"] = (
+        f"{schema.get('description', '')} Not before {EARLIEST:%Y-%m-%d}, not more than a day after now."
+    ).strip()
+
+
+def _bounded_minute(value: datetime) -> datetime:
+    """A whole minute between the genesis block and a day from now, in UTC."""
+    if value.second or value.microsecond:
+        raise ValueError(f"minute must be the start of a minute (seconds = 0), got {value.isoformat()}")
+    value = value.astimezone(UTC)
+    if value < EARLIEST:
+        raise ValueError(f"minute must not be before {EARLIEST.date()} (the genesis block), got {value.isoformat()}")
+    latest = datetime.now(UTC) + MAX_AHEAD
+    if value > latest:
+        raise ValueError(f"minute must not be more than a day after now ({latest.isoformat(timespec='seconds')}), got {value.isoformat()}")
+    return value
 
 
 # ---------------------------------------------------------------- request and response bodies
@@ -62,7 +94,9 @@ class MinuteIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    minute: AwareDatetime = Field(description="Start of the minute, with a time zone (UTC preferred).")
+    minute: AwareDatetime = Field(
+        description="Start of the minute, with a time zone (UTC preferred).", json_schema_extra=_minute_schema
+    )
     tx_count: int = Field(ge=0, le=MAX_TX_PER_MINUTE)
     fee_total_sat: int = Field(ge=0, le=MAX_SATOSHI)
     fee_avg_sat: float | None = Field(
@@ -75,9 +109,7 @@ class MinuteIn(BaseModel):
     @field_validator("minute")
     @classmethod
     def _whole_minute(cls, value: datetime) -> datetime:
-        if value.second or value.microsecond:
-            raise ValueError(f"minute must be the start of a minute (seconds = 0), got {value.isoformat()}")
-        return value.astimezone(UTC)
+        return _bounded_minute(value)
 
     @model_validator(mode="after")
     def _consistent_average(self) -> MinuteIn:
@@ -100,15 +132,18 @@ class FeatureRowIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    minute: AwareDatetime = Field(description="Start of the last closed minute these features describe.")
-    features: dict[str, Annotated[float, Field(allow_inf_nan=False)] | None] = Field(
+    minute: AwareDatetime = Field(
+        description="Start of the last closed minute these features describe.", json_schema_extra=_minute_schema
+    )
+    # No feature (counts, satoshi amounts, their means and spreads) can exceed every bitcoin.
+    features: dict[str, Annotated[float, Field(allow_inf_nan=False, ge=-MAX_SATOSHI, le=MAX_SATOSHI)] | None] = Field(
         description="Every model input column (see GET /model), null for missing values."
     )
 
     @field_validator("minute")
     @classmethod
     def _whole_minute(cls, value: datetime) -> datetime:
-        return MinuteIn._whole_minute(value)
+        return _bounded_minute(value)
 
 
 class ForecastRequest(BaseModel):
@@ -328,7 +363,25 @@ def create_app(
         ),
         lifespan=lifespan,
     )
+    # Added last = outermost: refused hosts and bodies are counted and timed too.
+    app.add_middleware(_Guard, hosts=settings.serving.hosts(), max_body_bytes=settings.serving.max_body_bytes)
     app.add_middleware(_Instrument, metrics=metrics)
+    generic_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The generated schema plus what only the running service knows: the model's feature
+        columns (each required, bounded) and how many minutes a what-if needs."""
+        if app.openapi_schema is None:
+            schema = generic_openapi()
+            state = getattr(app.state, "serving", None)
+            if state is None:  # asked before the lifespan ran: do not cache a partial schema
+                app.openapi_schema = None
+                return schema
+            _state_request_rules(schema, list(state.features.columns), state.features.min_minutes)
+            return schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(NoFeatures)
     async def no_features(request: Request, exc: NoFeatures) -> JSONResponse:
@@ -343,6 +396,10 @@ def create_app(
             quantiles = memo[2]
         else:
             quantiles = loaded.model.predict(batch.values)
+            if not np.isfinite(quantiles).all():
+                raise HTTPException(
+                    503 if kind == "online" else 422, "the model gives no finite forecast for these features"
+                )
             if kind == "online":
                 state.memo = (loaded, batch, quantiles)
         horizon = state.settings.model.horizon_min
@@ -506,7 +563,10 @@ def create_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # The pipeline collector reads stores (milliseconds to seconds): in a worker thread, so
+        # a scrape never holds up the forecasts the event loop is answering.
+        page = await asyncio.to_thread(generate_latest, metrics.registry)
+        return PlainTextResponse(page, media_type=CONTENT_TYPE_LATEST)
 
     bearer = HTTPBearer(auto_error=False, description="serving.admin_token (RTML_SERVING__ADMIN_TOKEN)")
 
@@ -566,6 +626,97 @@ def create_app(
     for router in (*routers, *_module_routers(settings)):
         app.include_router(router)
     return app
+
+
+def _state_request_rules(schema: dict[str, Any], columns: list[str], min_minutes: int) -> None:
+    components = schema["components"]["schemas"]
+    features = components["FeatureRowIn"]["properties"]["features"]
+    value = features.pop("additionalProperties")
+    features.update(properties={c: value for c in columns}, required=columns, additionalProperties=False)
+    request = components["ForecastRequest"]
+    for option in request["properties"]["minutes"]["anyOf"]:
+        if option.get("type") == "array":
+            option["minItems"] = min_minutes
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=min_minutes + 10)
+    request["examples"] = [
+        {"rows": [{"minute": f"{start:%Y-%m-%dT%H:%M:00Z}", "features": {c: 1.0 for c in columns}}]},
+        {
+            "minutes": [
+                {"minute": f"{start + timedelta(minutes=i):%Y-%m-%dT%H:%M:00Z}", "tx_count": 150, "fee_total_sat": 600000}
+                for i in range(min_minutes)
+            ]
+        },
+    ]
+
+
+class _Guard:
+    """Refuses, before any route runs, a Host not in serving.allowed_hosts (400: a DNS rebinding
+    page reaches 127.0.0.1 under its own name) and a body over serving.max_body_bytes (413),
+    whether announced by Content-Length or streamed: at most the limit is ever held in memory."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], hosts: list[str], max_body_bytes: int) -> None:
+        self.app = app
+        self.hosts = {h.lower().strip("[]") for h in hosts}
+        self.max_body = max_body_bytes
+
+    @staticmethod
+    def _host(headers: dict[bytes, bytes]) -> str:
+        raw = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if raw.startswith("["):  # [::1]:8000
+            return raw[1:].partition("]")[0]
+        return raw.rpartition(":")[0] if raw.count(":") == 1 else raw
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = self._host(headers)
+        if "*" not in self.hosts and host not in self.hosts:
+            await _refuse(send, 400, f"Host {host!r} is not in serving.allowed_hosts")
+            return
+        length = headers.get(b"content-length")
+        too_large = f"request body over serving.max_body_bytes = {self.max_body} bytes"
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _refuse(send, 413 if length.isdigit() else 400, too_large if length.isdigit() else "bad Content-Length")
+            return
+        if scope["method"] in ("GET", "HEAD") and length is None:
+            await self.app(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                await _refuse(send, 413, too_large)
+                return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # type: ignore[no-any-return]
+
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send: Any, status: int, detail: str) -> None:
+    import json
+
+    payload = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 class _Instrument:

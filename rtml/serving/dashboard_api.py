@@ -28,6 +28,17 @@ STATIC = Path(__file__).resolve().parent / "dashboard"
 # How far back the page looks for data; charts then show the last `hours` of what exists.
 LOOKBACK = timedelta(days=7)
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+# The page loads only its own scripts, styles and JSON: an injected <script> or inline handler
+# (say, from a crafted event's details) does not run, and no other site may frame the page.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# Evidently reports are pages of inline scripts: they run sandboxed (an opaque origin, no
+# access to the dashboard's origin, forms, popups or top navigation), and so do their iframes,
+# which inherit the sandbox.
+REPORT_CSP = "sandbox allow-scripts; frame-ancestors 'self'"
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _epoch_s(values: Any) -> list[int]:
@@ -61,10 +72,11 @@ def _forecasts_with_actuals(settings: Settings, hours: float) -> Any:
     """The latest logged forecast per target minute in the last `hours`, with the actual (or NaN)."""
     from rtml.monitoring.evaluate import forecasts_frame
     from rtml.monitoring.loop import read_minutes
-    from rtml.serving.prediction_log import read_predictions
+    from rtml.serving.prediction_log import JUDGED_KINDS, read_predictions
 
     since = int((time.time() - LOOKBACK.total_seconds()) * 1000)
-    forecasts = forecasts_frame(read_predictions(settings, since_ms=since))
+    # The judged band is the pipeline's own forecasts: a caller's rows never draw in it.
+    forecasts = forecasts_frame([r for r in read_predictions(settings, since_ms=since) if r.kind in JUDGED_KINDS])
     if forecasts.empty:
         return forecasts.assign(y=[])
     forecasts = forecasts.drop_duplicates("target_minute", keep="last").sort_values("target_minute")
@@ -213,14 +225,17 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC / "index.html",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": DASHBOARD_CSP, **SECURITY_HEADERS},
+        )
 
     @router.get("/static/{path:path}", include_in_schema=False)
     def static(path: str) -> FileResponse:
         target = (STATIC / path).resolve()
         if not target.is_file() or not target.is_relative_to(STATIC):
             raise HTTPException(404, f"no dashboard file {path!r}")
-        return FileResponse(target, media_type=STATIC_TYPES.get(target.suffix))
+        return FileResponse(target, media_type=STATIC_TYPES.get(target.suffix), headers=SECURITY_HEADERS)
 
     @router.get("/reports/{path:path}", summary="An Evidently report under <data_dir>/reports")
     def report(path: str) -> FileResponse:
@@ -228,7 +243,7 @@ def build_router(settings: Settings) -> APIRouter:
         target = (base / path).resolve()
         if not target.is_file() or not target.is_relative_to(base):
             raise HTTPException(404, f"no report {path!r}")
-        return FileResponse(target)
+        return FileResponse(target, headers={"Content-Security-Policy": REPORT_CSP, **SECURITY_HEADERS})
 
     @router.get("/api/minutes", summary="Per-minute transaction count and average fee")
     def minutes(hours: float = Query(6, gt=0, le=168)) -> dict[str, Any]:
@@ -252,7 +267,9 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/api/events", summary="The pipeline's event log, newest last")
     def events(
-        limit: int = Query(200, ge=1, le=5000), prefix: str = "", after_id: int = Query(0, ge=0)
+        limit: int = Query(200, ge=1, le=5000),
+        prefix: str = Query("", max_length=100),
+        after_id: int = Query(0, ge=0, le=2**63 - 1),  # an event id is a SQLite / BIGINT integer
     ) -> list[dict[str, Any]]:
         log = EventLog(settings)
         try:

@@ -14,13 +14,14 @@ champion is looked up again only after a job that may change it, or once a secon
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from rtml.aggregate.sinks import MINUTES_SCHEMA, aggregate_db_path, connect
+from rtml.aggregate.sinks import aggregate_db_path
 from rtml.config import Settings
 from rtml.contracts import MINUTE_MS
 from rtml.features.dataset import feature_columns, features_for_range, history_minutes
@@ -39,8 +40,8 @@ class Forecaster:
         self.settings = settings
         self.lags = settings.features.lags
         self.columns = feature_columns(self.lags)
-        self._conn = connect(aggregate_db_path(settings))
-        self._conn.executescript(MINUTES_SCHEMA)
+        # Read only: the engine creates the table (before the first boundary exists).
+        self._conn = sqlite3.connect(aggregate_db_path(settings), timeout=60, isolation_level=None)
         self.log = PredictionStore(settings)
         self._rows: dict[int, np.ndarray] = {}
         self._model: LoadedModel | None = None

@@ -12,18 +12,21 @@ gets a poll that started after it. Frames are handed to the pipeline in small ba
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rtml.config import IngestSettings
+from rtml.contracts import MAX_FRAME_BYTES
 from rtml.sources.blockchain_rest import LiveStats, RestPoller, backoff_delay
 from rtml.sources.ingest import Ingestor
 
+log = logging.getLogger(__name__)
 SUBSCRIBE = '{"op":"unconfirmed_sub"}'
 _FLUSH_S = 0.1
 _FLUSH_FRAMES = 1000
@@ -66,9 +69,15 @@ class _LiveClient:
         self._rnd = random.Random()
 
     def _flush(self) -> None:
+        """Hand the buffer to the pipeline; if the pipeline raises, the batch stays to be retried."""
         if self._buffer:
-            batch, self._buffer = self._buffer, []
-            self.ingestor.ingest(batch, "ws")
+            self.ingestor.ingest(self._buffer, "ws")
+            self._buffer = []
+
+    def _failed(self, what: str) -> None:
+        """A failure that is not the network's: logged with its traceback, counted, retried."""
+        self.stats.errors += 1
+        log.exception("%s failed; retrying", what)
 
     async def run(self) -> None:
         poller = RestPoller(self.rest_url, self.cfg, self.stats, self.stopped)
@@ -79,25 +88,28 @@ class _LiveClient:
             while not self.stopped():
                 got_frames = False
                 try:
+                    self._flush()  # a batch a failed store kept: delivered before new frames come
                     async with connect(
                         self.ws_url,
                         ping_interval=self.cfg.ping_interval_s,
                         ping_timeout=self.cfg.ping_interval_s,
                         open_timeout=max(self.cfg.stall_timeout_s, 5.0),
                         close_timeout=2.0,
-                        max_size=2**24,
+                        max_size=MAX_FRAME_BYTES,
                     ) as ws:
                         self.stats.connects += 1
                         await ws.send(SUBSCRIBE)
                         fill.set()
                         got_frames = await self._receive(ws)
-                except (WebSocketException, OSError, TimeoutError):
-                    self.stats.drops += 1
-                finally:
                     self._flush()
+                except (WebSocketException, OSError, TimeoutError) as exc:
+                    self.stats.drops += 1
+                    self._refuse_too_big(exc)
+                except Exception:  # noqa: BLE001 - no failure ends the live loop
+                    self._failed("the websocket loop")
                 if self.stopped():
                     break
-                attempt = 0 if got_frames else attempt + 1
+                attempt = 0 if got_frames and not self._buffer else attempt + 1
                 await self._sleep(
                     backoff_delay(attempt, self.cfg.reconnect_base_s, self.cfg.reconnect_max_s, self._rnd)
                 )
@@ -105,7 +117,28 @@ class _LiveClient:
             filler.cancel()
             await asyncio.gather(filler, return_exceptions=True)
             await poller.aclose()
-            self._flush()
+            try:
+                self._flush()
+            except Exception:  # noqa: BLE001 - stopping: the frames are lost to this run only
+                self._failed("the last flush")
+
+    def _refuse_too_big(self, exc: BaseException) -> None:
+        """A frame over MAX_FRAME_BYTES closes the connection (close code 1009) before it is read
+        whole: dead-letter the fact, since the frame itself was never held."""
+        if (
+            isinstance(exc, ConnectionClosed)
+            and exc.rcvd is None
+            and exc.sent is not None
+            and exc.sent.code == 1009
+        ):
+            try:
+                self.ingestor.refuse(
+                    b"",
+                    f"websocket frame over the {MAX_FRAME_BYTES:,}-byte limit: connection closed and reopened",
+                    "ws",
+                )
+            except Exception:  # noqa: BLE001
+                self._failed("recording an oversized frame")
 
     async def _receive(self, ws: ClientConnection) -> bool:
         """Read frames until stalled or stopped (a drop raises); True when any frame came."""
@@ -133,14 +166,24 @@ class _LiveClient:
         return got
 
     async def _fill_gaps(self, poller: RestPoller, fill: asyncio.Event) -> None:
+        failures = 0
         while not self.stopped():
             try:
                 await asyncio.wait_for(fill.wait(), _TICK_S)
             except TimeoutError:
                 continue
             fill.clear()
-            self._flush()  # keep the stream in arrival order: frames before the poll go first
-            await poller.poll_into(self.ingestor)
+            try:
+                self._flush()  # keep the stream in arrival order: frames before the poll go first
+                await poller.poll_into(self.ingestor)
+                failures = 0
+            except Exception:  # noqa: BLE001 - the gap filler never ends silently: retry the fill
+                self._failed("the REST gap fill")
+                await self._sleep(
+                    backoff_delay(failures, self.cfg.reconnect_base_s, self.cfg.reconnect_max_s)
+                )
+                failures += 1
+                fill.set()
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

@@ -88,9 +88,10 @@ def register(app: typer.Typer) -> None:
         """Show the most recent dead letters and how many there are."""
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         from rtml.config import get_settings
-        from rtml.contracts import ms_to_datetime
+        from rtml.contracts import ms_to_datetime, printable
         from rtml.sources.deadletters import open_ingest_store
 
         with open_ingest_store(get_settings()) as store:
@@ -99,9 +100,19 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"dead letters: {total:,} in total, {len(letters)} most recent")
         for column in ("time (UTC)", "source", "reason", "raw"):
             table.add_column(column, overflow="fold")
+        table.add_column("bytes", justify="right")
+        table.add_column("sha256", overflow="fold")
         for d in letters:
-            raw = d.raw if len(d.raw) <= 200 else d.raw[:200] + f"... ({len(d.raw):,} chars)"
-            table.add_row(f"{ms_to_datetime(d.ingest_time):%Y-%m-%d %H:%M:%S}", d.source, d.reason, raw)
+            # Refused text is shown literally (rich Text: no markup) with control characters escaped.
+            raw = printable(d.raw[:200]) + (f"... ({len(d.raw):,} chars kept)" if len(d.raw) > 200 else "")
+            table.add_row(
+                f"{ms_to_datetime(d.ingest_time):%Y-%m-%d %H:%M:%S}",
+                Text(printable(d.source)),
+                Text(printable(d.reason)),
+                Text(raw),
+                f"{d.raw_bytes:,}" if d.raw_bytes >= 0 else "",
+                d.raw_sha256[:16],
+            )
         Console().print(table)
 
     @app.command("archive")

@@ -3,8 +3,10 @@
 Both live in ingestion's own store, so a batch's refusals and its counts land together:
 embedded, `<data_dir>/ingest.sqlite` (one transaction per batch); services, the Redis stream
 `{namespace}:deadletters` and the hash `{namespace}:counters:ingest` (one MULTI/EXEC per batch).
-Nothing refused is ever dropped: the raw text is kept whole for a person (`rtml dlq show`)
-or a fixed parser to look at again.
+Nothing refused is ever dropped, and nothing refused can fill the disk: each letter keeps at
+most `ingest.dead_letter_max_bytes` of the raw text, with the frame's full length in bytes and
+the SHA-256 of all of it (`contracts.dead_letter`), for a person (`rtml dlq show`) or a fixed
+parser to look at again.
 """
 
 from __future__ import annotations
@@ -64,10 +66,18 @@ class SqliteIngestStore(IngestStore):
             """
             CREATE TABLE IF NOT EXISTS dead_letters (
               id INTEGER PRIMARY KEY, raw TEXT NOT NULL, reason TEXT NOT NULL,
-              source TEXT NOT NULL, ingest_time INTEGER NOT NULL);
+              source TEXT NOT NULL, ingest_time INTEGER NOT NULL,
+              raw_bytes INTEGER NOT NULL DEFAULT -1, raw_sha256 TEXT NOT NULL DEFAULT '');
             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
             """
         )
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(dead_letters)")}
+        for name, decl in (
+            ("raw_bytes", "INTEGER NOT NULL DEFAULT -1"),
+            ("raw_sha256", "TEXT NOT NULL DEFAULT ''"),
+        ):
+            if name not in columns:  # a store from before dead letters were bounded
+                self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {decl}")
 
     def record(self, dead: Sequence[DeadLetter], counts: Mapping[str, int]) -> None:
         db = self._db
@@ -75,8 +85,9 @@ class SqliteIngestStore(IngestStore):
         try:
             if dead:
                 db.executemany(
-                    "INSERT INTO dead_letters (raw, reason, source, ingest_time) VALUES (?, ?, ?, ?)",
-                    [(d.raw, d.reason, d.source, d.ingest_time) for d in dead],
+                    "INSERT INTO dead_letters (raw, reason, source, ingest_time, raw_bytes, raw_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(d.raw, d.reason, d.source, d.ingest_time, d.raw_bytes, d.raw_sha256) for d in dead],
                 )
             db.executemany(
                 "INSERT INTO counters (name, value) VALUES (?, ?)"
@@ -90,7 +101,8 @@ class SqliteIngestStore(IngestStore):
 
     def dead_letters(self, limit: int = 100, source: str | None = None) -> list[DeadLetter]:
         rows = self._db.execute(
-            "SELECT raw, reason, source, ingest_time FROM dead_letters WHERE ? IS NULL OR source = ?"
+            "SELECT raw, reason, source, ingest_time, raw_bytes, raw_sha256 FROM dead_letters"
+            " WHERE ? IS NULL OR source = ?"
             " ORDER BY id DESC LIMIT ?",
             (source, source, limit),
         ).fetchall()
@@ -128,7 +140,14 @@ class RedisIngestStore(IngestStore):
         for d in dead:
             pipe.xadd(
                 self.dlq_key,
-                {"raw": d.raw, "reason": d.reason, "source": d.source, "ingest_time": d.ingest_time},
+                {
+                    "raw": d.raw,
+                    "reason": d.reason,
+                    "source": d.source,
+                    "ingest_time": d.ingest_time,
+                    "raw_bytes": d.raw_bytes,
+                    "raw_sha256": d.raw_sha256,
+                },
             )
         for name, value in counts.items():
             if value:
@@ -150,6 +169,8 @@ class RedisIngestStore(IngestStore):
                             f[b"reason"].decode(),
                             f[b"source"].decode(),
                             int(f[b"ingest_time"]),
+                            int(f.get(b"raw_bytes", -1)),
+                            f.get(b"raw_sha256", b"").decode(),
                         )
                     )
                     if len(found) == limit:

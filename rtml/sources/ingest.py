@@ -9,18 +9,19 @@ repeated tx_hash once. Then the batch's dead letters and counts are recorded.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
-from rtml.contracts import DeadLetter, Row, parse_batch, raw_text
+from rtml.contracts import DeadLetter, Oversized, Row, dead_letter, parse_batch
 from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
@@ -29,8 +30,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-RawInput = bytes | str | Mapping[str, Any]
+log = logging.getLogger(__name__)
+RawInput = bytes | str | Mapping[str, Any] | Oversized
 SOURCES = ("ws", "rest", "replay", "synthetic")
+# Sources with a wall clock: they stamp `source` and `ingest_time` themselves and refuse events
+# more than `ingest.max_future_s` ahead of it. Replays and synthetic traffic have no such clock
+# (the window semantics' clock guard protects the stream from them).
+LIVE_SOURCES = ("ws", "rest")
 # Batches parsed ahead of the store (each is one process round trip).
 _PARSE_AHEAD = 2
 # The archiver runs beside a long ingestion this often (seconds).
@@ -68,14 +74,29 @@ class Ingestor:
         self.dedup = open_dedup(settings)
         self.store = open_ingest_store(settings)
         self.totals = Counts()
+        # Store failures a replay or synthetic run survived (logged and retried).
+        self.errors = 0
         # Called after every batch (progress displays).
         self.on_batch: Callable[[], None] | None = None
         self._last_purge = time.monotonic()
 
+    def _max_future_ms(self, source: str) -> int | None:
+        return int(self.settings.ingest.max_future_s * 1000) if source in LIVE_SOURCES else None
+
     def ingest(self, raws: Sequence[RawInput], source: str, ingest_time: int | None = None) -> Counts:
-        """Run one batch through the pipeline; returns its counts (also added to the store)."""
+        """Run one batch through the pipeline; returns its counts (also added to the store).
+
+        Parsing never raises; a store failure does (the caller retries the same batch: appended
+        but unmarked events are appended again, and the engine counts a tx_hash once)."""
         now = int(time.time() * 1000) if ingest_time is None else ingest_time
-        return self._store(len(raws), *parse_batch(raws, source, now))
+        parsed = parse_batch(
+            raws,
+            source,
+            now,
+            max_future_ms=self._max_future_ms(source),
+            dead_letter_max_bytes=self.settings.ingest.dead_letter_max_bytes,
+        )
+        return self._store(len(raws), *parsed)
 
     def ingest_all(self, batches: Iterable[Sequence[RawInput]], source: str) -> Counts:
         """Ingest many batches, parsing ahead in a second process while this one dedups and appends.
@@ -86,17 +107,51 @@ class Ingestor:
         which touches none of the parent's connections, threads or locks.
         """
         run = Counts()
+        future = self._max_future_ms(source)
+        keep = self.settings.ingest.dead_letter_max_bytes
         pending: deque[tuple[int, Future[tuple[list[Row], list[DeadLetter]]]]] = deque()
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             for raws in batches:
-                pending.append((len(raws), pool.submit(parse_batch, list(raws), source, int(time.time() * 1000))))
+                now = int(time.time() * 1000)
+                pending.append(
+                    (
+                        len(raws),
+                        pool.submit(
+                            parse_batch,
+                            list(raws),
+                            source,
+                            now,
+                            max_future_ms=future,
+                            dead_letter_max_bytes=keep,
+                        ),
+                    )
+                )
                 if len(pending) > _PARSE_AHEAD:
                     received, parsed = pending.popleft()
-                    run += self._store(received, *parsed.result())
+                    run += self._store_retrying(received, *parsed.result())
             while pending:
                 received, parsed = pending.popleft()
-                run += self._store(received, *parsed.result())
+                run += self._store_retrying(received, *parsed.result())
         return run
+
+    def _store_retrying(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
+        """`_store` until it succeeds: a store that is down (locked, restarting) delays a replay,
+        it does not end it. Logged and counted each time; backs off up to 30 s."""
+        delay = 0.5
+        while True:
+            try:
+                return self._store(received, rows, dead)
+            except Exception as exc:  # noqa: BLE001 - retried, never swallowed silently
+                self.errors += 1
+                log.warning(
+                    "storing a batch of %d failed (%s: %s); retrying in %.1f s",
+                    received,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _store(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
         fresh = rows
@@ -119,7 +174,8 @@ class Ingestor:
 
     def refuse(self, raw: RawInput, reason: str, source: str) -> None:
         """Dead-letter input judged unusable before parsing (e.g. a REST body that is not a list of txs)."""
-        letter = DeadLetter(raw_text(raw), reason, source, int(time.time() * 1000))
+        now = int(time.time() * 1000)
+        letter = dead_letter(raw, reason, source, now, self.settings.ingest.dead_letter_max_bytes)
         counts = Counts(received=1, dead_letters=1)
         self.store.record([letter], counts.as_dict())
         self.totals += counts
@@ -213,11 +269,14 @@ def run_ingest(
                 if source == "replay":
                     if file is None:
                         raise ValueError("the replay source needs a file")
-                    lines = read_lines(file)
+                    lines: Iterator[bytes | Oversized] = read_lines(file)
                 else:
                     lines = synthetic_lines(settings.seed, duration_s)
                 deadline = None if duration_s is None else time.monotonic() + duration_s
-                ingestor.ingest_all(paced_batches(lines, speed, stop=stop, deadline=deadline), source)
+                batches = paced_batches(
+                    lines, speed, stop=stop, deadline=deadline, max_jump_s=settings.window.max_jump_s
+                )
+                ingestor.ingest_all(batches, source)
         finally:
             finished.set()
             if archive:

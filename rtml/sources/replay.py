@@ -9,6 +9,7 @@ job, so a line without a readable time is sent at once and dead-lettered there.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import threading
@@ -17,6 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
+from typing import Any
+
+from rtml.contracts import CLOCK_CONFIRM_EVENTS, MAX_FRAME_BYTES, Oversized
 
 # A batch of the max-speed path: big enough to amortise the per-batch transactions.
 MAX_SPEED_BATCH = 20_000
@@ -34,20 +38,45 @@ def parse_speed(value: str) -> float | None:
     return speed
 
 
-def read_lines(path: Path) -> Iterator[bytes]:
-    """The non-blank lines of a JSONL file, gzip-compressed or not (by content, not by name)."""
+def read_lines(path: Path, max_bytes: int = MAX_FRAME_BYTES) -> Iterator[bytes | Oversized]:
+    """The non-blank lines of a JSONL file, gzip-compressed or not (by content, not by name).
+
+    A line longer than `max_bytes` is read on in chunks and handed over as `Oversized` (its
+    head, length and hash), so a file without newlines never sits in memory whole.
+    """
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
     stream = gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115
     with stream:
-        for line in stream:
+        readline = stream.readline
+        limit = max_bytes + 1
+        while line := readline(limit):
+            if line[-1] != 10 and len(line) > max_bytes:  # no newline within the limit
+                yield _oversized(line, stream, max_bytes)
+                continue
             line = line.rstrip(b"\r\n")
             if line and not line.isspace():
                 yield line
 
 
-def line_time_ms(line: bytes | str) -> int | None:
+def _oversized(head: bytes, stream: Any, max_bytes: int) -> Oversized:
+    """Read the rest of an overlong line chunk by chunk: only its length and hash are kept."""
+    digest = hashlib.sha256(head)
+    length = len(head)
+    while chunk := stream.readline(max_bytes):
+        end = chunk.endswith(b"\n")
+        chunk = chunk.rstrip(b"\r\n") if end else chunk
+        digest.update(chunk)
+        length += len(chunk)
+        if end:
+            break
+    return Oversized(head, length, digest.hexdigest())
+
+
+def line_time_ms(line: bytes | str | Oversized) -> int | None:
     """Event time of a `utx` frame, REST transaction or TxEvent row, if it can be read cheaply."""
+    if isinstance(line, Oversized):
+        return None
     try:
         obj = json.loads(line)
         if "x" in obj:
@@ -55,12 +84,12 @@ def line_time_ms(line: bytes | str) -> int | None:
         if "event_time" in obj:
             return int(obj["event_time"])
         return int(obj["time"]) * 1000
-    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError, AttributeError, OverflowError):
         return None
 
 
 def paced_batches(
-    lines: Iterable[bytes],
+    lines: Iterable[bytes | Oversized],
     speed: float | None,
     *,
     stop: threading.Event | None = None,
@@ -68,11 +97,16 @@ def paced_batches(
     clock: Callable[[], float] = time.monotonic,
     wait: Callable[[float], object] | None = None,
     batch_size: int = MAX_SPEED_BATCH,
-) -> Iterator[list[bytes]]:
+    max_jump_s: float = 3600.0,
+) -> Iterator[list[bytes | Oversized]]:
     """Group lines into batches released when their event time is due at `speed` (None = at once).
 
     Stops early when `stop` is set or the `clock` passes `deadline`. `wait(seconds)` sleeps;
     by default it waits on `stop`, so a stop request interrupts a long pause.
+
+    One line must not stall a replay for years: a line more than `max_jump_s` (the window
+    semantics' `window.max_jump_s`) from the pacing clock is sent at once, unpaced; after
+    CLOCK_CONFIRM_EVENTS such lines in a row the replay really jumped, and pacing re-anchors.
     """
     stop = stop or threading.Event()
     sleep = wait or stop.wait
@@ -85,15 +119,27 @@ def paced_batches(
         while (chunk := list(islice(source, batch_size))) and not over():
             yield chunk
         return
-    batch: list[bytes] = []
+    batch: list[bytes | Oversized] = []
     first_ms: int | None = None
+    paced_ms = 0
+    jumped = 0
+    max_jump_ms = max_jump_s * 1000
     start = clock()
     last_flush = start
     for line in lines:
         t_ms = line_time_ms(line)
+        if t_ms is not None and first_ms is not None and abs(t_ms - paced_ms) > max_jump_ms:
+            jumped += 1
+            if jumped < CLOCK_CONFIRM_EVENTS:
+                t_ms = None  # not paced: the window semantics judge it
+            else:
+                first_ms, paced_ms, start, jumped = t_ms, t_ms, clock(), 0
+        elif t_ms is not None:
+            jumped = 0
         if t_ms is not None:
             if first_ms is None:
-                first_ms = t_ms
+                first_ms = paced_ms = t_ms
+            paced_ms = max(paced_ms, t_ms)
             due = start + (t_ms - first_ms) / 1000 / speed
             while (now := clock()) < due:
                 if batch:

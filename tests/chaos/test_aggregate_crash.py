@@ -77,17 +77,20 @@ def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(backend_se
     rnd = random.Random(5)
     consumed = [0.0]
     proc: subprocess.Popen[bytes] | None = None
+    # Kills spread over the first 90 % of the replay: the last one still finds work in flight.
+    segment = 0.9 * len(delivered) / KILLS
     try:
-        for _ in range(KILLS):
+        for kill in range(KILLS):
             proc = subprocess.Popen(
                 [sys.executable, "-c", LIVE_ENGINE],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            # Kill at a random point of the work (a random amount of progress, then a random few
-            # ms into whatever step follows), whatever the machine's speed.
-            target = consumed[-1] + rnd.randint(2_000, 25_000)
+            # Kill at a random point of the work (a random point of this kill's twelfth of the
+            # replay's first 90 %, then a random few ms into whatever step follows), whatever
+            # the machine's speed: the kills land across the whole replay.
+            target = max(kill * segment + rnd.uniform(0, 0.9 * segment), consumed[-1] + rnd.randint(500, 2_000))
             deadline = time.monotonic() + 60
             while _events_in(settings) < target:
                 assert time.monotonic() < deadline, f"the restarted aggregator made no progress: {consumed}"
@@ -102,6 +105,8 @@ def test_sigkill_during_replay_loses_nothing_and_counts_nothing_twice(backend_se
             proc.wait()
         writer.join()
     assert consumed[-1] < len(delivered), consumed  # every kill landed mid-replay
+    thirds = {int(3 * c / len(delivered)) for c in consumed[1:]}
+    assert thirds == {0, 1, 2}, consumed  # ... and in every third of it
     done = subprocess.run(
         [sys.executable, "-c", DRAIN],
         env=env,

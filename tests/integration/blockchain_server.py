@@ -19,6 +19,7 @@ Each websocket connection follows the next plan in `plans`, a list of actions:
   ("idle",)         the end: send everything left, mark `done`, then stay open
 REST answers 429 with `Retry-After: 1` to its first `rest_429` requests. With `rest_emit`, each
 successful REST answer first emits that many transactions (for the REST-only poller).
+`rest_hostile` items (raw JSON text) lead every successful REST answer's `txs` list.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class BlockchainServer:
         rest_window: int = 100,
         rest_429: int = 1,
         rest_emit: int = 0,
+        rest_hostile: list[str] | None = None,
     ) -> None:
         self.frames = frames
         self.txs = [json.loads(f)["x"] for f in frames]
@@ -54,6 +56,7 @@ class BlockchainServer:
         self.rest_window = rest_window
         self.rest_429_left = rest_429
         self.rest_emit = rest_emit
+        self.rest_hostile = list(rest_hostile or [])
         self.emitted = 0  # transactions emitted so far (live or offline), in order
         self.live_frames: list[str] = []
         self.frames_sent = 0  # every websocket frame sent: transactions, repeats, garbage
@@ -116,7 +119,8 @@ class BlockchainServer:
         for _ in range(self.rest_emit):
             self._emit()
         window = self.txs[max(0, self.emitted - self.rest_window) : self.emitted]
-        body = json.dumps({"txs": [self._rest_form(tx) for tx in reversed(window)]})
+        items = [*self.rest_hostile, *(json.dumps(self._rest_form(tx)) for tx in reversed(window))]
+        body = '{"txs": [' + ", ".join(items) + "]}"
         self.rest_txs_served += len(window)
         self._last_rest_ok_request = self._seq
         response = connection.respond(HTTPStatus.OK, body)

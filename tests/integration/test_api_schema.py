@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import schemathesis
 from conftest import SERVING_TOKEN as TOKEN
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -57,6 +59,15 @@ def test_no_server_error_and_answers_match_the_spec(server_url: str) -> None:
         ours = (operation.method.upper(), operation.path) in SERVING_OPERATIONS
         checks = [not_a_server_error, *(conformance if ours else [])]
         _fuzz(operation, checks)
+    # The schema states what the code enforces (feature columns, bounds, time range), so
+    # generated requests get past validation and reach the model: batch forecasts were given.
+    forecasts = {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{server_url}/metrics", timeout=30).text)
+        for sample in family.samples
+        if sample.name == "rtml_serving_forecasts_total"
+    }
+    assert forecasts.get("batch", 0) > 0, forecasts
 
 
 def _fuzz(operation: schemathesis.APIOperation, checks: list) -> None:

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from rtml.archive import parquet_lake as lake
 from rtml.config import Settings
+from rtml.features import offline
+from rtml.model import registry
 from rtml.monitoring.events import EventLog
 from rtml.quality import reports
 from rtml.quality.drift import Window, run_drift_check, run_quality_check
-
-offline = pytest.importorskip("rtml.features.offline")
 
 START = datetime(2024, 10, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -152,7 +153,6 @@ def test_quality_run_alone_judges_freshness_on_the_whole_store(settings: Setting
 
 def test_transactions_from_the_archive_join_the_verdict(settings: Settings) -> None:
     """Synthetic traffic with the x3.1 fee regime shift, through the stream into the raw archive."""
-    lake = pytest.importorskip("rtml.archive.parquet_lake")
     from rtml.sources.synthetic import RegimeShift, SyntheticConfig, SyntheticSource
     from rtml.stream import open_stream
 
@@ -198,7 +198,6 @@ def test_transactions_from_the_archive_join_the_verdict(settings: Settings) -> N
 
 def test_default_reference_is_the_champions_training_window(settings: Settings) -> None:
     """The registry (real MLflow, embedded) names the champion's training window: it is the reference."""
-    registry = pytest.importorskip("rtml.model.registry")
     store_minutes(settings, START, 1440 + 480, 4000.0, seed=8)
     train_start, train_end = START + timedelta(hours=6), START + timedelta(hours=18)
     client = registry.client(settings)

@@ -19,8 +19,9 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import Isolated
 
-from rtml.config import Settings, get_settings
+from rtml.config import get_settings
 from rtml.contracts import MINUTE_MS
 from rtml.ops.supervisor import read_state
 from rtml.sources.synthetic import SyntheticConfig, SyntheticSource, to_utx_message
@@ -95,18 +96,20 @@ def pipeline_processes(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def run_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
+def run_up_kill_down(data_dir: Path, tmp_path: Path, *up_options: str) -> None:
     try:
-        check_up_kill_down(data_dir, tmp_path)
+        check_up_kill_down(data_dir, tmp_path, *up_options)
     finally:  # a failed check must not leave a pipeline running
         if data_dir.exists():
             rtml("down", check=False)
 
 
-def check_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
+def check_up_kill_down(data_dir: Path, tmp_path: Path, *up_options: str) -> None:
+    """`rtml up [up_options]`, then every later command plain: the data directory's marker
+    supplies the profile (no --profile repeated for status, down, --purge)."""
     path, truth = replay_file(tmp_path)
     port = free_port()
-    up = rtml("up", "--source", "replay", "--file", str(path), "--speed", SPEED, "--port", str(port))
+    up = rtml("up", *up_options, "--source", "replay", "--file", str(path), "--speed", SPEED, "--port", str(port))
     assert "up" in up.stdout
     again = rtml("up", "--source", "replay", "--file", str(path), "--port", str(port))
     assert "already up" in again.stdout
@@ -135,11 +138,14 @@ def check_up_kill_down(data_dir: Path, tmp_path: Path) -> None:
     assert all(c["pid"] for c in info["components"] if c["state"] == "running")
     assert info["stream_lag_events"] == 0
     assert info["newest_minute_end"] == rows[-1].event_time.isoformat()
+    profile = info["profile"]
+    shown = rtml("features", "show", "--last", "3", "--format", "csv").stdout.strip().splitlines()
+    assert len(shown) == 4 and shown[-1].startswith(rows[-1].minute.strftime("%Y-%m-%dT%H:%M"))  # header + 3
     assert rtml("down", "--purge", check=False).returncode == 1  # no terminal: refuses without --yes
     assert pipeline_processes(data_dir) == []  # but everything was stopped
     purge = rtml("down", "--purge", "--yes")
     assert "purged" in purge.stdout
-    if get_settings().profile == "services":
+    if profile == "services":
         assert "Redis keys" in purge.stdout and "PostgreSQL schema" in purge.stdout
     assert not data_dir.exists()
 
@@ -152,28 +158,29 @@ def test_embedded_up_kill_restart_purge(data_dir: Path, tmp_path: Path, monkeypa
 
 
 @pytest.mark.timeout(400)
-def test_services_up_kill_restart_purge_touches_nothing_else(
-    services_settings: Settings, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_services_round_trip_plain_commands_leave_the_keyspace_and_catalog_as_they_were(
+    data_dir: Path, redis_url: str, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`rtml up --profile services`, then plain `rtml status` and `rtml down --purge --yes`
+    (no --profile: the data directory's marker says services): afterwards the whole Redis
+    keyspace and the whole PostgreSQL catalog are exactly as before, another application's key
+    and table included, and nothing carries the namespace on the shared servers."""
     import psycopg
-    import redis
 
-    monkeypatch.setenv("RTML_WINDOW__IDLE_TIMEOUT_S", "2")
-    client = redis.Redis.from_url(services_settings.redis_url)
-    other_key = f"otherapp:session:{os.getpid()}"
-    client.set(other_key, "keep me")
-    with psycopg.connect(services_settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS public.otherapp_keep (x int)")
+    iso = Isolated()
     try:
-        run_up_kill_down(data_dir, tmp_path)
-        ns = services_settings.namespace
-        assert list(client.scan_iter(match=f"{ns}:*")) == []
-        assert list(client.scan_iter(match=f"*{ns}".encode())) == []
-        with psycopg.connect(services_settings.postgres_dsn, autocommit=True) as conn:
-            assert conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (ns,)).fetchone() is None
-            assert conn.execute("SELECT to_regclass('public.otherapp_keep')").fetchone()[0] is not None
-        assert client.get(other_key) == b"keep me"
+        monkeypatch.delenv("RTML_PROFILE")
+        monkeypatch.setenv("RTML_REDIS_URL", iso.redis_url)
+        monkeypatch.setenv("RTML_POSTGRES_DSN", iso.postgres_dsn)
+        monkeypatch.setenv("RTML_WINDOW__IDLE_TIMEOUT_S", "2")
+        iso.redis.set(f"otherapp:session:{os.getpid()}", "keep me")
+        with psycopg.connect(iso.postgres_dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.otherapp_keep (x int)")
+        keys_before, catalog_before = iso.keyspace(), iso.catalog()
+        run_up_kill_down(data_dir, tmp_path, "--profile", "services")
+        namespace = get_settings(profile="services").namespace
+        assert iso.keyspace() == keys_before
+        assert iso.catalog() == catalog_before
+        assert iso.shared_traces(namespace) == []
     finally:
-        client.delete(other_key)
-        with psycopg.connect(services_settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS public.otherapp_keep")
+        iso.close()

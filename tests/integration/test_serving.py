@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -40,7 +40,7 @@ def champion_back(bed: tuple[Settings, list[str]]) -> Iterator[None]:
 
 @pytest.fixture
 def client(bed: tuple[Settings, list[str]]) -> Iterator[TestClient]:
-    with TestClient(create_app(bed[0])) as test_client:
+    with TestClient(create_app(bed[0]), base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -174,7 +174,7 @@ def test_batch_rows_must_carry_every_feature(client: TestClient) -> None:
 def test_stale_features_get_a_clear_503_never_a_forecast(bed: tuple[Settings, list[str]]) -> None:
     settings, _ = bed
     stale = settings.model_copy(update={"serving": settings.serving.model_copy(update={"max_feature_age_s": 0.0})})
-    with TestClient(create_app(stale)) as client:
+    with TestClient(create_app(stale), base_url="http://localhost") as client:
         response = client.get("/forecast")
         assert response.status_code == 503
         assert "features are stale: the newest closed minute ended at" in response.json()["detail"]
@@ -193,7 +193,7 @@ def test_admin_endpoints_are_off_without_a_token_and_guarded_with_one(
 ) -> None:
     settings, versions = bed
     closed = settings.model_copy(update={"serving": settings.serving.model_copy(update={"admin_token": None})})
-    with TestClient(create_app(closed)) as off:
+    with TestClient(create_app(closed), base_url="http://localhost") as off:
         response = off.post("/admin/rollback", headers=AUTH)
         assert response.status_code == 404
         assert "admin endpoints are off" in response.json()["detail"]
@@ -213,10 +213,13 @@ def test_admin_endpoints_are_off_without_a_token_and_guarded_with_one(
     assert client.get("/forecast").json()["model_version"] == versions[0]
 
 
+RATE = 50  # requests/s of the hot-swap load
+
+
 def test_no_request_fails_while_the_champion_is_promoted_and_rolled_back(
     bed: tuple[Settings, list[str]], champion_back: None
 ) -> None:
-    """A steady 50 requests/s over real HTTP while the champion changes six times, through the
+    """A steady RATE (50) requests/s over real HTTP while the champion changes six times, through the
     admin API and behind the service's back in the registry (the watcher follows the alias)."""
     settings, versions = bed
     server = BackgroundServer(create_app(settings, poll_s=0.2), host=settings.serving.host).start()
@@ -224,17 +227,30 @@ def test_no_request_fails_while_the_champion_is_promoted_and_rolled_back(
     assert f"0100007F:{port:04X}" in Path("/proc/net/tcp").read_text()  # bound to 127.0.0.1 by default
     results: list[tuple[int, dict]] = []
     stop = threading.Event()
+    span: list[float] = []
 
     def load() -> None:
+        """Every answer is recorded, whatever it is: a 500 with a text body, a reset connection
+        or a timeout becomes a non-200 entry (status 0 when there was no answer at all)."""
         with httpx.Client(base_url=server.url, timeout=10) as http:
             start = time.perf_counter()
+            span.append(start)
             i = 0
             while not stop.is_set():
-                due = start + i / 50
+                due = start + i / RATE
                 time.sleep(max(0.0, due - time.perf_counter()))
-                response = http.get("/forecast") if i % 5 else http.post("/forecast", json=what_if)
-                results.append((response.status_code, response.json()))
+                try:
+                    response = http.get("/forecast") if i % 5 else http.post("/forecast", json=what_if)
+                except httpx.HTTPError as exc:
+                    results.append((0, {"error": repr(exc)}))
+                else:
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = {"text": response.text[:500]}
+                    results.append((response.status_code, body if isinstance(body, dict) else {"body": body}))
                 i += 1
+            span.append(time.perf_counter())
 
     minutes = _minutes(settings)
     what_if = {
@@ -270,6 +286,8 @@ def test_no_request_fails_while_the_champion_is_promoted_and_rolled_back(
 
     failures = [(status, body) for status, body in results if status != 200]
     assert not failures, failures[:5]
+    achieved = len(results) / (span[1] - span[0])
+    assert achieved >= 0.8 * RATE, f"only {achieved:.1f} requests/s of {RATE}: the load did not hold"
     observed = [_version(body) for _, body in results]
     switches = sum(1 for a, b in zip(observed, observed[1:], strict=False) if a != b)
     assert switches >= 6, observed
@@ -287,7 +305,107 @@ def test_no_request_fails_while_the_champion_is_promoted_and_rolled_back(
 
 
 def _version(body: dict) -> str:
-    return str(body["forecasts"][0]["model_version"] if "forecasts" in body else body["model_version"])
+    forecasts = body.get("forecasts")
+    return str(forecasts[0]["model_version"] if forecasts else body.get("model_version"))
+
+
+@pytest.mark.parametrize(
+    ("minute", "message"),
+    [
+        ("0001-01-01T00:00:00Z", "must not be before 2009-01-03"),
+        ("2009-01-02T23:59:00Z", "must not be before 2009-01-03"),
+        ("9999-12-31T23:59:00Z", "more than a day after now"),
+        ("+2d", "more than a day after now"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["rows", "minutes"])
+def test_a_time_outside_bitcoins_life_is_a_422_naming_the_field(
+    client: TestClient, minute: str, message: str, kind: str
+) -> None:
+    """Year 1 was logged and then broke monitoring; year 9999 overflowed into a 500."""
+    if minute == "+2d":
+        minute = f"{datetime.now(UTC) + timedelta(days=2):%Y-%m-%dT%H:%M:00Z}"
+    columns = client.get("/model").json()["features"]
+    body = (
+        {"rows": [{"minute": minute, "features": dict.fromkeys(columns, 1.0)}]}
+        if kind == "rows"
+        else {"minutes": [{"minute": minute, "tx_count": 1, "fee_total_sat": 1000}]}
+    )
+    response = client.post("/forecast", json=body)
+    assert response.status_code == 422, response.text
+    assert any(
+        e["loc"] == ["body", kind, 0, "minute"] and message in e["msg"] for e in response.json()["detail"]
+    ), response.json()
+    # The schema says so too, for clients that generate requests from it.
+    pattern = client.get("/openapi.json").json()["components"]["schemas"]["FeatureRowIn"]["properties"]["minute"]["pattern"]
+    assert pattern.startswith("^(2009|2010|") and str(datetime.now(UTC).year) in pattern
+
+
+def test_the_newest_closed_minute_and_a_feature_row_in_bounds_are_forecast(client: TestClient) -> None:
+    columns = client.get("/model").json()["features"]
+    now = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:00Z}"
+    response = client.post("/forecast", json={"rows": [{"minute": now, "features": dict.fromkeys(columns, 2.1e15)}]})
+    assert response.status_code in (200, 422), response.text  # never a 500, even at the bounds
+    beyond = client.post("/forecast", json={"rows": [{"minute": now, "features": dict.fromkeys(columns, 1e300)}]})
+    assert beyond.status_code == 422
+    assert any(e["loc"][:3] == ["body", "rows", 0] and "less than or equal" in e["msg"] for e in beyond.json()["detail"])
+
+
+def test_bodies_over_the_limit_get_a_413_announced_or_streamed(bed: tuple[Settings, list[str]]) -> None:
+    settings = bed[0].model_copy(update={"serving": bed[0].serving.model_copy(update={"max_body_bytes": 4096})})
+    server = BackgroundServer(create_app(settings)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            big = b'{"rows": [' + b" " * 5000 + b"]}"
+            announced = http.post("/forecast", content=big, headers={"content-type": "application/json"})
+            assert announced.status_code == 413 and "max_body_bytes = 4096" in announced.json()["detail"]
+
+            def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+                for _ in range(100):
+                    yield b" " * 1000
+
+            streamed = http.post("/forecast", content=chunks(), headers={"content-type": "application/json"})
+            assert streamed.status_code == 413
+            small = http.post("/forecast", json={"rows": []})
+            assert small.status_code == 422  # under the limit: the body reaches validation
+            assert http.get("/health").status_code == 200  # the service goes on
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("localhost", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200), ("evil.example", 400), ("evil.example:80", 400), ("", 400)],
+)
+def test_only_allowed_host_headers_are_answered(client: TestClient, host: str, status: int) -> None:
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 sends its own Host."""
+    response = client.get("/health", headers={"host": host})
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert "serving.allowed_hosts" in response.json()["detail"]
+
+
+def test_allowed_hosts_is_a_setting(bed: tuple[Settings, list[str]]) -> None:
+    settings = bed[0].model_copy(
+        update={"serving": bed[0].serving.model_copy(update={"allowed_hosts": ["rtml.internal"]})}
+    )
+    with TestClient(create_app(settings), base_url="http://rtml.internal") as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"host": "localhost"}).status_code == 400
+
+
+def test_the_dashboard_sends_a_content_security_policy_and_sandboxes_reports(
+    bed: tuple[Settings, list[str]], client: TestClient
+) -> None:
+    page = client.get("/dashboard/")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+    reports = bed[0].folder("reports")
+    (reports / "test-report.html").write_text("<html><body><iframe srcdoc='x'></iframe></body></html>")
+    report = client.get("/dashboard/reports/test-report.html")
+    assert report.status_code == 200
+    assert report.headers["content-security-policy"].startswith("sandbox allow-scripts")
+    assert "allow-same-origin" not in report.headers["content-security-policy"]
 
 
 def test_a_new_minute_in_the_store_moves_the_forecast(bed: tuple[Settings, list[str]], client: TestClient) -> None:
@@ -334,7 +452,7 @@ def test_forecasts_swaps_and_the_log_on_the_services_profile(
     assert settings.profile == "services"
     try:
         versions = seed_in_another_process()
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             first = client.get("/forecast")
             assert first.status_code == 200, first.text
             assert first.json()["model_version"] == versions[0]
@@ -353,3 +471,11 @@ def test_forecasts_swaps_and_the_log_on_the_services_profile(
     finally:
         teardown(settings)
         execute_purge(settings, plan_purge(settings, services=True))
+
+
+@pytest.mark.parametrize(
+    "query", ["after_id=99999999999999999999999", "after_id=-1", "prefix=" + "x" * 101, "limit=0", "hours=1e400"]
+)
+def test_dashboard_queries_out_of_bounds_are_a_422(client: TestClient, query: str) -> None:
+    path = "/dashboard/api/minutes" if query.startswith("hours") else "/dashboard/api/events"
+    assert client.get(f"{path}?{query}").status_code == 422

@@ -6,8 +6,8 @@ order by up to 30 s (less than the 60 s lateness) and with 5 % of the events sen
 With that input nothing is late for either engine, so the window totals must be identical.
 
 One SparkSession is shared by the in-process tests (a JVM start costs ~30 s on 2 busy cores);
-the crash test runs the job in a child process, kills its whole process group (driver and
-JVM) with SIGKILL mid-stream, and finishes from the checkpoint in the shared session.
+the crash test runs the job as child processes, kills each one's whole process group (driver and
+JVM) with SIGKILL at a random moment mid-stream, and finishes from the checkpoint in a new one.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def project(rows: list[MinuteFeatures]) -> list[tuple[object, ...]]:
 def spark_output(path: Path) -> list[MinuteFeatures]:
     from rtml.contracts import ms_to_datetime
 
-    return [MinuteFeatures(ms_to_datetime(m), c, t, a, ms_to_datetime(e), r) for m, c, t, a, e, r in table(path)]
+    return [
+        MinuteFeatures(ms_to_datetime(m), c, t, a, ms_to_datetime(e), r) for m, c, t, a, e, r in table(path)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,11 @@ def check_conformance(settings: Settings, spark: object, replay: list[Row], tmp_
     assert [r.tx_count for r in reference].count(0) >= 2
     out = tmp_path / "spark-minutes.sqlite"
     result = run_spark(
-        settings, drain=True, sinks=[MinutesTable(out)], spark=spark, max_rows_per_batch=1_000  # type: ignore[arg-type]
+        settings,
+        drain=True,
+        sinks=[MinutesTable(out)],
+        spark=spark,
+        max_rows_per_batch=1_000,  # type: ignore[arg-type]
     )
     assert result.batches >= 3  # several micro-batches: windows really cross batch boundaries
     assert project(spark_output(out)) == project(reference)
@@ -144,6 +150,46 @@ def test_conformance_redis_streams(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_spark_gives_the_embedded_minutes_on_a_replay_with_hostile_frames(
+    backend_settings: Settings, spark: object, replay: list[Row], tmp_path: Path
+) -> None:
+    """Frames beyond Bitcoin's bounds stop at ingestion; events far ahead of the stream reach it
+    and both engines' clock guards (across Spark's micro-batch boundaries, and first in the
+    stream) dead-letter them alike; the minutes are identical and equal the clean replay's."""
+    import json
+
+    from rtml.aggregate.spark_job import run_spark
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor
+
+    settings = backend_settings
+    clean = get_settings(data_dir=tmp_path / "clean", profile="embedded")
+    fill(clean, replay)
+    truth = embedded_reference(clean)
+    far = [f"{k:064x}" for k in range(1, 8)]
+    hostile_rows = list(replay)
+    for k, at in enumerate((0, 3, 999, 1000, 1001, 1700, len(replay) - 2)):
+        et = replay[-1][1] + (k + 2) * 3 * 3_600_000 + k * 86_400_000 * 91
+        hostile_rows.insert(at + k, (far[k], et, 500, 200, "replay", 0))
+    with Ingestor(settings) as ingestor:  # refused at the door: never in the stream
+        counts = ingestor.ingest(
+            ['{"op":"utx","x":{"hash":"' + "a" * 64 + '","time":1700000000,"size":5,"fee":' + str(2**63) + "}}",
+             '{"op":"utx","x":' + "[" * 5000, "9" * 5000],
+            "replay",
+        )  # fmt: skip
+    assert counts.dead_letters == 3
+    fill(settings, hostile_rows)
+    embedded = embedded_reference(settings)
+    assert embedded == truth  # the far clocks moved nothing
+    out = tmp_path / "spark-minutes.sqlite"
+    result = run_spark(settings, drain=True, sinks=[MinutesTable(out)], spark=spark, max_rows_per_batch=1_000)  # type: ignore[arg-type]
+    assert result.batches >= 3
+    assert spark_output(out) == embedded
+    with open_ingest_store(settings) as store:
+        outliers = [json.loads(d.raw)["tx_hash"] for d in store.dead_letters(1000) if d.source == "aggregate"]
+    assert sorted(outliers) == sorted(far * 2)  # each engine dead-lettered each far clock once
 
 
 def test_replayed_batch_and_redelivery_are_harmless(settings: Settings, tmp_path: Path) -> None:
@@ -179,10 +225,10 @@ def test_rows_of_one_batch_are_judged_against_the_watermark_at_batch_start(tmp_p
     assert state.ignored_updates == 0
 
 
-def test_kill_9_mid_stream_then_restart_from_checkpoint(
-    settings: Settings, spark: object, replay: list[Row], tmp_path: Path
-) -> None:
-    from rtml.aggregate.spark_job import checkpoint_dir, run_spark
+def test_kill_9_mid_stream_then_restart_from_checkpoint(settings: Settings, replay: list[Row], tmp_path: Path) -> None:
+    """Twice: a driver (a new process each time, with its JVM) is killed at a random moment after
+    it committed a micro-batch of its own; then a third new driver drains what is left."""
+    from rtml.aggregate.spark_job import checkpoint_dir
 
     reference_settings = get_settings(data_dir=tmp_path / "reference")
     fill(reference_settings, replay)
@@ -190,27 +236,29 @@ def test_kill_9_mid_stream_then_restart_from_checkpoint(
     fill(settings, replay)
     minutes_db = aggregate_db_path(settings)
     MinutesTable(minutes_db).close()
-    # Live mode (no --drain) in a child process of its own group: the driver and its JVM.
-    child = subprocess.Popen(
-        [sys.executable, "-m", "rtml.aggregate.spark_job", "--max-rows-per-batch", "300", "--trigger-seconds", "0.5"],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     commits = Path(checkpoint_dir(settings)) / "commits"
-    deadline = time.monotonic() + 180
-    try:
-        # Kill once a micro-batch is committed (so the restart resumes rather than starts
-        # over) and well before the stream's end.
-        while time.monotonic() < deadline and child.poll() is None:
-            if commits.is_dir() and any(commits.iterdir()):
-                break
-            time.sleep(0.1)
-        assert child.poll() is None, child.stdout.read() if child.stdout else ""
-        assert 0 < len(table(minutes_db)) < len(reference)
-    finally:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    run_spark(settings, drain=True, spark=spark)  # type: ignore[arg-type]
-    assert read_minutes(settings) == reference
+    seed = random.randrange(2**32)
+    rnd = random.Random(seed)
+    job = [sys.executable, "-m", "rtml.aggregate.spark_job", "--max-rows-per-batch", "150", "--trigger-seconds", "0.5"]
+
+    def committed() -> int:
+        return sum(1 for p in commits.iterdir() if p.name.isdigit()) if commits.is_dir() else 0
+
+    for kill in range(2):
+        before = committed()
+        # Live mode (no --drain) in a process group of its own: the driver and its JVM.
+        child = subprocess.Popen(job, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 180
+        try:
+            while time.monotonic() < deadline and child.poll() is None and committed() <= before:
+                time.sleep(0.05)
+            assert child.poll() is None, child.stdout.read() if child.stdout else ""
+            assert committed() > before, f"driver {kill + 1} committed nothing in 180 s"
+            time.sleep(rnd.uniform(0.0, 0.6))  # a random moment of the work that follows
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        assert 0 < len(table(minutes_db)) < len(reference), f"kill {kill + 1} (seed {seed}) was not mid-stream"
+    done = subprocess.run([*job, "--drain"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert read_minutes(settings) == reference, f"seed {seed}"

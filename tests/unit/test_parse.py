@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtml.contracts import InvalidInput, _fast_row, parse_batch, parse_message
+from rtml.contracts import InvalidInput, Oversized, _fast_row, parse_batch, parse_message
 
 HASH = "0f" * 32
 
@@ -132,3 +132,40 @@ def test_fuzz_arbitrary_bytes_never_escape(raws: list[bytes | str]) -> None:
     assert len(rows) + len(dead) == len(raws)
     assert all(d.reason for d in dead)
     assert all(r[2] >= 0 and r[3] > 0 and len(r[0]) == 64 for r in rows)
+
+
+def test_one_hostile_item_is_dead_lettered_alone_and_the_batch_goes_on() -> None:
+    deep: dict[str, Any] = {"hash": HASH}
+    for _ in range(3000):
+        deep = {"x": deep, "hash": HASH}
+    hostile: list[Any] = [
+        json.dumps(frame(inputs=[{"prev_out": {"value": 2**63}}])),  # beyond 21M BTC, beyond int64
+        json.dumps(frame(size=10**30)),  # msgspec decodes this to a Python int: the bound refuses it
+        '{"op":"utx","x":{"size":' + "7" * 5000 + "}}",  # past CPython's int-string limit
+        "[" * 50_000,
+        deep,
+        '{"hash":"\ud800"}',  # a lone surrogate: reasons and raw text stay storable
+        Oversized(b'{"op":"utx"', 10**9, "ab" * 32),
+        json.dumps(frame(time=2_000_000_000)),  # 2033: fine for a replay, not for a live source
+    ]
+    good = json.dumps(frame())
+    rows, dead = parse_batch([good, *hostile, good], "ws", 1_606_176_015_000, max_future_ms=300_000)
+    assert len(rows) == 2 and len(dead) == len(hostile)
+    assert all(d.reason.isascii() and d.raw.encode("utf-8") for d in dead)  # storable as UTF-8
+    assert dead[-2].raw_bytes == 10**9 and "over the" in dead[-2].reason
+    assert "ahead of the ingest time" in dead[-1].reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(MESSAGE, st.integers(min_value=1_200_000_000_000, max_value=4_200_000_000_000))
+def test_fuzz_fast_path_agrees_for_live_sources(message: Any, now: int) -> None:
+    wire = json.dumps(message).encode()
+    fast = _fast_row(wire, "ws", now, 300_000)
+    try:
+        e = parse_message(wire, "ws", now, 300_000)
+        slow: tuple | None = (e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time)
+    except InvalidInput:
+        slow = None
+    if fast is not None:
+        assert fast == slow
+    assert parse_batch([wire], "ws", now, max_future_ms=300_000)[0] == ([slow] if slow else [])

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtml.aggregate.reference import reference_minutes
-from rtml.aggregate.windows import MINUTE_MS, Window, WindowState
-from rtml.contracts import MinuteFeatures
+from rtml.aggregate.windows import MAX_TOTAL_SAT, MINUTE_MS, ClockGuard, Window, WindowState
+from rtml.contracts import CLOCK_CONFIRM_EVENTS, MAX_MONEY_SAT, MinuteFeatures
 
 T0 = 1_606_000_000_000 - 1_606_000_000_000 % MINUTE_MS  # a UTC minute boundary
 S = 1000
@@ -141,3 +141,119 @@ def test_bounded_disorder_equals_the_pandas_reference(
     ]
     assert state.late == 0
     assert got == reference_minutes(rows)
+
+
+# -- clock protection (ClockGuard) ------------------------------------------------------------
+JUMP = 3600 * S
+
+
+def _guarded() -> WindowState:
+    return WindowState(lateness_ms=60 * S, guard=ClockGuard(JUMP, 60 * S))
+
+
+def _normal(n: int, start: int = T0, step: int = 7 * S, first: int = 0) -> list[tuple[str, int, int]]:
+    return [(_h(first + i), start + i * step, 100 + i) for i in range(n)]
+
+
+def _run(w: WindowState, rows: list[tuple[str, int, int]], cut: int = 0) -> tuple[list[Window], list]:
+    late = []
+    for at in range(0, len(rows), cut or len(rows)):
+        late += w.add(rows[at : at + (cut or len(rows))])
+    late += w.settle()
+    return w.pop_final() + w.drain(), late
+
+
+def test_one_far_future_event_moves_nothing_and_is_a_clock_outlier() -> None:
+    rows = _normal(60)
+    hostile = (_h(999), T0 + 8 * 365 * 86_400 * S, 5)  # eight years ahead
+    windows, late = _run(w := _guarded(), [*rows[:30], hostile, *rows[30:]])
+    assert late == []
+    assert [(e.tx_hash, e.reason.split(":")[0]) for e in w.guard.outliers] == [(_h(999), "clock outlier")]
+    assert "window.max_jump_s = 3600" in w.guard.outliers[0].reason
+    expected = reference_minutes([(h, t, f) for h, t, f in rows])
+    assert [MinuteFeatures.from_window(x.minute, x.tx_count, x.fee_total_sat, 1) for x in windows] == expected
+    assert len(windows) == 7  # 60 events 7 s apart: 7 minutes, no zero-filled years
+
+
+def test_a_far_event_first_in_the_stream_is_refuted_by_the_events_after_it() -> None:
+    rows = _normal(40)
+    w = _guarded()
+    windows, late = _run(w, [(_h(999), T0 + 10 * 365 * 86_400 * S, 1), *rows])
+    assert late == [] and [e.tx_hash for e in w.guard.outliers] == [_h(999)]
+    assert "a later event was" in w.guard.outliers[0].reason
+    assert sum(x.tx_count for x in windows) == 40 and windows[0].minute == T0
+
+
+def test_a_sparse_stream_that_really_jumps_loses_nothing() -> None:
+    """Like the real 2020 recording: a few events, then days later a few more, ..."""
+    rows = [(_h(i), T0 + (i // 3) * 2 * 86_400 * S + i * S, 1) for i in range(30)]
+    tail = _normal(CLOCK_CONFIRM_EVENTS, start=rows[-1][1] + 60 * S, first=100)  # confirms the last jump
+    w = _guarded()
+    windows, late = _run(w, [*rows, *tail])
+    assert late == [] and w.guard.outliers == []
+    assert sum(x.tx_count for x in windows) == 30 + CLOCK_CONFIRM_EVENTS
+
+
+def test_a_real_jump_is_confirmed_by_the_events_after_it_and_zero_fills_the_gap() -> None:
+    before = _normal(20)
+    after = _normal(20, start=T0 + 5 * 3600 * S, first=100)  # the stream really moved on 5 h
+    w = _guarded()
+    windows, late = _run(w, [*before, *after])
+    assert late == [] and w.guard.outliers == []
+    assert sum(x.tx_count for x in windows) == 40
+    assert len(windows) == (after[-1][1] - T0) // MINUTE_MS + 1  # the real gap is zero-filled
+
+
+def test_far_events_that_contradict_each_other_are_all_outliers() -> None:
+    rows = _normal(30)
+    liars = [
+        (_h(500 + k), T0 + (40 - k) * 10 * JUMP, 1) for k in range(3 * CLOCK_CONFIRM_EVENTS)
+    ]  # each behind the last
+    w = _guarded()
+    windows, late = _run(w, [*rows[:10], *liars, *rows[10:]])
+    assert late == [] and sorted(e.tx_hash for e in w.guard.outliers) == sorted(h for h, _, _ in liars)
+    assert sum(x.tx_count for x in windows) == 30 and len(windows) == 4
+
+
+def test_confirmation_needs_enough_later_events() -> None:
+    rows = _normal(20)
+    jump = [(_h(300 + k), T0 + 5 * JUMP + k * S, 1) for k in range(CLOCK_CONFIRM_EVENTS)]
+    w = _guarded()
+    w.add([*rows, *jump])
+    assert len(w.guard.held) == CLOCK_CONFIRM_EVENTS  # the first of them has 9 later events
+    w.add([(_h(400), T0 + 5 * JUMP + 60 * S, 1)])
+    assert w.guard.held == [] and w.max_event_time == T0 + 5 * JUMP + 60 * S
+
+
+def test_held_events_at_the_end_of_input_are_outliers() -> None:
+    w = _guarded()
+    _run(w, [*_normal(20), (_h(77), T0 + 2 * JUMP, 1)])
+    assert [e.tx_hash for e in w.guard.outliers] == [_h(77)] and "input ended" in w.guard.outliers[0].reason
+
+
+def test_an_idle_advance_releases_a_held_event_it_catches_up_with() -> None:
+    w = _guarded()
+    w.add(_normal(20))
+    w.add([(_h(77), T0 + 2 * JUMP, 1)])
+    assert w.guard.held and w.advance(T0 + 2 * JUMP - JUMP // 2) == []
+    assert not w.guard.held and w.max_event_time == T0 + 2 * JUMP
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=90), st.integers(min_value=0, max_value=89), st.integers(0, 3))
+def test_the_guard_does_not_depend_on_batch_cuts(cut: int, at: int, far: int) -> None:
+    rows = _normal(90)
+    hostile = [(_h(900 + k), T0 + (k + 2) * 7 * JUMP, 1) for k in range(far)]
+    stream = [*rows[:at], *hostile, *rows[at:]]
+    whole, cut_up = _guarded(), _guarded()
+    assert _run(whole, stream) == _run(cut_up, stream, cut)
+    assert whole.guard.outliers == cut_up.guard.outliers and len(whole.guard.outliers) == far
+
+
+def test_a_minute_total_never_passes_int64() -> None:
+    w = _state()
+    n = MAX_TOTAL_SAT // MAX_MONEY_SAT + 1  # 4,393 transactions each claiming all 21M BTC
+    late = w.add([(_h(i), T0 + 1, MAX_MONEY_SAT) for i in range(n)])
+    assert [e.reason.split(":")[0] for e in late] == ["overflow"]
+    (window,) = w.drain()
+    assert window.tx_count == n - 1 and window.fee_total_sat <= MAX_TOTAL_SAT
