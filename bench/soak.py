@@ -46,7 +46,8 @@ CADENCES = {"RTML_SCHEDULER__MONITOR_INTERVAL_S": "3600", "RTML_SERVING__MAX_FEA
 
 def configure(profile: str, windows: dict[str, str], cadences: dict[str, str]) -> str:
     """A fresh data directory and the environment every component inherits; returns the directory."""
-    data_dir = tempfile.mkdtemp(prefix="rtml-soak-")
+    # A folder rtml creates itself (and marks as its own), so `rtml down --purge` may delete it.
+    data_dir = os.path.join(tempfile.mkdtemp(prefix="rtml-soak-"), "data")
     os.environ.update({"RTML_DATA_DIR": data_dir, "RTML_PROFILE": profile})
     os.environ["RTML_CONFIG"] = os.path.join(data_dir, "absent.toml")
     os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})

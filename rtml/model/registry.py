@@ -488,11 +488,16 @@ def trim_candidates(settings: Settings, before: datetime) -> int:
                 shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(settings.root / "mlflow" / "cache" / f"v{mv.version}-{mv.run_id}", ignore_errors=True)
         c.delete_model_version(MODEL_NAME, str(mv.version))
-        if mv.run_id:
-            try:
-                c.delete_run(mv.run_id)
-            except MlflowException:  # deleted already by a run this one interrupted
-                pass
+        # MLflow only marks runs and logged models deleted; its rows (metrics, params, tags) would
+        # grow the database by every training. Hard deletion is what `mlflow gc` does.
+        store = c._tracking_client.store
+        for hard_delete, key in ((getattr(store, "_hard_delete_logged_model", None), model_id),
+                                 (getattr(store, "_hard_delete_run", None), mv.run_id)):  # fmt: skip
+            if hard_delete is not None and key:
+                try:
+                    hard_delete(key)
+                except MlflowException:  # gone already: a run of this job that was interrupted
+                    pass
         gone += 1
     return gone
 
