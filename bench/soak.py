@@ -225,6 +225,7 @@ def main() -> None:
     from rtml.ops.deploy import bring_down
 
     bring_down(purge=True, yes=True)
+    os.rmdir(settings.root.parent)  # the soak's own temporary folder, empty now
     print(f"(started {datetime.now(UTC) - timedelta(seconds=time.monotonic() - t0):%H:%M} UTC)")
 
 

@@ -235,6 +235,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[dict[s
         from rtml.ops.deploy import bring_down
 
         bring_down(purge=True, yes=True)
+        Path(os.environ["RTML_DATA_DIR"]).parent.rmdir()  # the soak's own temporary folder, empty now
         os.environ.clear()
         os.environ.update(saved)
 
