@@ -110,6 +110,9 @@ class SchedulerSettings(BaseModel):
     monitor_interval_s: float = 60.0
     retrain_interval_s: float = 86400.0
     retrain_window_s: float = 7 * 86400.0
+    # A drift alert starts a retraining at most once per this much event time: drift that
+    # persists (a champion trained on a short or old window) would otherwise retrain every check.
+    drift_retrain_gap_s: float = 6 * 3600.0
     poll_s: float = 0.2
 
 

@@ -200,7 +200,7 @@ def summarize(settings: Settings, story: Story, frames: int, url: str | None) ->
     out["raw archive"] = f"{len(files)} Parquet files in {len({f.parent for f in files})} hour partitions"
     a = aggregate_counters(settings)
     minutes = read_minutes(settings)
-    span = f", {minutes[0].minute:%Y-%m-%d %H:%M} .. {minutes[-1].minute:%H:%M} UTC" if minutes else ""
+    span = f", {minutes[0].minute:%Y-%m-%d %H:%M} .. {minutes[-1].minute:%Y-%m-%d %H:%M} UTC" if minutes else ""
     out["minutes produced"] = (
         f"{len(minutes):,} minutes from {int(a['events_in']):,} events{span} "
         f"({int(a['late'])} late, {int(a['duplicates'])} duplicates dropped)"

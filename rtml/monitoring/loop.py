@@ -86,17 +86,24 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog, c
     return judge_hours(settings, hourly, store, events)
 
 
-def retrain_trigger(settings: Settings, events: EventLog, alarm: bool) -> tuple[str, dict[str, Any]] | None:
-    """Why to retrain now (an alarm of this pass, a drift alert since the last retraining), or None."""
+def retrain_trigger(
+    settings: Settings, events: EventLog, alarm: bool, clock: datetime
+) -> tuple[str, dict[str, Any]] | None:
+    """Why to retrain at `clock`, or None: an alarm of this pass; a drift alert since the last
+    retraining, once `scheduler.drift_retrain_gap_s` of event time has passed since it."""
     if alarm:
         alarm_event = events.recent(limit=1, prefix="monitor.alarm")[-1]
         return "alarm", {"event_id": alarm_event.id, "wql": alarm_event.details.get("wql")}
     last_retrain = events.recent(limit=1, prefix="retrain.started")
     after_id = last_retrain[-1].id if last_retrain else 0
     drift = events.recent(limit=1, prefix="drift.alert", after_id=after_id)
-    if drift:
-        return "drift", {"event_id": drift[-1].id, "share": drift[-1].details.get("share")}
-    return None
+    if not drift:
+        return None
+    if last_retrain and "clock" in last_retrain[-1].details:
+        since = clock - datetime.fromisoformat(last_retrain[-1].details["clock"])
+        if since < timedelta(seconds=settings.scheduler.drift_retrain_gap_s):
+            return None
+    return "drift", {"event_id": drift[-1].id, "share": drift[-1].details.get("share")}
 
 
 def enough_minutes(settings: Settings, clock: datetime) -> bool:
@@ -169,7 +176,7 @@ class Monitor:
             ],
             alarm=judgement.alarm,
         )
-        trigger = retrain_trigger(self.settings, self.events, judgement.alarm)
+        trigger = retrain_trigger(self.settings, self.events, judgement.alarm, clock)
         if trigger is not None:
             outcome = retrain(self.settings, self.events, *trigger, clock=clock)
             if outcome is not None:

@@ -108,3 +108,28 @@ def test_callers_forecasts_are_never_judged(settings: Settings, log_pipeline_for
     assert {v["model_version"] for v in report.judged} == {"1"} and not any(v["breach"] for v in report.judged)
     band = forecasts_payload(settings, 6)
     assert band["p50"] and max(band["p50"]) < 1e12 and set(band["model_version"]) == {"1"}
+
+
+def test_a_lasting_drift_retrains_once_per_gap_of_event_time(settings: Settings) -> None:
+    """Drift that persists (say a champion trained on the first hour) raises an alert at every
+    check; it starts a retraining only once per `scheduler.drift_retrain_gap_s` of event time."""
+    from rtml.monitoring.loop import retrain_trigger
+
+    gap = timedelta(seconds=settings.scheduler.drift_retrain_gap_s)
+    t0 = START.to_pydatetime()
+    log = EventLog(settings)
+    try:
+        assert retrain_trigger(settings, log, False, t0) is None
+        log.record("drift.alert", share=1.0)
+        assert retrain_trigger(settings, log, False, t0) == ("drift", {"event_id": 1, "share": 1.0})
+        log.record("retrain.started", reason="drift", clock=t0.isoformat())
+        log.record("drift.alert", share=0.67)  # the next check still sees drift
+        assert retrain_trigger(settings, log, False, t0 + timedelta(hours=1)) is None
+        assert retrain_trigger(settings, log, False, t0 + gap - timedelta(minutes=1)) is None
+        trigger = retrain_trigger(settings, log, False, t0 + gap)
+        assert trigger is not None and trigger[0] == "drift" and trigger[1]["share"] == 0.67
+        log.record("monitor.alarm", wql=0.5)  # an alarm is never held back by the gap
+        alarm = retrain_trigger(settings, log, True, t0 + timedelta(minutes=5))
+        assert alarm is not None and alarm[0] == "alarm"
+    finally:
+        log.close()
