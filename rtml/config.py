@@ -116,6 +116,41 @@ class SchedulerSettings(BaseModel):
     poll_s: float = 0.2
 
 
+class RetentionSettings(BaseModel):
+    """How much each store keeps, by event time on the pipeline clock (rtml.ops.retention).
+
+    Defaults for a laptop running for a year at Bitcoin's ~5 tx/s: what is bounded stays in
+    the low gigabytes, and the two records that are the pipeline's memory are kept forever.
+    """
+
+    # Two days of raw events (~1.7 M rows, ~200 MB): enough to rebuild the engine's state or
+    # re-run a day's aggregation; the archive is the long-term raw record.
+    stream_hours: float = 48.0
+    # Refused input is kept long enough for a person to look at it after a holiday.
+    dead_letters_days: float = 30.0
+    # The pipeline's own forecasts: monitoring judges hours closed within a day; 90 days keeps
+    # the quality history of a season (~130 k rows).
+    predictions_days: float = 90.0
+    # Callers' forecasts are only counted and shown, never judged: a month is plenty.
+    caller_predictions_days: float = 30.0
+    # Alerts, gate decisions, promotions: a year of them is a few MB.
+    events_days: float = 365.0
+    # A drift report's HTML weighs 4-9 MB and one is written an hour: a week is about 1.5 GB.
+    reports_days: float = 7.0
+    # Serving reads the last hour and its lags; two days covers any restart.
+    online_days: float = 2.0
+    # Artifacts of versions that were never champion (a rejected model is evidence for a month).
+    candidates_days: float = 30.0
+    # How many past champions rollback can return to; older ones age out like candidates
+    # (each version is a few MB, and a pipeline that retrains daily promotes often).
+    champion_history: int = 10
+    # 0 keeps forever: the archive is the raw record and the offline store the training data.
+    archive_days: float = 0.0
+    offline_days: float = 0.0
+    # Cadence of the retention job on the pipeline clock.
+    interval_s: float = 3600.0
+
+
 class Settings(BaseSettings):
     """The whole configuration; `get_settings()` builds it from file and environment."""
 
@@ -140,6 +175,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @classmethod
     def settings_customise_sources(

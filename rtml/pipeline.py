@@ -13,7 +13,8 @@ they fire when several share a boundary t (nothing reads a minute at or after t)
 - `monitor`: every `scheduler.monitor_interval_s`, judge hours closed by t, retrain on an alarm
   or a drift alert;
 - `retrain`: every `scheduler.retrain_interval_s`, the scheduled retraining.
-Retention (hourly) takes its place at the end of this list.
+- `retention`: every `retention.interval_s` (hourly), every store trimmed to its window
+  before t (rtml.ops.retention), last, so the jobs before it at t still see their data.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class PipelineScheduler(Scheduler):
             details = {"every_s": settings.scheduler.retrain_interval_s}
             return retrain(settings, events, "schedule", details, _at(t_ms)) is not None
 
+        def retention(t_ms: int) -> None:
+            from rtml.ops.retention import run_retention
+
+            run_retention(settings, t_ms)
+
         s = settings.scheduler
         return [
             Job("baseline", baseline, after_minutes=settings.model.min_baseline_minutes, changes_model=True),
@@ -83,6 +89,7 @@ class PipelineScheduler(Scheduler):
             Job("drift", drift, every_ms=int(settings.drift.interval_s * 1000)),
             Job("monitor", monitor, every_ms=int(s.monitor_interval_s * 1000), changes_model=True),
             Job("retrain", scheduled, every_ms=int(s.retrain_interval_s * 1000), changes_model=True),
+            Job("retention", retention, every_ms=int(settings.retention.interval_s * 1000)),
         ]
 
     def close(self) -> None:

@@ -11,11 +11,16 @@ and still see all of them. A crash of the engine leaves the clock where the stor
 from __future__ import annotations
 
 import sqlite3
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from rtml.aggregate.sinks import aggregate_db_path
 from rtml.config import Settings
 from rtml.contracts import MINUTE_MS
+
+# The boundary a scheduled job runs at (the scheduler sets it around each job): "now" for what the
+# job records, such as events, since the clock itself may be far ahead while the scheduler catches up.
+current_boundary: ContextVar[int | None] = ContextVar("current_boundary", default=None)
 
 
 class Clock:

@@ -432,6 +432,19 @@ def run(
         engine.close()
 
 
+def trim_late_events(settings: Settings, before_ms: int) -> int:
+    """Retention: forget recorded late events older than `before_ms` (their counter stays)."""
+    path = aggregate_db_path(settings)
+    if not path.exists():
+        return 0
+    conn = connect(path)
+    try:
+        conn.executescript(STATE_SCHEMA)
+        return int(conn.execute("DELETE FROM late_events WHERE event_time < ?", (before_ms,)).rowcount)
+    finally:
+        conn.close()
+
+
 def aggregate_counters(settings: Settings) -> dict[str, float]:
     """The engine's counters (events in, late, duplicates, windows emitted, watermark, lag).
 

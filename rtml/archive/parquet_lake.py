@@ -136,6 +136,41 @@ def archive_files(settings: Settings) -> list[Path]:
     return sorted(archive_root(settings).glob("date=*/hour=*/*.parquet"))
 
 
+def _hour_ms(folder: Path) -> int:
+    """Start (epoch ms) of an hour partition `date=YYYY-MM-DD/hour=HH`."""
+    hour = datetime.strptime(f"{folder.parent.name[5:]} {folder.name[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+    return int(hour.timestamp() * 1000)
+
+
+def trim_archive(settings: Settings, before_ms: int) -> int:
+    """Retention (`retention.archive_days` > 0 only): delete hour partitions that end by `before_ms`.
+
+    Whole hours only, oldest first, then empty date folders; a crash leaves the rest for the next run.
+    """
+    import shutil
+
+    gone = 0
+    for folder in sorted(archive_root(settings).glob("date=*/hour=*")):
+        if _hour_ms(folder) + HOUR_MS > before_ms:
+            break
+        shutil.rmtree(folder)
+        gone += 1
+    for day in archive_root(settings).glob("date=*"):
+        if day.is_dir() and not any(day.iterdir()):
+            day.rmdir()
+    return gone
+
+
+def archive_stats(settings: Settings) -> tuple[int, int, int | None]:
+    """(bytes, events, start of the oldest hour in ms or None), from Parquet footers only."""
+    import pyarrow.parquet as pq
+
+    files = archive_files(settings)
+    size = sum(f.stat().st_size for f in files)
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    return size, rows, _hour_ms(files[0].parent) if files else None
+
+
 def _ms(value: datetime | int | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
@@ -162,10 +197,7 @@ def read_events(
         hi = end_ms
 
         def keep(path: Path) -> bool:
-            hour = datetime.strptime(
-                f"{path.parent.parent.name[5:]} {path.parent.name[5:]}", "%Y-%m-%d %H"
-            ).replace(tzinfo=UTC)
-            hour_ms = int(hour.timestamp() * 1000)
+            hour_ms = _hour_ms(path.parent)
             return (lo is None or hour_ms >= lo) and (hi is None or hour_ms < hi)
 
         files = [f for f in files if keep(f)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Protocol
@@ -77,6 +77,12 @@ class OfflineMinutes(Protocol):
 
     def count(self) -> tuple[int, int]:
         """(rows, distinct minutes): equal unless something broke idempotency."""
+
+    def trim(self, before: datetime, keep: Sequence[tuple[datetime, datetime]]) -> int:
+        """Retention: drop minutes before `before` outside every [start, end) of `keep`; returns how many."""
+
+    def stats(self) -> tuple[int, int, int | None]:
+        """(bytes, minutes, oldest minute in ms or None): for `rtml status`."""
 
 
 class ParquetMinutes:
@@ -140,6 +146,50 @@ class ParquetMinutes:
     def count(self) -> tuple[int, int]:
         df = self._query("SELECT count(*) AS n, count(DISTINCT minute_key) AS d FROM {src}")
         return (int(df["n"].iloc[0]), int(df["d"].iloc[0])) if len(df) else (0, 0)
+
+    def trim(self, before: datetime, keep: Sequence[tuple[datetime, datetime]]) -> int:
+        # Days wholly before `before` and outside `keep` go at once; the day `before` falls in
+        # (or one a kept window touches) is rewritten atomically, like an upsert.
+        gone = 0
+        cut = pd.Timestamp(before)
+        with self._lock():
+            for path in self.dir.glob("date=*.parquet"):
+                start = pd.Timestamp(path.stem[5:], tz="UTC")
+                if start >= cut:
+                    continue
+                end = start + pd.Timedelta(days=1)
+                touched = any(pd.Timestamp(s) < end and pd.Timestamp(e) > start for s, e in keep)
+                if end <= cut and not touched:
+                    gone += len(pd.read_parquet(path, columns=["minute_key"]))
+                    path.unlink()
+                    continue
+                day = pd.read_parquet(path)
+                kept = _kept(day, cut, keep)
+                if not kept.all():
+                    tmp = self.dir / f".{path.name}.{os.getpid()}.tmp"
+                    day[kept].to_parquet(tmp, index=False)
+                    os.replace(tmp, path)
+                    gone += int((~kept).sum())
+        return gone
+
+    def stats(self) -> tuple[int, int, int | None]:
+        import pyarrow.parquet as pq
+
+        files = self._files()
+        size = sum(os.path.getsize(f) for f in files)
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        if not files:
+            return size, rows, None
+        first = pd.read_parquet(files[0], columns=["minute_key"])["minute_key"]
+        return size, rows, int(first.min()) * 1000 if len(first) else None
+
+
+def _kept(frame: pd.DataFrame, before: pd.Timestamp, keep: Sequence[tuple[datetime, datetime]]) -> pd.Series:
+    """Which rows retention keeps: at or after `before`, or inside one of the `keep` windows."""
+    mask = frame["minute"] >= before
+    for start, end in keep:
+        mask |= (frame["minute"] >= pd.Timestamp(start)) & (frame["minute"] < pd.Timestamp(end))
+    return mask
 
 
 def _where(start: datetime | None, end: datetime | None, mark: str) -> tuple[str, list[object]]:
@@ -239,6 +289,22 @@ class PostgresMinutes:
         row = self.conn.execute(f"SELECT count(*), count(DISTINCT minute_key) FROM {self.table}").fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
+
+    def trim(self, before: datetime, keep: Sequence[tuple[datetime, datetime]]) -> int:
+        if not self._readable():
+            return 0
+        outside = "".join(" AND NOT (minute >= %s AND minute < %s)" for _ in keep)
+        params: list[object] = [before, *(t for window in keep for t in window)]
+        return int(self.conn.execute(f"DELETE FROM {self.table} WHERE minute < %s{outside}", params).rowcount)
+
+    def stats(self) -> tuple[int, int, int | None]:
+        if not self._readable():
+            return 0, 0, None
+        row = self.conn.execute(
+            f"SELECT count(*), min(minute_key), pg_total_relation_size(%s) FROM {self.table}", (self.table,)
+        ).fetchone()
+        assert row is not None
+        return int(row[2]), int(row[0]), None if row[1] is None else int(row[1]) * 1000
 
 
 def open_offline(settings: Settings) -> OfflineMinutes:

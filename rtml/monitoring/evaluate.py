@@ -136,6 +136,12 @@ class QualityStore:
             return cur.fetchall() if cur.description else []
         return self._db.execute(sql, params).fetchall()
 
+    def trim(self, before_ms: int) -> int:
+        """Retention: forget judged hours before `before_ms` (they go with their forecasts)."""
+        if self._services:
+            return int(self._pg.execute(f"DELETE FROM {self._table} WHERE hour_ms < %s", (before_ms,)).rowcount)
+        return int(self._db.execute(f"DELETE FROM {self._table} WHERE hour_ms < ?", (before_ms,)).rowcount)
+
     def put(self, verdict: HourVerdict) -> None:
         self._run(
             f"INSERT INTO {self._table} (hour_ms, n, wql, mae, coverage, model_version, breach, judged_ms) "

@@ -2,6 +2,10 @@
 decisions, promotions. One table, written by every stage, read by the dashboard and the
 retraining loop. SQLite under the data directory (embedded) or PostgreSQL (services).
 
+An event's time is event time: the boundary of the scheduled job that records it, else the
+pipeline clock (wall time before the first closed minute), so a replay's events sit beside its minutes and retention (by the clock)
+ages them like every other store.
+
 An event may carry a `key` (unique): a job that the scheduler re-runs after a crash records
 the same keyed event again, and the second record is a no-op, so the log says it once.
 """
@@ -56,7 +60,7 @@ class EventLog:
 
     def record(self, kind: str, time_ms: int | None = None, key: str | None = None, **details: Any) -> bool:
         """Append an event; False when an event with the same `key` is already there (nothing written)."""
-        when = int(time.time() * 1000) if time_ms is None else time_ms
+        when = _clock_ms(self.settings) if time_ms is None else time_ms
         payload = json.dumps(details, default=str)
         if self._services:
             return bool(
@@ -107,5 +111,35 @@ class EventLog:
             ).fetchall()
         return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
 
+    def trim(self, before_ms: int) -> int:
+        """Retention: drop events older than `before_ms`; returns how many went."""
+        if self._services:
+            return int(self._pg.execute(f"DELETE FROM {self._table} WHERE time_ms < %s", (before_ms,)).rowcount)
+        return int(self._db.execute("DELETE FROM events WHERE time_ms < ?", (before_ms,)).rowcount)
+
+    def stats(self) -> tuple[int, int, int | None]:
+        """(bytes, events, time of the oldest in ms or None): for `rtml status`."""
+        if self._services:
+            row = self._pg.execute(
+                f"SELECT count(*), min(time_ms), pg_total_relation_size(%s) FROM {self._table}", (self._table,)
+            ).fetchone()
+            assert row is not None
+            return int(row[2]), int(row[0]), row[1]
+        rows, oldest = self._db.execute("SELECT count(*), min(time_ms) FROM events").fetchone()
+        path = self.settings.root / "events.sqlite"
+        size = sum(p.stat().st_size for p in (path, path.with_name("events.sqlite-wal")) if p.exists())
+        return size, int(rows), oldest
+
     def close(self) -> None:
         (self._pg if self._services else self._db).close()
+
+
+def _clock_ms(settings: Settings) -> int:
+    """The boundary of the scheduled job recording, else the pipeline clock, else wall time."""
+    from rtml.aggregate.clock import current_boundary, pipeline_clock
+
+    boundary = current_boundary.get()
+    if boundary is not None:
+        return boundary
+    clock = pipeline_clock(settings)
+    return int(time.time() * 1000) if clock is None else int(clock.timestamp() * 1000)

@@ -127,12 +127,15 @@ def gather_status(settings: Settings) -> dict:
                 "last_exit": comp["last_exit"],
             }
         )
+    from rtml.ops.retention import store_stats
+
     return {
         "supervisor_pid": pid,
         "profile": settings.profile,
         "data_dir": str(settings.root),
         "components": comps,
         **pipeline_facts(settings),
+        "stores": store_stats(settings),
     }
 
 
@@ -202,8 +205,21 @@ def show_status(json_out: bool) -> None:
         table.add_row(c["name"], c["state"], str(c["pid"] or "-"), uptime, str(c["restarts"]))
     console.print(table)
     for key, value in status.items():
-        if key not in ("supervisor_pid", "profile", "data_dir", "components"):
+        if key not in ("supervisor_pid", "profile", "data_dir", "components", "stores"):
             console.print(f"[bold]{key.replace('_', ' ')}[/]: {value}")
+    console.print(stores_table(status["stores"]))
+
+
+def stores_table(stores: list[dict]) -> Table:
+    """Disk (or Redis/PostgreSQL) use per store, with the total: what retention keeps bounded."""
+    table = Table(title="stores")
+    for column, justify in (("store", "left"), ("bytes", "right"), ("rows", "right"), ("oldest (event time)", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for s in stores:
+        table.add_row(s["name"], f"{s['bytes']:,}", f"{s['rows']:,}", s["oldest"] or "-")
+    total = sum(max(0, s["bytes"]) for s in stores)
+    table.add_row("total", f"{total:,}", f"{sum(max(0, s['rows']) for s in stores):,}", "", style="bold")
+    return table
 
 
 def bring_down(purge: bool, yes: bool) -> int:

@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS idle (id INTEGER PRIMARY KEY CHECK (id = 1), clock_ms
 """
 
 
+# How long each job's boundaries took (wall seconds): what a soak watches for creeping costs.
+# Boundaries of a `changes_model` job that changed the model count under `<name>.model`.
+DURATIONS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, last_s REAL NOT NULL, total_s REAL NOT NULL,"
+    " runs INTEGER NOT NULL)"
+)
+
+
 @dataclass
 class Job:
     """`run(t_ms)` does the job's work for boundary t; exactly one of `every_ms` / `after_minutes`.
@@ -78,6 +86,7 @@ class Scheduler:
         self._db = sqlite3.connect(settings.path("scheduler.sqlite"), timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        self._db.execute(DURATIONS_SCHEMA)
         self._idle_at: int | None = None
         self.last: dict[str, int] = dict(self._db.execute("SELECT name, last_ms FROM jobs").fetchall())
 
@@ -102,22 +111,34 @@ class Scheduler:
         return out
 
     def fire(self, boundary: int, job: Job, stop: threading.Event | None = None) -> None:
+        from rtml.aggregate.clock import current_boundary
+
         changed = True
         started = time.monotonic()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                changed = bool(job.run(boundary))
-                if time.monotonic() - started > SLOW_S:
-                    log.info("job %s at %s took %.1f s", job.name, _iso(boundary), time.monotonic() - started)
-                break
-            except Exception as exc:  # a failing job must not stop the others
-                log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
-                if attempt < ATTEMPTS and not (stop or threading.Event()).wait(RETRY_S * attempt):
-                    continue
-                self.events.record(
-                    "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
-                    boundary_ms=boundary, attempts=attempt, error=str(exc)[:500],
-                )  # fmt: skip
+        token = current_boundary.set(boundary)  # what the job records is stamped with its boundary
+        try:
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    changed = bool(job.run(boundary))
+                    if time.monotonic() - started > SLOW_S:
+                        log.info("job %s at %s took %.1f s", job.name, _iso(boundary), time.monotonic() - started)
+                    break
+                except Exception as exc:  # a failing job must not stop the others
+                    log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
+                    if attempt < ATTEMPTS and not (stop or threading.Event()).wait(RETRY_S * attempt):
+                        continue
+                    self.events.record(
+                        "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
+                        boundary_ms=boundary, attempts=attempt, error=str(exc)[:500],
+                    )  # fmt: skip
+        finally:
+            current_boundary.reset(token)
+        self._db.execute(
+            "INSERT INTO durations VALUES (?, ?, ?, 1) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s,"
+            " total_s = total_s + excluded.last_s, runs = runs + 1",
+            # a boundary that retrained or promoted is timed apart: it says nothing of the pass itself
+            (f"{job.name}.model" if job.changes_model and changed else job.name, *[time.monotonic() - started] * 2),
+        )
         if job.changes_model and changed:
             self.on_model_change()
         self._db.execute(
@@ -161,6 +182,19 @@ def scheduler_state(settings: Settings) -> tuple[dict[str, tuple[int, int]], int
         jobs = {n: (last, fired) for n, last, fired in db.execute("SELECT name, last_ms, fired FROM jobs")}
         idle = db.execute("SELECT clock_ms FROM idle WHERE id = 1").fetchone()
         return jobs, idle[0] if idle else None
+    finally:
+        db.close()
+
+
+def job_durations(settings: Settings) -> dict[str, tuple[float, float, int]]:
+    """Job name -> (wall seconds of its last boundary, of all boundaries, boundaries): for soaks."""
+    path = settings.root / "scheduler.sqlite"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.execute(DURATIONS_SCHEMA)
+        return {n: (last, total, runs) for n, last, total, runs in db.execute("SELECT * FROM durations")}
     finally:
         db.close()
 

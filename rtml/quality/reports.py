@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from rtml.quality.drift import DriftResult
 
 KEEP_HTML = 168  # a week of hourly runs
+# The dashboard's drift panel links the newest reports: retention never removes these.
+DASHBOARD_REPORTS = 20
 
 
 def reports_dir(settings: Settings) -> Path:
@@ -64,7 +66,7 @@ def write_report(settings: Settings, result: DriftResult, kind: str, now: dateti
     """Write the HTML + JSON of one run, index it, and put their paths on `result`."""
     now = now or datetime.now(UTC)
     folder = reports_dir(settings)
-    stem = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{kind}"
+    stem = f"{_stem_time(now)}-{kind}"
     html_path, json_path = folder / f"{stem}.html", folder / f"{stem}.json"
     result.html_path, result.json_path = str(html_path), str(json_path)
     summary = {"time": now.isoformat(), "kind": kind, **result.to_dict()}
@@ -91,6 +93,45 @@ def write_report(settings: Settings, result: DriftResult, kind: str, now: dateti
                 (folder / old["html"]).unlink(missing_ok=True)
                 old["html"] = None
         _write_json(folder / "index.json", {"runs": runs})
+
+
+def _stem_time(moment: datetime) -> str:
+    return f"{moment:%Y%m%dT%H%M%S}{moment.microsecond // 1000:03d}Z"
+
+
+def trim_reports(settings: Settings, before: datetime) -> int:
+    """Retention: drop runs (index entries and files) from before `before`, except the newest
+    `DASHBOARD_REPORTS` with a page; returns how many files went.
+
+    The index is rewritten first (atomically), then files no entry names are swept: a crash in
+    between leaves orphans that the next sweep removes. A file newer than `before` is never
+    swept, since a report being written is on disk before it is indexed.
+    """
+    folder = reports_dir(settings)
+    with _locked(settings):
+        runs = load_index(settings)
+        shown = {id(r) for r in [r for r in runs if r.get("html")][-DASHBOARD_REPORTS:]}
+        kept = [r for r in runs if id(r) in shown or datetime.fromisoformat(r["time"]) >= before]
+        if len(kept) < len(runs):
+            _write_json(folder / "index.json", {"runs": kept})
+        named = {r[k] for r in kept for k in ("html", "json") if r.get(k)}
+        cutoff = _stem_time(before.astimezone(UTC))
+        gone = 0
+        for path in folder.iterdir():
+            if path.suffix in (".html", ".json") and path.name != "index.json" and path.name not in named:
+                if path.name[: len(cutoff)] < cutoff:
+                    path.unlink(missing_ok=True)
+                    gone += 1
+    return gone
+
+
+def report_stats(settings: Settings) -> tuple[int, int, int | None]:
+    """(bytes, runs, time of the oldest run in ms or None): for `rtml status`."""
+    folder = reports_dir(settings)
+    runs = load_index(settings)
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    oldest = int(datetime.fromisoformat(runs[0]["time"]).timestamp() * 1000) if runs else None
+    return size, len(runs), oldest
 
 
 def render_html(result: DriftResult, kind: str, now: datetime) -> str:

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from rtml.config import Settings
 from rtml.monitoring.events import EventLog
+from rtml.quality.reports import DASHBOARD_REPORTS
 
 STATIC = Path(__file__).resolve().parent / "dashboard"
 # How far back the page looks for data; charts then show the last `hours` of what exists.
@@ -188,7 +189,7 @@ def drift_payload(settings: Settings) -> dict[str, Any]:
     files = sorted(reports_dir.rglob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True) if reports_dir.is_dir() else []
     reports = [
         {"name": str(p.relative_to(reports_dir)), "url": f"reports/{p.relative_to(reports_dir).as_posix()}", "time": int(p.stat().st_mtime)}
-        for p in files[:20]
+        for p in files[:DASHBOARD_REPORTS]
     ]
     status = "unknown" if not checks else ("alert" if checks[-1].kind == "drift.alert" else "ok")
     return {

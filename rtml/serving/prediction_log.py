@@ -14,6 +14,7 @@ no-op); callers' forecasts are `online`, `batch` and `what-if`. Only `pipeline` 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -158,6 +159,29 @@ class PredictionStore:
     def newest_target_ms(self, kind: str) -> int | None:
         row = self._query("SELECT max(target_minute_ms) FROM {table} WHERE kind = ?", (kind,))[0]
         return None if row[0] is None else int(row[0])
+
+    def trim(self, kinds: tuple[str, ...], before_ms: int, exclude: bool = False) -> int:
+        """Retention: drop records of these kinds (or of all others, `exclude`) whose target minute
+        is before `before_ms`."""
+        marks = ", ".join("?" * len(kinds))
+        sql = f"DELETE FROM {{table}} WHERE kind {'NOT ' if exclude else ''}IN ({marks}) AND target_minute_ms < ?"
+        if self.services:
+            return int(self.pg.execute(sql.format(table=self.table).replace("?", "%s"), (*kinds, before_ms)).rowcount)
+        return int(self.db.execute(sql.format(table="predictions"), (*kinds, before_ms)).rowcount)
+
+    def stats(self, kinds: tuple[str, ...], exclude: bool = False) -> tuple[int, int, int | None]:
+        """(bytes, rows, oldest target minute) of these kinds (or of all others, `exclude`); the
+        table's bytes are shared out by rows."""
+        marks = ", ".join("?" * len(kinds))
+        where = f"kind {'NOT ' if exclude else ''}IN ({marks})"
+        rows, oldest = self._query(f"SELECT count(*), min(target_minute_ms) FROM {{table}} WHERE {where}", kinds)[0]
+        total = max(1, int(self._query("SELECT count(*) FROM {table}", ())[0][0]))
+        if self.services:
+            size = int(self.pg.execute("SELECT pg_total_relation_size(%s)", (self.table,)).fetchone()[0])  # type: ignore[index]
+        else:
+            path = self.db.execute("PRAGMA database_list").fetchone()[2]
+            size = sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
+        return size * int(rows) // total, int(rows), None if oldest is None else int(oldest)
 
     def counters(self) -> dict[str, float]:
         if self.services:

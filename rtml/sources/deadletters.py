@@ -11,6 +11,7 @@ parser to look at again.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,15 @@ class IngestStore(ABC):
     def counters(self) -> dict[str, float]: ...
 
     @abstractmethod
+    def trim_dead_letters(self, before_ms: int) -> int:
+        """Retention: drop dead letters received before `before_ms` (a refused frame has no event
+        time to trust, so its ingest time stands in); returns how many went."""
+
+    @abstractmethod
+    def dead_letter_stats(self) -> tuple[int, int, int | None]:
+        """(bytes, dead letters, ingest time of the oldest in ms or None): for `rtml status`."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self) -> IngestStore:
@@ -48,6 +58,7 @@ class IngestStore(ABC):
 
 class SqliteIngestStore(IngestStore):
     def __init__(self, path: str) -> None:
+        self._path = path
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -104,6 +115,13 @@ class SqliteIngestStore(IngestStore):
         values = dict.fromkeys(COUNTERS, 0.0)
         values.update(self._db.execute("SELECT name, value FROM counters").fetchall())
         return values
+
+    def trim_dead_letters(self, before_ms: int) -> int:
+        return int(self._db.execute("DELETE FROM dead_letters WHERE ingest_time < ?", (before_ms,)).rowcount)
+
+    def dead_letter_stats(self) -> tuple[int, int, int | None]:
+        rows, oldest = self._db.execute("SELECT count(*), min(ingest_time) FROM dead_letters").fetchone()
+        return _file_bytes(self._path), int(rows), oldest
 
     def close(self) -> None:
         self._db.close()
@@ -169,8 +187,23 @@ class RedisIngestStore(IngestStore):
         values.update({k.decode(): float(v) for k, v in stored.items()})  # type: ignore[union-attr]
         return values
 
+    def trim_dead_letters(self, before_ms: int) -> int:
+        # Entry ids start with the append time (ms), which is within a batch of the ingest time.
+        return int(self._r.xtrim(self.dlq_key, minid=f"{max(0, before_ms)}-0", approximate=False))  # type: ignore[arg-type]
+
+    def dead_letter_stats(self) -> tuple[int, int, int | None]:
+        rows = self.dead_letter_count()
+        size = int(self._r.memory_usage(self.dlq_key) or 0) if rows else 0  # type: ignore[arg-type]
+        first = self._r.xrange(self.dlq_key, min="-", max="+", count=1)
+        return size, rows, int(first[0][1][b"ingest_time"]) if first else None  # type: ignore[index]
+
     def close(self) -> None:
         self._r.close()
+
+
+def _file_bytes(path: str) -> int:
+    """A SQLite database's size on disk, its write-ahead log included."""
+    return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
 
 
 def open_ingest_store(settings: Settings) -> IngestStore:

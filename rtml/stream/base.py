@@ -65,6 +65,18 @@ class Stream(ABC):
         """Drop the oldest events by age (ingest time) or count; returns how many were dropped."""
 
     @abstractmethod
+    def trim_consumed(self, before_event_ms: int, consumers: Sequence[str]) -> int:
+        """Retention: drop the oldest events, up to the first with event time >= `before_event_ms`,
+        but never past the lowest offset the `consumers` committed (nothing if one never did).
+
+        Only a prefix goes, so a late event kept behind a newer one waits for the next trim.
+        """
+
+    @abstractmethod
+    def stats(self) -> tuple[int, int, int | None]:
+        """(bytes, events, event time of the oldest event in ms or None): for `rtml status`."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self) -> Stream:

@@ -100,5 +100,37 @@ class RedisStream(Stream):
             dropped += int(self._r.xtrim(self.key, maxlen=max_len, approximate=False))  # type: ignore[arg-type]
         return dropped
 
+    def trim_consumed(self, before_event_ms: int, consumers: Sequence[str]) -> int:
+        committed = [self.committed(c) for c in consumers]
+        if not consumers or any(c is None for c in committed):
+            return 0
+        low = min(_id(c) for c in committed if c is not None)
+        # Walk the head of the stream to the first event to keep (or past the lowest commit).
+        cursor, keep = "-", None
+        while keep is None:
+            entries = self._r.xrange(self.key, min=cursor, max="+", count=1000)
+            if not entries:
+                break
+            for (eid, _), value in zip(entries, self._decode(entries), strict=True):  # type: ignore[arg-type]
+                if _id(eid.decode()) > low or value[1] >= before_event_ms:
+                    keep = eid.decode()
+                    break
+            cursor = f"({entries[-1][0].decode()}"  # type: ignore[index]
+        if keep is None:  # everything is consumed and old: keep nothing
+            keep = f"{low[0]}-{low[1] + 1}"
+        return int(self._r.xtrim(self.key, minid=keep, approximate=False))  # type: ignore[arg-type]
+
+    def stats(self) -> tuple[int, int, int | None]:
+        rows = int(self._r.xlen(self.key))  # type: ignore[arg-type]
+        size = int(self._r.memory_usage(self.key) or 0) if rows else 0  # type: ignore[arg-type]
+        first = self._r.xrange(self.key, min="-", max="+", count=1)
+        return size, rows, int(self._decode(first)[0][1]) if first else None  # type: ignore[arg-type]
+
     def close(self) -> None:
         self._r.close()
+
+
+def _id(offset: str) -> tuple[int, int]:
+    """A stream entry id as a comparable pair (ids compare as (ms, seq), not as strings)."""
+    ms, _, seq = offset.partition("-")
+    return int(ms), int(seq or 0)

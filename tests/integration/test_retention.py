@@ -1,0 +1,333 @@
+"""Retention on every store, on both profiles against the real Redis and PostgreSQL: each store
+trims to its window on the pipeline clock, the stream never past what a consumer committed, the
+dashboard's reports stay; then a 3-day soak through `rtml up` (bench/soak.py with small windows)
+checks the bounds, the champion and its rollback history with their artifacts, and a kill -9 in
+the middle of retention."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rtml.config import Settings, get_settings
+from rtml.contracts import MINUTE_MS, DeadLetter, TxEvent
+
+HOUR_MS = 3_600_000
+T0 = int(datetime(2024, 10, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def _events(n: int, step_ms: int) -> list[TxEvent]:
+    return [TxEvent(f"{i:064x}", T0 + i * step_ms, 1000 + i, 250, "test", 1_700_000_000_000 + i) for i in range(n)]
+
+
+def test_stream_trims_only_what_every_consumer_committed(backend_settings: Settings) -> None:
+    from rtml.stream import open_stream
+
+    with open_stream(backend_settings) as stream:
+        stream.append(_events(600, MINUTE_MS))  # ten hours, one event a minute
+        offsets = [o for o, _ in stream.read(None, 1000)]
+        cutoff = T0 + 400 * MINUTE_MS
+        assert stream.trim_consumed(cutoff, ("aggregator", "archiver")) == 0  # nobody committed
+        stream.commit("aggregator", offsets[100])
+        assert stream.trim_consumed(cutoff, ("aggregator", "archiver")) == 0  # the archiver never did
+        stream.commit("archiver", offsets[300])
+        assert stream.trim_consumed(cutoff, ("aggregator", "archiver")) == 101  # up to the slower one
+        assert [e.event_time for _, e in stream.read(None, 1)] == [T0 + 101 * MINUTE_MS]
+        assert [e.event_time for _, e in stream.read(stream.committed("aggregator"), 1)] == [T0 + 101 * MINUTE_MS]
+        stream.commit("aggregator", offsets[599])
+        assert stream.trim_consumed(cutoff, ("aggregator", "archiver")) == 200  # now the archiver holds it
+        stream.commit("archiver", offsets[599])
+        assert stream.trim_consumed(cutoff, ("aggregator", "archiver")) == 99  # now the window does
+        size, rows, oldest = stream.stats()
+        assert (rows, oldest) == (200, cutoff) and size > 0
+        assert stream.trim_consumed(cutoff, ("aggregator", "archiver")) == 0  # a re-run boundary
+        assert len(stream.read(None, 1000)) == 200
+
+
+def test_dead_letters_predictions_and_events_trim_to_their_windows(backend_settings: Settings) -> None:
+    from rtml.monitoring.events import EventLog
+    from rtml.serving.prediction_log import JUDGED_KINDS, PredictionRecord, PredictionStore
+    from rtml.sources.deadletters import open_ingest_store
+
+    cutoff = T0 + 5 * HOUR_MS
+    with open_ingest_store(backend_settings) as ingest:
+        # Redis stamps dead letters with its own clock: wall time now, so one is older than the cutoff.
+        now = int(time.time() * 1000)
+        ingest.record([DeadLetter("x" * 10, "bad", "test", now - 2 * HOUR_MS)], {"dead_letters": 1})
+        ingest.record([DeadLetter("y" * 10, "bad", "test", now)], {"dead_letters": 1})
+        if backend_settings.profile == "embedded":
+            assert ingest.trim_dead_letters(now - HOUR_MS) == 1
+            assert ingest.dead_letter_stats()[1:] == (1, now)
+        else:
+            assert ingest.trim_dead_letters(now + HOUR_MS) == 2  # both arrived before that
+            assert ingest.dead_letter_stats()[1:] == (0, None)
+
+    store = PredictionStore(backend_settings)
+    try:
+        records = [
+            PredictionRecord(0, "1", T0 + h * HOUR_MS, T0 + h * HOUR_MS + m * MINUTE_MS, 1.0, 2.0, 3.0, 0.1, kind)
+            for h in range(10)
+            for m in range(0, 60, 15)
+            for kind in ("pipeline", "online", "what-if")
+        ]
+        store.write(records, {})
+        assert store.trim(JUDGED_KINDS, cutoff) == 20
+        assert store.stats(JUDGED_KINDS)[1:] == (20, cutoff)
+        assert store.stats(JUDGED_KINDS, exclude=True)[1:] == (80, T0)  # callers have their own window
+        assert store.trim(JUDGED_KINDS, cutoff + HOUR_MS, exclude=True) == 48
+        assert store.stats(JUDGED_KINDS, exclude=True)[1:] == (32, cutoff + HOUR_MS)
+        assert store.stats(JUDGED_KINDS)[1] == 20
+    finally:
+        store.close()
+
+    log = EventLog(backend_settings)
+    try:
+        for h in range(10):
+            log.record("drift.ok", time_ms=T0 + h * HOUR_MS, key=f"drift@{h}")
+        assert log.trim(cutoff) == 5
+        assert log.trim(cutoff) == 0
+        assert log.stats()[1:] == (5, cutoff)
+        assert [e.time_ms for e in log.recent()] == [T0 + h * HOUR_MS for h in range(5, 10)]
+    finally:
+        log.close()
+
+
+def test_events_are_stamped_with_the_boundary_of_the_job_recording_them(settings: Settings) -> None:
+    from rtml.aggregate.clock import current_boundary
+    from rtml.monitoring.events import EventLog
+
+    log = EventLog(settings)
+    try:
+        token = current_boundary.set(T0)
+        try:
+            log.record("drift.ok")
+        finally:
+            current_boundary.reset(token)
+        before = int(time.time() * 1000)
+        log.record("model.promoted")  # no job, no minute yet: wall time
+        assert log.recent()[0].time_ms == T0 and log.recent()[1].time_ms >= before
+    finally:
+        log.close()
+
+
+def test_reports_keep_what_the_dashboard_links_to(settings: Settings) -> None:
+    from rtml.quality.reports import DASHBOARD_REPORTS, load_index, report_stats, reports_dir, trim_reports
+    from rtml.serving.dashboard_api import drift_payload
+
+    folder = reports_dir(settings)
+    runs = []
+    for h in range(30):
+        moment = datetime.fromtimestamp((T0 + h * HOUR_MS) / 1000, UTC)
+        stem = f"{moment:%Y%m%dT%H%M%S}000Z-drift"
+        (folder / f"{stem}.html").write_text("<html></html>")
+        (folder / f"{stem}.json").write_text("{}")
+        os.utime(folder / f"{stem}.html", (T0 / 1000 + h * 3600, T0 / 1000 + h * 3600))
+        runs.append({"time": moment.isoformat(), "kind": "drift", "html": f"{stem}.html", "json": f"{stem}.json"})
+    (folder / "index.json").write_text(json.dumps({"runs": runs}))
+    shown = {r["name"] for r in drift_payload(settings)["reports"]}
+    assert len(shown) == DASHBOARD_REPORTS
+    # An orphan from a crash between the index and the sweep, and a page not indexed yet.
+    (folder / "20241001T000500000Z-drift.html").write_text("orphan")
+    (folder / "20241002T120000000Z-drift.html").write_text("being written")
+
+    cutoff = datetime.fromtimestamp((T0 + 25 * HOUR_MS) / 1000, UTC)
+    assert trim_reports(settings, cutoff) == 2 * (30 - DASHBOARD_REPORTS) + 1
+    assert all((folder / name).exists() for name in shown)  # every link the dashboard showed opens
+    assert len(load_index(settings)) == DASHBOARD_REPORTS
+    assert (folder / "20241002T120000000Z-drift.html").exists()
+    # Past every run, the dashboard's reports stay; the unindexed page is old now, and swept.
+    assert trim_reports(settings, cutoff + timedelta(hours=100)) == 1
+    assert report_stats(settings)[1] == DASHBOARD_REPORTS
+    assert all((folder / name).exists() for name in shown)
+
+
+def test_online_offline_and_archive_trim_and_keep_training_windows(backend_settings: Settings) -> None:
+    import pandas as pd
+
+    from rtml.archive.parquet_lake import archive_pending, archive_stats, read_events, trim_archive
+    from rtml.features.dataset import minutes_from_totals
+    from rtml.features.offline import open_offline
+    from rtml.features.online import last_minutes, online_stats, trim_online
+    from rtml.features.writer import FeatureStoreSink
+    from rtml.stream import open_stream
+
+    n = 3 * 1440  # three days of minutes
+    start = pd.Timestamp(T0, unit="ms", tz="UTC")
+    minutes = minutes_from_totals(
+        pd.date_range(start, periods=n, freq="min"), np.full(n, 3), np.arange(n) * 10 + 30
+    )
+    sink = FeatureStoreSink(backend_settings)
+    sink.write_frame(minutes)
+    cutoff_ms = T0 + 2 * 1440 * MINUTE_MS + 30 * MINUTE_MS  # half an hour into the third day
+    assert trim_online(backend_settings, cutoff_ms) == 2 * 1440 + 30
+    assert online_stats(backend_settings)[1:] == (1440 - 30, cutoff_ms)
+    assert len(last_minutes(backend_settings)) == backend_settings.features.online_minutes  # serving still reads
+
+    # The offline store keeps a protected training window (day one, 06:00-12:00) whole.
+    kept = (start + pd.Timedelta(hours=6), start + pd.Timedelta(hours=12))
+    offline = open_offline(backend_settings)
+    try:
+        cutoff = pd.Timestamp(cutoff_ms, unit="ms", tz="UTC")
+        assert offline.trim(cutoff.to_pydatetime(), [kept]) == 2 * 1440 + 30 - 360
+        assert offline.trim(cutoff.to_pydatetime(), [kept]) == 0
+        left = offline.read()
+        assert left["minute"].min() == kept[0] and len(left) == 360 + 1440 - 30
+        assert left[left["minute"] < kept[1]]["minute"].max() == kept[1] - pd.Timedelta(minutes=1)
+        assert offline.stats()[1:] == (360 + 1440 - 30, int(kept[0].timestamp()) * 1000)
+    finally:
+        getattr(offline, "close", lambda: None)()
+
+    with open_stream(backend_settings) as stream:
+        stream.append(_events(48, HOUR_MS // 2))  # a day, two events an hour
+    archive_pending(backend_settings)
+    assert trim_archive(backend_settings, T0 + 10 * HOUR_MS + 1) == 10  # whole hours only
+    assert archive_stats(backend_settings)[1:] == (28, T0 + 10 * HOUR_MS)
+    assert read_events(backend_settings)["event_time"].min() == T0 + 10 * HOUR_MS
+
+
+# ---- the soak through `rtml up`: every store, the registry, a kill -9 -----------------------
+
+SOAK_DAYS = 3
+# Windows small enough to fill twice over in three days (hours of event time).
+WINDOWS = {
+    "STREAM_HOURS": "6", "DEAD_LETTERS_DAYS": "0.5", "PREDICTIONS_DAYS": "0.5", "CALLER_PREDICTIONS_DAYS": "0.5",
+    "EVENTS_DAYS": "0.5", "REPORTS_DAYS": "0.25", "ONLINE_DAYS": "0.25", "CANDIDATES_DAYS": "0.5",
+    "ARCHIVE_DAYS": "0.5", "CHAMPION_HISTORY": "2",
+}  # fmt: skip
+
+
+def _bench_soak() -> Any:
+    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+    spec = importlib.util.spec_from_file_location("bench_soak", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[dict[str, Any]], Settings, Any]]:
+    """Three simulated days through `rtml up` (drift every 2 h, retraining every 12 h, judged hourly)."""
+    bench = _bench_soak()
+    saved = dict(os.environ)
+    # Retention's own hourly job must not depend on the wall clock; serving answers on old minutes.
+    cadences = {**bench.CADENCES, "RTML_DRIFT__INTERVAL_S": "7200", "RTML_SCHEDULER__RETRAIN_INTERVAL_S": "43200"}
+    try:
+        rows, settings = bench.run_soak(
+            SOAK_DAYS, "embedded", WINDOWS, cadences, rate_per_min=20, requests=20, timeout_s=600
+        )
+        yield rows, settings, bench
+    finally:
+        from rtml.ops.deploy import bring_down
+
+        bring_down(purge=True, yes=True)
+        Path(os.environ["RTML_DATA_DIR"]).parent.rmdir()  # the soak's own temporary folder, empty now
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.slow
+def test_soak_three_days_within_windows_and_bounds(soak: tuple[list[dict[str, Any]], Settings, Any]) -> None:
+    from rtml.ops.retention import store_stats, windows_ms
+    from rtml.ops.scheduler import scheduler_state
+    from rtml.quality.reports import DASHBOARD_REPORTS, load_index
+
+    rows, settings, bench = soak
+    assert [r["day"] for r in rows] == list(range(1, SOAK_DAYS + 1))
+    last_retention = scheduler_state(settings)[0]["retention"][0]
+    windows = windows_ms(settings)
+    stores = {s["name"]: s for s in store_stats(settings)}
+    assert set(stores) == {
+        "stream", "dead_letters", "predictions", "caller_predictions", "events", "reports", "online",
+        "offline", "archive", "registry",
+    }  # fmt: skip
+    for name in ("stream", "predictions", "events", "online", "archive"):
+        oldest = datetime.fromisoformat(stores[name]["oldest"]).timestamp() * 1000
+        assert last_retention - windows[name] <= oldest, f"{name} holds {stores[name]['oldest']}"
+        assert stores[name]["rows"] > 0
+    # Reports: within the window, or among the ones the dashboard shows.
+    runs = load_index(settings)
+    old = [r for r in runs if datetime.fromisoformat(r["time"]).timestamp() * 1000 < last_retention - windows["reports"]]
+    assert len(runs) >= DASHBOARD_REPORTS and len(old) <= DASHBOARD_REPORTS
+    # Memory and latencies against day 1, disk past each window over the last two days. The
+    # registry's bytes follow how many trainings the last half day held (alarms retrain): its
+    # bound is on content, checked in the next test.
+    assert bench.bounds(rows, settings, last=2, reference_day=1, exclude=("registry",)) == []
+
+
+@pytest.mark.slow
+def test_soak_keeps_the_champion_and_its_history_with_artifacts(
+    soak: tuple[list[dict[str, Any]], Settings, Any],
+) -> None:
+    from rtml.model.registry import champion_history, champion_version, list_versions, load_version
+    from rtml.ops.retention import windows_ms
+    from rtml.ops.scheduler import scheduler_state
+
+    _, settings, _ = soak
+    champion, history = champion_version(settings), champion_history(settings)
+    assert champion is not None and champion in history and len(history) <= 2
+    versions = {v["version"]: v for v in list_versions(settings)}
+    assert set(history) <= set(versions)
+    shutil.rmtree(settings.root / "mlflow" / "cache", ignore_errors=True)
+    for version in history:
+        model = load_version(settings, version)  # from the registry's artifacts, not a cache
+        assert model.version == version
+    cutoff = scheduler_state(settings)[0]["retention"][0] - windows_ms(settings)["registry"]
+    for v in versions.values():
+        if v["version"] not in history:
+            assert datetime.fromisoformat(v["train_end"]).timestamp() * 1000 >= cutoff
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_retention_loses_nothing_kept(
+    soak: tuple[list[dict[str, Any]], Settings, Any], tmp_path: Path
+) -> None:
+    """Retention run on the soak's stores with windows halved: once whole on a copy, once killed
+    at a random moment and run again; both end in the same stores, and nothing kept is gone."""
+    from rtml.model.registry import champion_history, load_version
+    from rtml.ops.scheduler import scheduler_state
+
+    _, settings, _ = soak
+    t_ms = scheduler_state(settings)[0]["retention"][0]
+    halved = {f"RTML_RETENTION__{k}": str(float(v) / 2) for k, v in WINDOWS.items() if "DAYS" in k or "HOURS" in k}
+    # The copy keeps the original's namespace: Feast's online tables are named after it.
+    env = {**os.environ, **halved, "RTML_NAMESPACE": settings.namespace}
+    copy = tmp_path / "reference"
+    shutil.copytree(settings.root, copy, symlinks=True)
+    code = f"from rtml.config import get_settings; from rtml.ops.retention import run_retention; run_retention(get_settings(), {t_ms})"
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", code], env={**env, "RTML_DATA_DIR": str(copy)}, check=True, timeout=300)
+    whole_s = time.monotonic() - started
+
+    killed = subprocess.Popen([sys.executable, "-c", code], env={**env, "RTML_DATA_DIR": str(settings.root)})
+    time.sleep(random.uniform(0.3, 1.0) * whole_s)  # a random moment inside the run, not a wait for it
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    for version in champion_history(settings):  # the history survives mid-run too
+        load_version(settings, version)
+    subprocess.run([sys.executable, "-c", code], env={**env, "RTML_DATA_DIR": str(settings.root)}, check=True, timeout=300)
+
+    def stores(root: Path) -> dict[str, tuple[int, str | None]]:
+        out = subprocess.run(
+            [sys.executable, "-c", "import json; from rtml.config import get_settings; from rtml.ops.retention "
+             "import store_stats; print(json.dumps(store_stats(get_settings())))"],
+            env={**env, "RTML_DATA_DIR": str(root)}, capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        return {s["name"]: (s["rows"], s["oldest"]) for s in json.loads(out.stdout)}
+
+    assert stores(settings.root) == stores(copy)
+    assert champion_history(settings) == champion_history(get_settings(data_dir=copy))
