@@ -266,10 +266,9 @@ def isolated(redis_url: str, postgres_dsn: str) -> Iterator[Isolated]:
     iso.close()
 
 
-def _log_pipeline_forecasts(settings: Settings, minutes: Any, start: Any, end: Any) -> int:
+def _write_engine_minutes(settings: Settings, minutes: Any) -> None:
     from rtml.aggregate.sinks import MinutesTable, aggregate_db_path
     from rtml.contracts import MinuteFeatures
-    from rtml.serving.forecaster import Forecaster
 
     table = MinutesTable(aggregate_db_path(settings))
     table.upsert(
@@ -281,6 +280,19 @@ def _log_pipeline_forecasts(settings: Settings, minutes: Any, start: Any, end: A
         ]
     )  # fmt: skip
     table.close()
+
+
+@pytest.fixture
+def write_engine_minutes() -> Callable[[Settings, Any], None]:
+    """`f(settings, minutes)`: put `minutes` (a frame) in the engine's own table, as its first sink
+    does, which moves the pipeline's clock to their end."""
+    return _write_engine_minutes
+
+
+def _log_pipeline_forecasts(settings: Settings, minutes: Any, start: Any, end: Any) -> int:
+    from rtml.serving.forecaster import Forecaster
+
+    _write_engine_minutes(settings, minutes)
     forecaster = Forecaster(settings)
     try:
         boundaries = range(int(start.timestamp() * 1000), int(end.timestamp() * 1000) + 1, 60_000)

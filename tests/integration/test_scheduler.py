@@ -22,9 +22,8 @@ import pandas as pd
 import pytest
 
 from rtml.aggregate.clock import pipeline_clock
-from rtml.aggregate.sinks import MinutesTable, aggregate_db_path
 from rtml.config import Settings
-from rtml.contracts import MinuteFeatures, datetime_to_ms
+from rtml.contracts import datetime_to_ms
 from rtml.features.writer import FeatureStoreSink
 from rtml.model import registry
 from rtml.monitoring.evaluate import QualityStore
@@ -37,18 +36,9 @@ START = pd.Timestamp("2024-10-01T00:00:00Z")
 HOUR_MS, MINUTE_MS = 3_600_000, 60_000
 
 
-def fill_stores(settings: Settings, minutes: pd.DataFrame) -> None:
+def fill_stores(settings: Settings, minutes: pd.DataFrame, write_engine_minutes: Callable[[Settings, Any], None]) -> None:
     """What the engine's sinks do with closed minutes: its own table, then the feature store."""
-    table = MinutesTable(aggregate_db_path(settings))
-    table.upsert(
-        [
-            MinuteFeatures(r.minute.to_pydatetime(), int(r.tx_count), int(r.fee_total_sat),
-                           None if r.fee_avg_sat != r.fee_avg_sat else float(r.fee_avg_sat),
-                           r.event_time.to_pydatetime(), int(r.revision))
-            for r in minutes.itertuples(index=False)
-        ]
-    )  # fmt: skip
-    table.close()
+    write_engine_minutes(settings, minutes)
     sink = FeatureStoreSink(settings)
     sink.write_frame(minutes)
     sink.close()
@@ -66,14 +56,16 @@ def spy(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[tup
     monkeypatch.setattr(module, name, recording)
 
 
-def test_no_job_reads_a_minute_at_or_after_its_clock(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_job_reads_a_minute_at_or_after_its_clock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, write_engine_minutes: Callable[[Settings, Any], None]
+) -> None:
     from rtml.features import etl, offline
     from rtml.monitoring.loop import retrain
     from rtml.quality import sources
     from rtml.quality.drift import run_drift_check, scheduled_windows
 
     # Ten hours in the stores; jobs fire at t = 7 h, with three hours of "future" there to leak.
-    fill_stores(settings, swinging_fee_minutes(START, 6, 4))
+    fill_stores(settings, swinging_fee_minutes(START, 6, 4), write_engine_minutes)
     t = (START + pd.Timedelta(hours=7)).to_pydatetime()
     reads: list[tuple[Any, ...]] = []
     datasets: list[tuple[Any, ...]] = []
@@ -158,10 +150,12 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -
 
 
 def test_sigkill_mid_jump_then_restart_fires_every_boundary_once(
-    settings: Settings, scheduler_process: Callable[[], subprocess.Popen[bytes]]
+    settings: Settings,
+    scheduler_process: Callable[[], subprocess.Popen[bytes]],
+    write_engine_minutes: Callable[[Settings, Any], None],
 ) -> None:
     hours = 8
-    fill_stores(settings, swinging_fee_minutes(START, 6, hours - 6))
+    fill_stores(settings, swinging_fee_minutes(START, 6, hours - 6), write_engine_minutes)
     clock = pipeline_clock(settings)
     assert clock == (START + pd.Timedelta(hours=hours)).to_pydatetime()
     clock_ms, start_ms = datetime_to_ms(clock), datetime_to_ms(START.to_pydatetime())
