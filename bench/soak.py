@@ -173,9 +173,15 @@ def slope(rows: list[dict[str, Any]], key: str, last: int = 20) -> float:
 
 
 def bounds(
-    rows: list[dict[str, Any]], settings: Any, last: int = 20, reference_day: int = 7, exclude: tuple[str, ...] = ()
+    rows: list[dict[str, Any]],
+    settings: Any,
+    last: int = 20,
+    reference_day: int = 7,
+    exclude: tuple[str, ...] = (),
+    latencies: bool = True,
 ) -> list[str]:
-    """The issue's bounds (stores in `exclude` aside); returns the ones broken (empty when all hold)."""
+    """The issue's bounds (stores in `exclude` aside, latencies only with `latencies`); returns the
+    ones broken (empty when all hold)."""
     from rtml.ops.retention import windows_ms
 
     broken = []
@@ -190,7 +196,7 @@ def bounds(
         if grown > 0.05 * max(first[key], 0.01):  # below 10 kB a store is noise, not growth
             broken.append(f"{store}: {first[key]:.2f} -> {tail[-1][key]:.2f} MB from day {first['day']}")
     reference = next((r for r in rows if r["day"] >= reference_day), rows[0])
-    keys = [f"{c}_rss_MB" for c in COMPONENTS] + ["forecast_p99_ms", "monitor_s", "drift_s"]
+    keys = [f"{c}_rss_MB" for c in COMPONENTS] + (["forecast_p99_ms", "monitor_s", "drift_s"] if latencies else [])
     for key in keys:
         base = reference[key]
         limit = 1.2 * base + NOISE.get(key, 0.0)

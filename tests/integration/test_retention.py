@@ -263,10 +263,11 @@ def test_soak_three_days_within_windows_and_bounds(soak: tuple[list[dict[str, An
     runs = load_index(settings)
     old = [r for r in runs if datetime.fromisoformat(r["time"]).timestamp() * 1000 < last_retention - windows["reports"]]
     assert len(runs) >= DASHBOARD_REPORTS and len(old) <= DASHBOARD_REPORTS
-    # Memory and latencies against day 1, disk past each window over the last two days. The
-    # registry's bytes follow how many trainings the last half day held (alarms retrain): its
-    # bound is on content, checked in the next test.
-    assert bench.bounds(rows, settings, last=2, reference_day=1, exclude=("registry",)) == []
+    # Memory against day 1, disk past each window over the last two days. The registry's bytes
+    # follow how many trainings the last half day held (alarms retrain): its bound is on content,
+    # checked in the next test. Latencies are the benchmark's figures (bench/soak.py): timed on a
+    # shared machine in a test, they would measure the machine, not the pipeline.
+    assert bench.bounds(rows, settings, last=2, reference_day=1, exclude=("registry",), latencies=False) == []
 
 
 @pytest.mark.slow
