@@ -333,3 +333,27 @@ def test_features_show_reads_the_feature_store(
         m.strftime("%Y-%m-%dT%H:%M:%SZ") for m in minutes["minute"].iloc[-2:]
     ]
     assert shown[-1]["fee_avg_sat"] == 12.5 and shown[-1]["revision"] == 3
+
+
+def test_feasts_own_cli_reads_the_repo(backend_settings: Settings) -> None:
+    """Feast's own CLI on the repository rtml generates (definitions, feature_store.yaml with the
+    DSN's TLS mode, the file or PostgreSQL registry): what we expose passes Feast's checker."""
+    import os
+
+    from rtml.features.dataset import minutes_from_totals
+    from rtml.features.feast_repo import MINUTE_VIEW, WINDOW_VIEW, repo_dir
+
+    settings = backend_settings
+    start = pd.Timestamp("2024-10-01T00:00:00Z")
+    sink = _sink(settings)
+    sink.write_frame(minutes_from_totals(pd.date_range(start, periods=30, freq="min"), [100] * 30, [500_000] * 30))
+    sink.close()
+    feast = Path(sys.executable).with_name("feast")
+    env = {**os.environ, "FEAST_USAGE": "False"}
+    for command in (["feature-views", "list"], ["entities", "list"]):
+        out = subprocess.run(
+            [str(feast), "-c", str(repo_dir(settings)), *command], capture_output=True, text=True, timeout=180, env=env
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        names = (MINUTE_VIEW, WINDOW_VIEW) if command[0] == "feature-views" else ("minute", "chain")
+        assert all(name in out.stdout for name in names), out.stdout
