@@ -305,9 +305,7 @@ def test_the_same_hostile_frames_over_the_live_websocket(settings: Settings, sha
     import time
 
     from blockchain_server import BlockchainServer
-    from test_ingest_live import fast_settings, real_frames, run_in_thread, stored, truth, wait_for
-
-    from rtml.sources.blockchain_ws import run_ws
+    from test_ingest_live import fast_settings, play_ws, real_frames, stored, truth
 
     frames = real_frames(shared_data, 200)
     now_s = int(time.time())
@@ -338,23 +336,8 @@ def test_the_same_hostile_frames_over_the_live_websocket(settings: Settings, sha
     ]
     settings = fast_settings(settings)
     with BlockchainServer(frames, plans, rest_window=100, rest_429=0, rest_hostile=rest_hostile) as server:
-
-        def client(stop: threading.Event) -> Any:
-            with Ingestor(settings) as ingestor:
-                return run_ws(
-                    ingestor, settings.ingest, ws_url=server.ws_url, rest_url=server.rest_url, stop=stop
-                )
-
-        stop, thread, result = run_in_thread(client)
-        try:
-            wait_for(lambda: server.done.is_set() or bool(result), "the server to play its whole script")
-            wait_for(
-                lambda: ingest_counters(settings)["appended"] >= len(frames) + 1 or bool(result), "every tx"
-            )
-            assert not result and thread.is_alive()  # the client never exited on its own
-        finally:
-            stop.set()
-            thread.join(30)
+        result, ran_through = play_ws(settings, server, len(frames) + 1)
+        assert ran_through  # the client never exited on its own
         assert not server.errors
         events = stored(settings)
         assert set(events) == truth(frames) | {(_hash(40_000), 9)} and len(events) == len(frames) + 1

@@ -83,6 +83,29 @@ def run_in_thread(
     return stop, thread, result
 
 
+def play_ws(settings: Settings, server: BlockchainServer, appended: int) -> tuple[list, bool]:
+    """Run the websocket client against `server` until it has played its whole script and
+    `appended` transactions are in the stream (or the client returned), then stop it.
+
+    Returns what the client returned or raised once stopped, and whether it was still running,
+    having returned nothing, when it was told to stop (a live client never exits on its own).
+    """
+
+    def client(stop: threading.Event) -> LiveStats:
+        with Ingestor(settings) as ingestor:
+            return run_ws(ingestor, settings.ingest, ws_url=server.ws_url, rest_url=server.rest_url, stop=stop)
+
+    stop, thread, result = run_in_thread(client)
+    try:
+        wait_for(lambda: server.done.is_set() or bool(result), "the server to play its whole script")
+        wait_for(lambda: ingest_counters(settings)["appended"] >= appended or bool(result), "every transaction")
+        ran_through = not result and thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(30)
+    return result, ran_through
+
+
 def stored(settings: Settings) -> list[tuple[str, int]]:
     with open_stream(settings) as stream:
         return [(e.tx_hash, e.fee_sat) for _, e in stream.read(None, 1_000_000)]
@@ -102,23 +125,7 @@ def test_survives_drops_stalls_repeats_garbage_and_429(settings: Settings, share
     ]  # fmt: skip
     settings = fast_settings(settings)
     with BlockchainServer(frames, plans, rest_window=100, rest_429=1) as server:
-
-        def client(stop: threading.Event) -> LiveStats:
-            with Ingestor(settings) as ingestor:
-                return run_ws(
-                    ingestor, settings.ingest, ws_url=server.ws_url, rest_url=server.rest_url, stop=stop
-                )
-
-        stop, thread, result = run_in_thread(client)
-        try:
-            wait_for(lambda: server.done.is_set() or bool(result), "the server to play its whole script")
-            wait_for(
-                lambda: ingest_counters(settings)["appended"] >= len(frames) or bool(result),
-                "every transaction",
-            )
-        finally:
-            stop.set()
-            thread.join(30)
+        result, _ = play_ws(settings, server, len(frames))
         assert not server.errors
         stats = result[0]
         assert isinstance(stats, LiveStats), stats
