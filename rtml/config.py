@@ -50,6 +50,11 @@ class IngestSettings(BaseModel):
     max_future_s: float = 300.0
     # Raw text kept per dead letter (plus the frame's full length and SHA-256).
     dead_letter_max_bytes: int = Field(default=64 * 1024, ge=256)
+    # Live frames held while the stream's store is down (rtml.sources.buffer): in memory, then on
+    # disk; past both, dropped and counted (`buffer_dropped`). Bitcoin's 3-7 tx/s fill the memory
+    # part in about 5 hours; a frame takes about 1 KB on disk.
+    buffer_memory_events: int = Field(default=100_000, ge=0)
+    buffer_disk_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
 
 class WindowSettings(BaseModel):

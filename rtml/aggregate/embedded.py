@@ -27,6 +27,7 @@ from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, MinuteFeatures
+from rtml.ops.outage import Outage
 from rtml.stream import Offset, Stream, open_stream
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Engine:
         self._undelivered = False
         self._published_at = 0.0
         self._redis = None
+        self.outage = Outage(settings, "aggregate")
         if settings.profile == "services":
             import redis
 
@@ -354,6 +356,7 @@ class Engine:
                 if self.step().events:
                     last_event = time.monotonic()
                     backoff = 0.0
+                    self.outage.recovered()
                     continue
                 quiet_ms = (time.monotonic() - last_event) * 1000
                 if quiet_ms >= idle_ms:
@@ -371,9 +374,19 @@ class Engine:
                 # The state is committed and the rows wait in the outbox: keep aggregating and
                 # retry delivery with each step, backing off while the sink stays down.
                 backoff = min(max(backoff * 2, 0.5), 30.0)
-                log.warning("%s; retrying in %.1f s (nothing is lost: rows wait in the outbox)", exc, backoff)
-                stop.wait(backoff)
+                wait = self.outage.ride(exc) or backoff
+                log.warning("%s; retrying in %.1f s (nothing is lost: rows wait in the outbox)", exc, wait)
+                stop.wait(wait)
                 continue
+            except Exception as exc:
+                # The stream's Redis is down: nothing uncommitted was applied (a step reads, then
+                # commits locally, then publishes), so the next step picks up where this one stood.
+                if (retry := self.outage.ride(exc)) is None:
+                    raise
+                self._undelivered = True  # a commit may have come before the failure: deliver
+                stop.wait(retry)
+                continue
+            self.outage.recovered()
             stop.wait(poll_s)
 
     def close(self) -> None:

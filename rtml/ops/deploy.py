@@ -125,6 +125,7 @@ def gather_status(settings: Settings) -> dict:
                 "uptime_s": round(now - comp["started_at"], 1) if alive and comp["started_at"] else None,
                 "restarts": comp["restarts"],
                 "last_exit": comp["last_exit"],
+                **component_health(settings, comp["name"], alive),
             }
         )
     from rtml.ops.retention import store_stats
@@ -136,6 +137,28 @@ def gather_status(settings: Settings) -> dict:
         "components": comps,
         **pipeline_facts(settings),
         "stores": store_stats(settings),
+    }
+
+
+def component_health(settings: Settings, name: str, alive: bool) -> dict[str, object]:
+    """What a running component says of itself (rtml.ops.outage): `health` (`ok`, `degraded`
+    while a service it needs is unreachable), `services_down` (service -> seconds down),
+    `last_error` and `last_error_at` (ISO time), and its counters (the ingest buffer's)."""
+    from rtml.ops.outage import read_health
+
+    doc = read_health(settings, name) if alive else None
+    if doc is None:
+        return {"health": None, "services_down": {}, "last_error": None, "last_error_at": None}
+    now = time.time()
+    at = doc.get("last_error_at")
+    extra = {k: v for k, v in doc.items() if k not in ("component", "health", "services_down", "last_error",
+                                                       "last_error_at", "updated_at")}  # fmt: skip
+    return {
+        "health": doc.get("health"),
+        "services_down": {s: round(now - t, 1) for s, t in doc.get("services_down", {}).items()},
+        "last_error": doc.get("last_error"),
+        "last_error_at": datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds") if at else None,
+        **extra,
     }
 
 
@@ -198,16 +221,29 @@ def show_status(json_out: bool) -> None:
         return
     running = status["supervisor_pid"] is not None
     table = Table(title=f"rtml {'up' if running else 'down'} — {status['profile']}, {status['data_dir']}")
-    for column in ("component", "state", "pid", "uptime", "restarts"):
+    for column in ("component", "state", "pid", "uptime", "restarts", "health"):
         table.add_column(column)
     for c in status["components"]:
         uptime = f"{c['uptime_s']:.0f} s" if c["uptime_s"] is not None else "-"
-        table.add_row(c["name"], c["state"], str(c["pid"] or "-"), uptime, str(c["restarts"]))
+        table.add_row(c["name"], c["state"], str(c["pid"] or "-"), uptime, str(c["restarts"]), _health(c))
     console.print(table)
     for key, value in status.items():
         if key not in ("supervisor_pid", "profile", "data_dir", "components", "stores"):
             console.print(f"[bold]{key.replace('_', ' ')}[/]: {value}")
     console.print(stores_table(status["stores"]))
+
+
+def _health(c: dict) -> str:
+    """`ok`, or `degraded: redis down 12 s (last error at ...: ...)`, plus the buffer's figures."""
+    if c["health"] is None:
+        return "-"
+    text = c["health"]
+    if c["services_down"]:
+        down = ", ".join(f"{s} down {t:.0f} s" for s, t in c["services_down"].items())
+        text += f": {down} (last error at {c['last_error_at']}: {c['last_error']})"
+    if c.get("buffered_events") or c.get("buffer_dropped"):
+        text += f"; buffered {c['buffered_events']:,}, dropped {c['buffer_dropped']:,}"
+    return text
 
 
 def stores_table(stores: list[dict]) -> Table:

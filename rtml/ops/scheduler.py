@@ -202,13 +202,24 @@ def job_durations(settings: Settings) -> dict[str, tuple[float, float, int]]:
 def run_archiver(interval_s: float, stop: threading.Event | None = None) -> None:
     """The archiver component: archive what the stream gained, compact, until SIGTERM."""
     from rtml.archive.parquet_lake import archive_pending, compact
+    from rtml.ops.outage import Outage
 
     settings = get_settings()
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    outage = Outage(settings, "archiver")
+    wait = interval_s
     while True:
-        archive_pending(settings)
-        if stop.wait(interval_s):
+        try:
+            archive_pending(settings)
+            outage.recovered()
+            wait = interval_s
+        except Exception as exc:
+            # Redis down: nothing archived past the committed offset is lost; try again soon.
+            if (retry := outage.ride(exc)) is None:
+                raise
+            wait = min(retry, interval_s)
+        if stop.wait(wait):
             break
     archive_pending(settings)
     compact(settings)
@@ -220,6 +231,7 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
     A SIGTERM lets the boundary in progress finish (its state is then written); the next start
     goes on from there.
     """
+    from rtml.ops.outage import Outage
     from rtml.pipeline import pipeline_scheduler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -227,9 +239,19 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     scheduler = pipeline_scheduler(settings)
+    outage = Outage(settings, "scheduler")
     try:
         while not stop.is_set():
-            if scheduler.catch_up(stop) == 0:
+            try:
+                fired = scheduler.catch_up(stop)
+                outage.recovered()
+            except Exception as exc:
+                # A service down outside a job (a job waits for its own, in `fire`): wait it out.
+                if (retry := outage.ride(exc)) is None:
+                    raise
+                stop.wait(retry)
+                continue
+            if fired == 0:
                 stop.wait(settings.scheduler.poll_s)
     finally:
         scheduler.close()

@@ -214,7 +214,7 @@ class RestPoller:
         if error is not None:
             ingestor.refuse(body, error, source)
         elif txs:
-            ingestor.ingest(txs, source)
+            ingestor.ingest_live(txs, source)
         return True
 
     async def aclose(self) -> None:

@@ -69,9 +69,11 @@ class _LiveClient:
         self._rnd = random.Random()
 
     def _flush(self) -> None:
-        """Hand the buffer to the pipeline; if the pipeline raises, the batch stays to be retried."""
-        if self._buffer:
-            self.ingestor.ingest(self._buffer, "ws")
+        """Hand the buffer to the pipeline; if the pipeline raises, the batch stays to be retried.
+        While the stream's store is unreachable the ingester holds the batch in its outage
+        buffer and this loop goes on receiving; a quiet connection still drains that buffer."""
+        if self._buffer or len(self.ingestor.buffer):
+            self.ingestor.ingest_live(self._buffer, "ws")
             self._buffer = []
 
     def _failed(self, what: str) -> None:
@@ -146,7 +148,9 @@ class _LiveClient:
         last_frame = time.monotonic()
         while not self.stopped():
             now = time.monotonic()
-            if self._buffer and now - self._buffered_at >= _FLUSH_S:
+            if (self._buffer and now - self._buffered_at >= _FLUSH_S) or (
+                not self._buffer and len(self.ingestor.buffer)
+            ):
                 self._flush()
             stall_left = last_frame + self.cfg.stall_timeout_s - now
             if stall_left <= 0:

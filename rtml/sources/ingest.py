@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, Oversized, Row, dead_letter, parse_batch
+from rtml.ops.outage import Outage
+from rtml.sources.buffer import Held, OutageBuffer
 from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
@@ -79,6 +81,11 @@ class Ingestor:
         # Called after every batch (progress displays).
         self.on_batch: Callable[[], None] | None = None
         self._last_purge = time.monotonic()
+        # Riding out a Redis outage: live batches wait in `buffer`, replays wait in `_store_retrying`.
+        self.outage = Outage(settings, "ingest")
+        self.buffer = OutageBuffer(settings)
+        self._retry_at = 0.0
+        self._show_buffer()
 
     def _max_future_ms(self, source: str) -> int | None:
         return int(self.settings.ingest.max_future_s * 1000) if source in LIVE_SOURCES else None
@@ -136,22 +143,74 @@ class Ingestor:
 
     def _store_retrying(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
         """`_store` until it succeeds: a store that is down (locked, restarting) delays a replay,
-        it does not end it. Logged and counted each time; backs off up to 30 s."""
+        it does not end it (back-pressure: the replay waits). Logged and counted each time; an
+        unreachable service is retried within `outage.BACKOFF_MAX_S`, anything else backs off up
+        to 30 s."""
         delay = 0.5
         while True:
             try:
-                return self._store(received, rows, dead)
+                counts = self._store(received, rows, dead)
+                self.outage.recovered()
+                return counts
             except Exception as exc:  # noqa: BLE001 - retried, never swallowed silently
                 self.errors += 1
+                wait = self.outage.ride(exc)
                 log.warning(
                     "storing a batch of %d failed (%s: %s); retrying in %.1f s",
                     received,
                     type(exc).__name__,
                     exc,
-                    delay,
+                    delay if wait is None else wait,
                 )
-                time.sleep(delay)
+                time.sleep(delay if wait is None else wait)
                 delay = min(delay * 2, 30.0)
+
+    def ingest_live(self, raws: Sequence[RawInput], source: str) -> Counts | None:
+        """`ingest` for frames that cannot be asked for again (ws, rest): while a service is
+        unreachable the batch joins the outage buffer (None is returned) and the caller goes on
+        receiving; once it answers, the buffer is stored first, in arrival order. Any other
+        failure raises, as `ingest` does."""
+        now = int(time.time() * 1000)
+        if self.outage.down and time.monotonic() < self._retry_at:
+            self._hold(raws, source, now)
+            return None
+        try:
+            if len(self.buffer) or self.buffer.unreported:
+                self.buffer.drain(self._store_held)
+                self._report_drops()
+            counts = self.ingest(raws, source, now)
+        except Exception as exc:
+            wait = self.outage.ride(exc)
+            if wait is None:
+                raise
+            self._retry_at = time.monotonic() + wait
+            self._hold(raws, source, now)
+            return None
+        self.outage.recovered()
+        self._show_buffer()
+        return counts
+
+    def _store_held(self, held: Held) -> None:
+        source, ingest_time, raws = held
+        self.ingest(raws, source, ingest_time)
+
+    def _hold(self, raws: Sequence[RawInput], source: str, now: int) -> None:
+        if raws and not self.buffer.put(raws, source, now):
+            log.warning("outage buffer full: %d events dropped (%d in all)", len(raws), self.buffer.dropped)
+        self._show_buffer()
+
+    def _show_buffer(self) -> None:
+        """The buffer's size and losses in the ingester's health file (`rtml status`)."""
+        extra = {"buffered_events": len(self.buffer), "buffer_dropped": self.buffer.dropped}
+        if extra != self.outage.extra:
+            self.outage.extra = extra
+            self.outage.write()
+
+    def _report_drops(self) -> None:
+        """Add what the buffer dropped to the ingest counters (`buffer_dropped`) once they take it."""
+        if n := self.buffer.unreported:
+            self.store.record([], {"buffer_dropped": n})
+            self.buffer.reported(n)
 
     def _store(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
         fresh = rows
@@ -181,6 +240,8 @@ class Ingestor:
         self.totals += counts
 
     def close(self) -> None:
+        self.buffer.spill()  # a stop during an outage: the next ingester delivers it
+        self._show_buffer()
         self.dedup.close()
         self.store.close()
         if self._own_stream:

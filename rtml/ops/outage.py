@@ -1,0 +1,174 @@
+"""Riding out a Redis or PostgreSQL outage inside a component, instead of dying and being
+restarted by the supervisor (which, over a minute-long outage, ends in its `backoff` state).
+
+A component's live loop hands every failure to its `Outage`: one that says a service could not
+be reached (`service_of`) is waited out with jittered exponential backoff capped at
+`BACKOFF_MAX_S` (so the component notices a returned service within that bound) while the
+component keeps its in-flight work; any other failure is the caller's to raise. The first
+success after an outage closes it.
+
+Each component says what it goes through in two places:
+- `<data_dir>/run/health-<component>.json` (beside the supervisor's state.json), which
+  `rtml status` reads: `ok` or `degraded`, the services down since when, the last error and its
+  time, and component counters (the ingest buffer's);
+- the event log: `service.down` when an outage starts and `service.up` with its duration when
+  it ends (service, component, wall times). The event log may live on the PostgreSQL that is
+  down: an event that cannot be recorded waits in memory and is retried at each later note
+  (a component that dies meanwhile loses those events, never its data; the log line stays).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rtml.config import Settings
+
+log = logging.getLogger(__name__)
+BACKOFF_BASE_S = 0.5
+# The longest wait between two tries: the bound on how late a component notices a service is back.
+BACKOFF_MAX_S = 5.0
+
+
+def service_of(exc: BaseException) -> str | None:
+    """`redis` or `postgres` when `exc` (or what caused it) says that service could not be
+    reached (refused, reset, timed out, still loading its data), else None (a real failure)."""
+    redis_errors: tuple[type[BaseException], ...] = ()
+    pg_errors: tuple[type[BaseException], ...] = ()
+    if "redis" in sys.modules:
+        import redis.exceptions
+
+        redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    if "psycopg" in sys.modules:
+        import psycopg
+
+        pg_errors += (psycopg.OperationalError, psycopg.InterfaceError)
+    if "sqlalchemy" in sys.modules:  # MLflow's registry store
+        import sqlalchemy.exc
+
+        pg_errors += (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if redis_errors and isinstance(seen, redis_errors):
+            return "redis"
+        if pg_errors and isinstance(seen, pg_errors):
+            return "postgres"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def health_path(settings: Settings, component: str) -> Path:
+    return settings.folder("run") / f"health-{component}.json"
+
+
+def read_health(settings: Settings, component: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(health_path(settings, component).read_text())  # type: ignore[no-any-return]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class Outage:
+    """What one component knows of the services it needs: which are down since when, the last
+    error, and how long to wait before the next try."""
+
+    def __init__(self, settings: Settings, component: str) -> None:
+        self.settings = settings
+        self.component = component
+        # service -> wall time it was first found down; a component restarted during an outage
+        # takes it over from its health file, so its `service.up` tells the whole duration.
+        previous = read_health(settings, component) or {}
+        self.down: dict[str, float] = dict(previous.get("services_down") or {})
+        self.attempt = 0
+        self.last_error: str | None = previous.get("last_error")
+        self.last_error_at: float | None = previous.get("last_error_at")
+        # Component counters shown in status beside the health (the ingest buffer's).
+        self.extra: dict[str, Any] = {}
+        self._pending: list[tuple[str, str, dict[str, Any]]] = []
+        self._next_flush = 0.0
+        self._rnd = random.Random()
+        self.write()
+
+    def ride(self, exc: BaseException) -> float | None:
+        """Note a failure; seconds to wait before trying again when a service is unreachable,
+        None when the failure is not an outage (the caller raises it)."""
+        service = service_of(exc)
+        if service is None:
+            return None
+        now = time.time()
+        self.last_error, self.last_error_at = f"{service}: {type(exc).__name__}: {exc}"[:500], now
+        if service not in self.down:
+            self.down[service] = now
+            log.warning("%s: %s is unreachable (%s); riding it out", self.component, service, self.last_error)
+            self._event("service.down", f"{self.component}:{service}:{int(now * 1000)}",
+                        service=service, component=self.component, at_ms=int(now * 1000), error=self.last_error)  # fmt: skip
+        ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        self.write()
+        self._flush_events()
+        return ceiling / 2 + self._rnd.uniform(0, ceiling / 2)
+
+    def recovered(self) -> None:
+        """A round of the component's work succeeded: every outage it noted is over."""
+        if not self.down:
+            if self._pending and time.monotonic() >= self._next_flush:
+                self._flush_events()
+            return
+        now = time.time()
+        for service, since in self.down.items():
+            log.warning("%s: %s is back after %.1f s", self.component, service, now - since)
+            self._event("service.up", f"{self.component}:{service}:{int(since * 1000)}:up",
+                        service=service, component=self.component, down_ms=int(since * 1000),
+                        at_ms=int(now * 1000), duration_s=round(now - since, 1))  # fmt: skip
+        self.down.clear()
+        self.attempt = 0
+        self.write()
+        self._flush_events()
+
+    def write(self) -> None:
+        """The health file, replaced atomically (a reader never sees half of it)."""
+        doc = {
+            "component": self.component,
+            "health": "degraded" if self.down else "ok",
+            "services_down": {s: round(t, 3) for s, t in self.down.items()},
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "updated_at": time.time(),
+            **self.extra,
+        }
+        path = health_path(self.settings, self.component)
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc))
+            tmp.replace(path)
+        except OSError as exc:  # a full disk must not turn an outage into a crash
+            log.warning("could not write %s: %s", path, exc)
+
+    def _event(self, kind: str, key: str, **details: Any) -> None:
+        self._pending.append((kind, key, details))
+
+    def _flush_events(self) -> None:
+        """Record waiting events; those the event log cannot take yet wait for the next note."""
+        if not self._pending:
+            return
+        from rtml.monitoring.events import EventLog
+
+        self._next_flush = time.monotonic() + BACKOFF_MAX_S
+        try:
+            events = EventLog(self.settings)
+            try:
+                while self._pending:
+                    kind, key, details = self._pending[0]
+                    events.record(kind, key=key, **details)
+                    self._pending.pop(0)
+            finally:
+                events.close()
+        except Exception as exc:  # noqa: BLE001 - the event log is down too: retried at the next note
+            log.info("%d service events wait for the event log (%s)", len(self._pending), exc)
