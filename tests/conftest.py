@@ -87,6 +87,25 @@ def services_settings(
     execute_purge(settings, plan_purge(settings, services=True))
 
 
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`f(appendonly=True)`: start a `redis-server` of the test's own on a free port (tests/faults.py
+    `PrivateRedis`: stop / kill / wipe / restart it at will); every one is stopped afterwards."""
+    from faults import REDIS_SERVER, PrivateRedis
+
+    require(REDIS_SERVER is not None, "redis-server is not installed (Debian package redis-server)")
+    servers: list[PrivateRedis] = []
+
+    def start(appendonly: bool = True, extra: tuple[str, ...] = ()) -> PrivateRedis:
+        server = PrivateRedis(tmp_path / f"redis-{len(servers)}", appendonly=appendonly, extra=extra)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
 @pytest.fixture(params=["embedded", "services"])
 def backend_settings(request: pytest.FixtureRequest, data_dir: Path) -> Settings:
     """One suite for every backend of a part (as Feast runs one universal suite on every store)."""
