@@ -52,6 +52,12 @@ class IngestSettings(BaseModel):
     dead_letter_max_bytes: int = Field(default=64 * 1024, ge=256)
 
 
+class StreamSettings(BaseModel):
+    # Redis Streams are a durable log only when Redis persists them (AOF): `rtml up` refuses a
+    # Redis without AOF unless this is set, and `rtml status` then warns.
+    allow_volatile_redis: bool = False
+
+
 class WindowSettings(BaseModel):
     allowed_lateness_s: float = 60.0
     idle_timeout_s: float = 20.0
@@ -168,6 +174,7 @@ class Settings(BaseSettings):
     seed: int = 7
 
     ingest: IngestSettings = IngestSettings()
+    stream: StreamSettings = StreamSettings()
     window: WindowSettings = WindowSettings()
     features: FeatureSettings = FeatureSettings()
     drift: DriftSettings = DriftSettings()

@@ -79,6 +79,8 @@ def services_settings(
     monkeypatch.setenv("RTML_PROFILE", "services")
     monkeypatch.setenv("RTML_REDIS_URL", redis_url)
     monkeypatch.setenv("RTML_POSTGRES_DSN", postgres_dsn)
+    # The machine's Redis (and CI's) runs without AOF: `rtml up` would refuse it (test_services_health).
+    monkeypatch.setenv("RTML_STREAM__ALLOW_VOLATILE_REDIS", "true")
     settings = get_settings()
     yield settings
     # Leave nothing in the shared Redis and PostgreSQL: the same purge as `rtml down --purge`.
