@@ -59,9 +59,9 @@ def check_redis(url: str, timeout: float = 2.0) -> ServiceHealth:
         health.latency_ms = round((time.perf_counter() - start) * 1000, 3)
         health.reachable = True
         try:
-            conf = client.config_get("append*")
+            conf: dict[str, str] = client.config_get("append*")  # type: ignore[assignment]
         except redis.ResponseError as exc:  # CONFIG renamed or denied (managed Redis, ACLs)
-            aof = client.info("persistence").get("aof_enabled")
+            aof = client.info("persistence").get("aof_enabled")  # type: ignore[union-attr]
             health.persistence = f"unknown (CONFIG GET refused: {exc}; INFO says aof_enabled:{aof})"
             return health
         appendonly, fsync = conf.get("appendonly", "no"), conf.get("appendfsync", "?")
@@ -69,7 +69,7 @@ def check_redis(url: str, timeout: float = 2.0) -> ServiceHealth:
             health.persistence = f"aof {fsync}" if fsync != "no" else "aof, fsync left to the OS (appendfsync no)"
             health.durable = fsync in ("everysec", "always")
         else:
-            save = client.config_get("save").get("save", "")
+            save = client.config_get("save").get("save", "")  # type: ignore[union-attr]
             health.persistence = f"rdb snapshots only (save {save})" if save else "none"
             health.durable = False
     except redis.RedisError as exc:
