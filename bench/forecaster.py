@@ -31,6 +31,8 @@ import numpy as np
 def fresh(profile: str, prefix: str) -> None:
     os.environ["RTML_DATA_DIR"] = tempfile.mkdtemp(prefix=prefix)
     os.environ["RTML_PROFILE"] = profile
+    # The machine's Redis runs without AOF: a benchmark may use it (`rtml up` refuses it otherwise).
+    os.environ.setdefault("RTML_STREAM__ALLOW_VOLATILE_REDIS", "true")
 
 
 def cost(profile: str) -> None:

@@ -57,6 +57,12 @@ class IngestSettings(BaseModel):
     buffer_disk_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
 
+class StreamSettings(BaseModel):
+    # Redis Streams are a durable log only when Redis persists them (AOF): `rtml up` refuses a
+    # Redis without AOF unless this is set, and `rtml status` then warns.
+    allow_volatile_redis: bool = False
+
+
 class WindowSettings(BaseModel):
     allowed_lateness_s: float = 60.0
     idle_timeout_s: float = 20.0
@@ -173,6 +179,7 @@ class Settings(BaseSettings):
     seed: int = 7
 
     ingest: IngestSettings = IngestSettings()
+    stream: StreamSettings = StreamSettings()
     window: WindowSettings = WindowSettings()
     features: FeatureSettings = FeatureSettings()
     drift: DriftSettings = DriftSettings()

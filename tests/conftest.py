@@ -79,12 +79,33 @@ def services_settings(
     monkeypatch.setenv("RTML_PROFILE", "services")
     monkeypatch.setenv("RTML_REDIS_URL", redis_url)
     monkeypatch.setenv("RTML_POSTGRES_DSN", postgres_dsn)
+    # The machine's Redis (and CI's) runs without AOF: `rtml up` would refuse it (test_services_health).
+    monkeypatch.setenv("RTML_STREAM__ALLOW_VOLATILE_REDIS", "true")
     settings = get_settings()
     yield settings
     # Leave nothing in the shared Redis and PostgreSQL: the same purge as `rtml down --purge`.
     from rtml.ops.purge import execute_purge, plan_purge
 
     execute_purge(settings, plan_purge(settings, services=True))
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`f(appendonly=True)`: start a `redis-server` of the test's own on a free port (tests/faults.py
+    `PrivateRedis`: stop / kill / wipe / restart it at will); every one is stopped afterwards."""
+    from faults import REDIS_SERVER, PrivateRedis
+
+    require(REDIS_SERVER is not None, "redis-server is not installed (Debian package redis-server)")
+    servers: list[PrivateRedis] = []
+
+    def start(appendonly: bool = True, extra: tuple[str, ...] = ()) -> PrivateRedis:
+        server = PrivateRedis(tmp_path / f"redis-{len(servers)}", appendonly=appendonly, extra=extra)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
 
 
 @pytest.fixture(params=["embedded", "services"])

@@ -99,6 +99,12 @@ def bring_up(
     if pid is not None:
         console.print(f"[yellow]already up[/] (supervisor pid {pid}); `rtml status` shows it")
         return 0
+    if settings.profile == "services":
+        from rtml.ops.services import check_redis, stream_refusal
+
+        if (why := stream_refusal(settings, check_redis(settings.redis_url))) is not None:
+            errors.print(f"[red]refusing to start:[/] {why}")
+            return 2
     with console.status("starting components"):
         ok, why = start_pipeline(settings, source, file, speed, port or settings.serving.port, timeout)
     if not ok:
@@ -129,7 +135,9 @@ def gather_status(settings: Settings) -> dict:
             }
         )
     from rtml.ops.retention import store_stats
+    from rtml.ops.services import service_health, service_warnings
 
+    health = service_health(settings)
     return {
         "supervisor_pid": pid,
         "profile": settings.profile,
@@ -137,6 +145,8 @@ def gather_status(settings: Settings) -> dict:
         "components": comps,
         **pipeline_facts(settings),
         "stores": store_stats(settings),
+        "services": [h.as_dict() for h in health],
+        "warnings": service_warnings(settings, health),
     }
 
 
@@ -228,9 +238,28 @@ def show_status(json_out: bool) -> None:
         table.add_row(c["name"], c["state"], str(c["pid"] or "-"), uptime, str(c["restarts"]), _health(c))
     console.print(table)
     for key, value in status.items():
-        if key not in ("supervisor_pid", "profile", "data_dir", "components", "stores"):
+        if key not in ("supervisor_pid", "profile", "data_dir", "components", "stores", "services", "warnings"):
             console.print(f"[bold]{key.replace('_', ' ')}[/]: {value}")
+    if status["services"]:
+        console.print(services_table(status["services"]))
     console.print(stores_table(status["stores"]))
+    for warning in status["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def services_table(services: list[dict]) -> Table:
+    """Each service's health: reachable, persistence, the latency of one PING / SELECT 1."""
+    table = Table(title="services")
+    for column in ("service", "url", "reachable", "persistence", "latency", "error"):
+        table.add_column(column)
+    for s in services:
+        latency = f"{s['latency_ms']:.2f} ms" if s["latency_ms"] is not None else "-"
+        reachable = "yes" if s["reachable"] else "[red]no[/]"
+        persistence = s["persistence"] or "-"
+        if s["durable"] is False:
+            persistence = f"[yellow]{persistence}[/]"
+        table.add_row(s["name"], s["url"], reachable, persistence, latency, s["error"] or "")
+    return table
 
 
 def _health(c: dict) -> str:

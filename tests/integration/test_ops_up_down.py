@@ -173,6 +173,7 @@ def test_services_round_trip_plain_commands_leave_the_keyspace_and_catalog_as_th
         monkeypatch.setenv("RTML_REDIS_URL", iso.redis_url)
         monkeypatch.setenv("RTML_POSTGRES_DSN", iso.postgres_dsn)
         monkeypatch.setenv("RTML_WINDOW__IDLE_TIMEOUT_S", "2")
+        monkeypatch.setenv("RTML_STREAM__ALLOW_VOLATILE_REDIS", "true")  # the machine's Redis has no AOF
         iso.redis.set(f"otherapp:session:{os.getpid()}", "keep me")
         with psycopg.connect(iso.postgres_dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE public.otherapp_keep (x int)")
