@@ -162,6 +162,17 @@ class RetentionSettings(BaseModel):
     interval_s: float = 3600.0
 
 
+class SpoolSettings(BaseModel):
+    """Services: records PostgreSQL could not take wait in `<data_dir>/spool/` (rtml.spool).
+
+    A minute of outage spools ~60 minutes, a few events and ~60 forecasts plus callers'; the
+    bound holds days of that, and what waits longer than `max_age_s` is dropped and counted.
+    """
+
+    max_records: int = Field(default=200_000, ge=1, description="Records kept per store; past it the oldest go.")
+    max_age_s: float = Field(default=7 * 86400.0, gt=0, description="Spooled records older than this go.")
+
+
 class Settings(BaseSettings):
     """The whole configuration; `get_settings()` builds it from file and environment."""
 
@@ -188,6 +199,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     retention: RetentionSettings = RetentionSettings()
+    spool: SpoolSettings = SpoolSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -108,6 +108,32 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         server.kill()
 
 
+@pytest.fixture
+def private_postgres(
+    data_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Settings, Any]]:
+    """(services settings, PrivatePostgres): a PostgreSQL cluster of the test's own (see
+    tests/faults_pg.py), which the test may stop, kill and start; removed afterwards."""
+    from faults_pg import BIN, PrivatePostgres
+
+    require(BIN is not None, "PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    cluster = PrivatePostgres().start()
+    monkeypatch.setenv("RTML_PROFILE", "services")
+    monkeypatch.setenv("RTML_REDIS_URL", redis_url)
+    monkeypatch.setenv("RTML_POSTGRES_DSN", cluster.dsn)
+    settings = get_settings()
+    try:
+        yield settings, cluster
+    finally:
+        cluster.close()
+        import redis
+
+        client = redis.Redis.from_url(redis_url)  # the cluster went with its tables: only Redis keys stay
+        for key in client.scan_iter(f"{settings.namespace}:*"):
+            client.delete(key)
+        client.close()
+
+
 @pytest.fixture(params=["embedded", "services"])
 def backend_settings(request: pytest.FixtureRequest, data_dir: Path) -> Settings:
     """One suite for every backend of a part (as Feast runs one universal suite on every store)."""

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
 from rtml.config import Settings
 from rtml.contracts import MinuteFeatures
 from rtml.features.feast_repo import CHAIN_ID, SOURCE_COLUMNS, ensure_offline_table, offline_dir, pg_table
+from rtml.spool import PgLink, Record, Spool
+
+if TYPE_CHECKING:
+    import psycopg
 
 MINUTE_COLUMNS = list(MinuteFeatures.COLUMNS)
 
@@ -47,6 +52,40 @@ def to_source_frame(minutes: pd.DataFrame) -> pd.DataFrame:
     return df.loc[:, list(SOURCE_COLUMNS)].reset_index(drop=True)
 
 
+def to_spool(source: pd.DataFrame) -> list[Record]:
+    """Offline rows as spool records keyed by minute (a later revision replaces an earlier one)."""
+    return [
+        (str(k), json.dumps([int(k), int(c), int(t), None if pd.isna(a) else float(a), int(r)]))
+        for k, c, t, a, r in zip(
+            source["minute_key"], source["tx_count"], source["fee_total_sat"], source["fee_avg_sat"],
+            source["revision"], strict=True,
+        )
+    ]  # fmt: skip
+
+
+def from_spool(records: Sequence[Record]) -> pd.DataFrame:
+    """Spool records back to offline rows (`to_spool`'s inverse)."""
+    rows = [json.loads(doc) for _, doc in records]
+    minute = pd.to_datetime([r[0] * 1000 for r in rows], unit="ms", utc=True)
+    return to_source_frame(
+        pd.DataFrame(
+            {
+                "minute": minute,
+                "tx_count": [r[1] for r in rows],
+                "fee_total_sat": [r[2] for r in rows],
+                "fee_avg_sat": pd.Series([r[3] for r in rows], dtype="float64"),
+                "revision": [r[4] for r in rows],
+                "event_time": minute + pd.Timedelta(minutes=1),
+            }
+        )
+    )
+
+
+def offline_spool(settings: Settings) -> Spool:
+    """Services: offline rows PostgreSQL could not take (see FeatureStoreSink.write_frame)."""
+    return Spool(settings, "offline_minutes")
+
+
 def to_minutes_frame(source: pd.DataFrame) -> pd.DataFrame:
     """Offline rows back to the MinuteFeatures columns, sorted by minute."""
     df = source.loc[:, MINUTE_COLUMNS].copy()
@@ -57,7 +96,7 @@ def to_minutes_frame(source: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values("minute").reset_index(drop=True)
 
 
-def _latest(df: pd.DataFrame) -> pd.DataFrame:
+def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One row per minute_key, the highest revision (the later row on a tie)."""
     df = df.reset_index(drop=True)
     df["_order"] = range(len(df))
@@ -114,7 +153,7 @@ class ParquetMinutes:
             for day, part in source.groupby(days, sort=True):
                 path = self.dir / f"date={day}.parquet"
                 merged = pd.concat([pd.read_parquet(path), part]) if path.exists() else part
-                merged = _latest(merged)
+                merged = latest_rows(merged)
                 tmp = self.dir / f".date={day}.parquet.{os.getpid()}.tmp"
                 merged.to_parquet(tmp, index=False)
                 os.replace(tmp, path)
@@ -211,12 +250,14 @@ class PostgresMinutes:
     """
 
     def __init__(self, settings: Settings) -> None:
-        import psycopg
-
         self.settings = settings
         self.table = pg_table(settings)
-        self.conn = psycopg.connect(settings.postgres_dsn, autocommit=True)
-        self._exists = self._table_exists()
+        self.link = PgLink(settings.postgres_dsn)
+        self._exists = False
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        return self.link.conn
 
     def _table_exists(self) -> bool:
         row = self.conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()
@@ -227,7 +268,11 @@ class PostgresMinutes:
         return self._exists
 
     def close(self) -> None:
-        self.conn.close()
+        self.link.close()
+
+    def write_spooled(self, records: list[Record]) -> None:
+        """Upsert spooled rows (the spool's write: latest revision wins, so a repeat is a no-op)."""
+        self.upsert(from_spool(records))
 
     def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
         if source.empty:
@@ -317,10 +362,18 @@ def read_minutes_df(
     """The offline minutes, one row per minute (latest revision), start <= minute < end.
 
     Columns are MinuteFeatures' (minute, tx_count, fee_total_sat, fee_avg_sat, event_time,
-    revision), timestamps tz-aware UTC. This is what drift, training and monitoring read.
+    revision), timestamps tz-aware UTC. This is what drift, training and monitoring read; in
+    services never while minutes still wait in the spool (`Unsettled`, which the scheduler
+    waits out): a job at t must see every minute before t.
     """
     store = open_offline(settings)
     try:
+        if isinstance(store, PostgresMinutes):
+            spool = offline_spool(settings)
+            try:
+                spool.settle(store.write_spooled)
+            finally:
+                spool.close()
         return to_minutes_frame(store.read(start, end))
     finally:
         if isinstance(store, PostgresMinutes):

@@ -14,6 +14,7 @@ A writer killed at any point and retried converges: each offline day is replaced
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -26,10 +27,21 @@ from rtml.config import Settings
 from rtml.contracts import MinuteFeatures
 from rtml.features.dataset import minutes_frame
 from rtml.features.feast_repo import CHAIN_ID, PUSH_SOURCE, WINDOW_PUSH, ensure_repo
-from rtml.features.offline import OfflineMinutes, PostgresMinutes, open_offline, to_source_frame
+from rtml.features.offline import (
+    OfflineMinutes,
+    PostgresMinutes,
+    latest_rows,
+    offline_spool,
+    open_offline,
+    to_source_frame,
+    to_spool,
+)
+from rtml.spool import Record, Spool, unreachable
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+log = logging.getLogger(__name__)
 
 
 class FeatureStoreSink:
@@ -45,6 +57,7 @@ class FeatureStoreSink:
         self.settings = settings
         self._store = store
         self._offline: OfflineMinutes | None = None
+        self._unpushed: set[int] = set()  # minute keys whose online push waits for PostgreSQL
         if open_now:
             self.store, self.offline  # noqa: B018 - open both stores now, not at the first write
 
@@ -65,13 +78,79 @@ class FeatureStoreSink:
             self.write_frame(minutes_frame(list(rows)))
 
     def write_frame(self, minutes: pd.DataFrame) -> int:
-        """Upsert a minutes frame (MinuteFeatures columns); returns the rows pushed online."""
+        """Upsert a minutes frame (MinuteFeatures columns); returns the rows pushed online.
+
+        Services, PostgreSQL unreachable: the rows are spooled (rtml.spool) and pushed online
+        as they are (the engine's latest revisions), the online window rebuilt from them and
+        the engine's own table; the engine's outbox is cleared, so aggregation goes on. The
+        next write drains the spool first and pushes its winners online again. A push that
+        fails during the outage is retried with that drain (in memory: a crash before it
+        leaves those minutes' online rows to the window rebuild, which serving reads).
+        """
         if minutes.empty:
             return 0
-        winners = self.offline.upsert(to_source_frame(minutes))
+        source = to_source_frame(minutes)
+        spool = offline_spool(self.settings) if isinstance(self.offline, PostgresMinutes) else None
+        try:
+            if spool is not None and spool.pending():
+                self._drain(spool)
+            winners = self.offline.upsert(source)
+        except Exception as exc:
+            if spool is None or not unreachable(exc):
+                raise
+            spool.put(to_spool(source))
+            log.warning("offline store unreachable (%s): %d minutes spooled", exc, len(source))
+            return self._push_during_outage(source)
+        finally:
+            if spool is not None:
+                spool.close()
         pushed = self.push_online(winners)
         _count(self.settings, rows_written=len(minutes), writes=1, online_rows_pushed=pushed)
         return pushed
+
+    def _drain(self, spool: Spool) -> None:
+        """Write the spooled rows offline, then push their winners online (with any the outage
+        could not push)."""
+        assert isinstance(self.offline, PostgresMinutes)
+        offline = self.offline
+        drained: list[int] = []
+
+        def write(records: list[Record]) -> None:
+            offline.write_spooled(records)
+            drained.extend(int(key) for key, _ in records)
+
+        spool.drain(write)
+        keys = sorted(set(drained) | self._unpushed)
+        if keys:
+            start = pd.Timestamp(keys[0], unit="s", tz="UTC")
+            rows = offline.read(start.to_pydatetime(), (pd.Timestamp(keys[-1], unit="s", tz="UTC") + pd.Timedelta(minutes=1)).to_pydatetime())
+            self.push_online(rows[rows["minute_key"].isin(keys)])
+            self._unpushed.clear()
+
+    def _push_during_outage(self, source: pd.DataFrame) -> int:
+        """Online push of rows PostgreSQL could not take: the window comes from these rows and
+        the engine's table, not from the offline store."""
+        from feast.data_source import PushMode
+
+        from rtml.aggregate.sinks import read_minutes
+
+        n = self.settings.features.online_minutes
+        first = pd.Timestamp(source["minute"].max()) - pd.Timedelta(minutes=n - 1)
+        engine = minutes_frame(list[object](read_minutes(self.settings, first.to_pydatetime())))
+        recent = latest_rows(pd.concat([to_source_frame(engine), source]) if len(engine) else source)
+        recent = recent[recent["minute"] >= first]
+        try:
+            frame = source.sort_values("minute_key").reset_index(drop=True)
+            frame["event_time"] = frame["event_time"] + pd.to_timedelta(frame["revision"], unit="ms")
+            self.store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
+            self.store.push(WINDOW_PUSH, self._window_frame(recent), to=PushMode.ONLINE)
+        except Exception as exc:  # Feast's registry is in PostgreSQL too: its cache lasts 60 s
+            if not unreachable(exc):
+                raise
+            self._unpushed.update(int(k) for k in source["minute_key"])
+            log.warning("online push deferred until PostgreSQL answers: %s", exc)
+            return 0
+        return len(frame)
 
     def push_online(self, source_rows: pd.DataFrame) -> int:
         """Push offline-table rows to the online store, then rebuild the online window."""
@@ -85,7 +164,11 @@ class FeatureStoreSink:
 
     def _window_row(self) -> pd.DataFrame:
         """The last `online_minutes` stored minutes as one row of arrays, stamped with the write time."""
-        recent = self.offline.recent(self.settings.features.online_minutes)
+        return self._window_frame(self.offline.recent(self.settings.features.online_minutes))
+
+    @staticmethod
+    def _window_frame(recent: pd.DataFrame) -> pd.DataFrame:
+        recent = recent.sort_values("minute_key")
         return pd.DataFrame(
             {
                 "chain_id": [CHAIN_ID],

@@ -15,10 +15,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
+from rtml.spool import PgLink, Record, Spool, unreachable
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 @dataclass(frozen=True)
@@ -36,17 +41,9 @@ class EventLog:
         self.settings = settings
         self._services = settings.profile == "services"
         if self._services:
-            import psycopg
-
             self._table = f'"{settings.namespace}".events'
-            self._pg = psycopg.connect(settings.postgres_dsn, autocommit=True)
-            self._pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-            self._pg.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._table} "
-                "(id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, details JSONB NOT NULL)"
-            )
-            self._pg.execute(f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS key TEXT")
-            self._pg.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS events_key ON {self._table} (key)")
+            self._link = PgLink(settings.postgres_dsn, self._create)
+            self._spool = Spool(settings, "events")
         else:
             self._db = sqlite3.connect(settings.path("events.sqlite"), timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -59,23 +56,62 @@ class EventLog:
             self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (key)")
 
     def record(self, kind: str, time_ms: int | None = None, key: str | None = None, **details: Any) -> bool:
-        """Append an event; False when an event with the same `key` is already there (nothing written)."""
+        """Append an event; False when an event with the same `key` is already there (nothing written).
+
+        Services: an event PostgreSQL cannot take is spooled (True: it will be written once)
+        and the spool is drained, oldest first, before the next event; every event carries a
+        key there (`auto:<uuid>` when none was given), which makes the drain exactly-once.
+        """
         when = _clock_ms(self.settings) if time_ms is None else time_ms
         payload = json.dumps(details, default=str)
         if self._services:
-            return bool(
-                self._pg.execute(
-                    f"INSERT INTO {self._table} (time_ms, kind, details, key) VALUES (%s, %s, %s::jsonb, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    (when, kind, payload, key),
-                ).rowcount
-            )
+            record = (key or f"auto:{uuid.uuid4().hex}", json.dumps([when, kind, payload]))
+            try:
+                self._spool.drain(self._write)
+                return self._write([record]) > 0
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                self._spool.put([record])
+                return True
         return bool(
             self._db.execute(
                 "INSERT INTO events (time_ms, kind, details, key) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (when, kind, payload, key),
             ).rowcount
         )
+
+    def _create(self, conn: psycopg.Connection) -> None:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.settings.namespace}"')
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._table} "
+            "(id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, details JSONB NOT NULL)"
+        )
+        conn.execute(f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS key TEXT")
+        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS events_key ON {self._table} (key)")
+
+    def _write(self, records: list[Record]) -> int:
+        """Insert (key, [time_ms, kind, details]) records in one transaction; how many were new."""
+        conn = self._link.conn
+        new = 0
+        with conn.transaction(), conn.cursor() as cur:
+            for key, doc in records:
+                when, kind, payload = json.loads(doc)
+                cur.execute(
+                    f"INSERT INTO {self._table} (time_ms, kind, details, key) VALUES (%s, %s, %s::jsonb, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (when, kind, payload, key),
+                )
+                new += cur.rowcount
+        return new
+
+    def flush(self) -> int:
+        """Services: write what the spool holds (when PostgreSQL answers); how many were written."""
+        return self._spool.drain(self._write) if self._services else 0
+
+    @property
+    def _pg(self) -> psycopg.Connection:
+        return self._link.conn
 
     def find(self, key: str) -> Event | None:
         """The event recorded with this key, or None."""
@@ -131,7 +167,11 @@ class EventLog:
         return size, int(rows), oldest
 
     def close(self) -> None:
-        (self._pg if self._services else self._db).close()
+        if self._services:
+            self._link.close()
+            self._spool.close()
+        else:
+            self._db.close()
 
 
 def _clock_ms(settings: Settings) -> int:

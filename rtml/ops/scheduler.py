@@ -12,7 +12,11 @@ the job returns. A crash (SIGKILL included) between a job's effect and that writ
 job at the same boundary on restart, never skips one: so every job's effect is idempotent per
 (job, boundary) (keyed events, upserts keyed by target minute, trainings keyed by boundary). A
 job that fails is tried again, ATTEMPTS times in all, then logged and recorded as an event, and
-its boundary counts as done: a broken job must not stall the clock for the others.
+its boundary counts as done: a broken job must not stall the clock for the others. A job that
+fails because a service is unreachable (PostgreSQL or Redis down, records still spooled: see
+`rtml.spool.unreachable`) is not broken: it waits for the service with backoff (up to
+WAIT_MAX_S), spending no attempt, and records `scheduler.job_waiting` once; the boundaries
+after it wait too, in order, so a PostgreSQL outage delays boundaries and never loses one.
 
 The archiver component (`run_archiver`) also lives here: it is periodic on wall time, since it
 only copies what the stream holds.
@@ -30,12 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtml.config import Settings, get_settings
+from rtml.spool import unreachable
 
 log = logging.getLogger("rtml.scheduler")
 
 # A failing job is tried again (a store that another process is still creating, a dropped
 # connection) before its boundary is given up.
 ATTEMPTS, RETRY_S = 3, 1.0
+# A job that fails because a service is unreachable waits for it instead, backing off to this.
+WAIT_MAX_S = 30.0
 # Jobs slower than this are logged with their duration (trainings, drift checks).
 SLOW_S = 1.0
 SCHEMA = """
@@ -88,6 +95,7 @@ class Scheduler:
         self._db.executescript(SCHEMA)
         self._db.execute(DURATIONS_SCHEMA)
         self._idle_at: int | None = None
+        self._waiting: tuple[str, int] | None = None
         self.last: dict[str, int] = dict(self._db.execute("SELECT name, last_ms FROM jobs").fetchall())
 
     def due(self, now_ms: int) -> list[tuple[int, int]]:
@@ -117,13 +125,24 @@ class Scheduler:
         started = time.monotonic()
         token = current_boundary.set(boundary)  # what the job records is stamped with its boundary
         try:
-            for attempt in range(1, ATTEMPTS + 1):
+            attempt, wait_s = 0, 0.0
+            while attempt < ATTEMPTS:
                 try:
                     changed = bool(job.run(boundary))
                     if time.monotonic() - started > SLOW_S:
                         log.info("job %s at %s took %.1f s", job.name, _iso(boundary), time.monotonic() - started)
                     break
                 except Exception as exc:  # a failing job must not stop the others
+                    if unreachable(exc):
+                        # A service is down (or records still wait in its spool): no attempt is
+                        # spent; the job waits for it, so its boundary is neither lost nor skipped.
+                        wait_s = min(max(wait_s * 2, RETRY_S), WAIT_MAX_S)
+                        log.warning("job %s at %s waits %.0f s for a service: %s", job.name, _iso(boundary), wait_s, exc)
+                        self._note_wait(job, boundary, exc)
+                        if (stop or threading.Event()).wait(wait_s):
+                            return  # not done: the next start runs this boundary again
+                        continue
+                    attempt += 1
                     log.error("job %s at %d failed (attempt %d): %s", job.name, boundary, attempt, traceback.format_exc())
                     if attempt < ATTEMPTS and not (stop or threading.Event()).wait(RETRY_S * attempt):
                         continue
@@ -131,6 +150,7 @@ class Scheduler:
                         "scheduler.job_failed", key=f"{job.name}@{boundary}:failed", job=job.name,
                         boundary_ms=boundary, attempts=attempt, error=str(exc)[:500],
                     )  # fmt: skip
+                    break
         finally:
             current_boundary.reset(token)
         self._db.execute(
@@ -148,11 +168,28 @@ class Scheduler:
         )
         self.last[job.name] = boundary
 
+    def _note_wait(self, job: Job, boundary: int, exc: Exception) -> None:
+        """`scheduler.job_waiting`, once per job and boundary (spooled while PostgreSQL is down)."""
+        if (job.name, boundary) == self._waiting:
+            return
+        self._waiting = (job.name, boundary)
+        try:
+            self.events.record(
+                "scheduler.job_waiting", key=f"{job.name}@{boundary}:waiting", job=job.name,
+                boundary_ms=boundary, error=str(exc)[:500],
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - the log line above says it already
+            log.exception("could not record scheduler.job_waiting")
+
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Fire every boundary due at the current clock; returns how many fired."""
         now_ms = self.clock.now_ms()
         if now_ms is None:
             return 0
+        try:
+            self.events.flush()  # events spooled during a PostgreSQL outage (rtml.spool)
+        except Exception as exc:  # noqa: BLE001 - they stay spooled for the next poll
+            log.debug("event spool not drained: %s", exc)
         fired = 0
         for boundary, index in self.due(now_ms):
             if stop is not None and stop.is_set():

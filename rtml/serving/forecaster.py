@@ -26,6 +26,7 @@ from rtml.config import Settings
 from rtml.contracts import MINUTE_MS
 from rtml.features.dataset import feature_columns, features_for_range, history_minutes
 from rtml.serving.prediction_log import PIPELINE_KIND, PredictionRecord, PredictionStore
+from rtml.spool import unreachable
 
 if TYPE_CHECKING:
     from rtml.model.registry import LoadedModel
@@ -55,12 +56,19 @@ class Forecaster:
         from rtml.model import registry
 
         if self._stale or time.monotonic() - self._checked > RECHECK_S:
-            self._stale, self._checked = False, time.monotonic()
-            version = registry.champion_version(self.settings)
-            if version is None:
-                self._model = None
-            elif self._model is None or self._model.version != version:
-                self._model = registry.load_version(self.settings, version)
+            try:
+                version = registry.champion_version(self.settings)
+                if version is None:
+                    self._model = None
+                elif self._model is None or self._model.version != version:
+                    self._model = registry.load_version(self.settings, version)
+            except Exception as exc:
+                # The registry is down (PostgreSQL): forecast with the champion known so far,
+                # as serving does; with none known yet, the boundary waits (the scheduler).
+                if self._model is None or not unreachable(exc):
+                    raise
+            else:
+                self._stale, self._checked = False, time.monotonic()
         return self._model
 
     def features(self, t_ms: int) -> np.ndarray | None:

@@ -13,17 +13,24 @@ no-op); callers' forecasts are `online`, `batch` and `what-if`. Only `pipeline` 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING
 
 from rtml.config import Settings
+from rtml.spool import PgLink, Record, Spool, unreachable
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +86,11 @@ class PredictionStore:
         self.services = settings.profile == "services"
         self.namespace = settings.namespace
         if self.services:
-            import psycopg
             import redis
 
             self.table = f'"{settings.namespace}".predictions'
-            self.pg = psycopg.connect(settings.postgres_dsn, autocommit=True)
-            self.pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-            self.pg.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({_PG_COLUMNS})")
-            self.pg.execute(
-                f"CREATE INDEX IF NOT EXISTS predictions_target ON {self.table} (target_minute_ms)"
-            )
-            self.pg.execute(
-                f"CREATE UNIQUE INDEX IF NOT EXISTS predictions_pipeline ON {self.table} (target_minute_ms) "
-                "WHERE kind = 'pipeline'"
-            )
+            self.link = PgLink(settings.postgres_dsn, self._create)
+            self.spool = Spool(settings, "predictions")
             self.redis = redis.Redis.from_url(settings.redis_url)
             self.counters_key = f"{settings.namespace}:counters:serving"
         else:
@@ -103,23 +101,45 @@ class PredictionStore:
             for ddl in _SQLITE_DDL:
                 self.db.execute(ddl)
 
+    @property
+    def pg(self) -> psycopg.Connection:
+        return self.link.conn
+
+    def _create(self, conn: psycopg.Connection) -> None:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.namespace}"')
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({_PG_COLUMNS})")
+        conn.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS rid TEXT")
+        conn.execute(f"CREATE INDEX IF NOT EXISTS predictions_target ON {self.table} (target_minute_ms)")
+        conn.execute(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS predictions_pipeline ON {self.table} (target_minute_ms) "
+            "WHERE kind = 'pipeline'"
+        )
+        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS predictions_rid ON {self.table} (rid)")
+
     def write(self, records: list[PredictionRecord], counts: Mapping[str, float]) -> None:
-        """Append records (a pipeline forecast whose target minute is logged already is skipped)."""
-        rows = [astuple(r) for r in records]
+        """Append records (a pipeline forecast whose target minute is logged already is skipped).
+
+        Services: each record gets a unique `rid` before its first try, so a retry (from the
+        spool, after PostgreSQL came back) writes it once; records PostgreSQL cannot take are
+        spooled, and the spool is drained first at every write.
+        """
         if self.services:
-            if rows:
-                with self.pg.cursor() as cur:
-                    cur.executemany(
-                        f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
-                        " ON CONFLICT DO NOTHING",
-                        rows,
-                    )
+            if records:
+                spooled = [(uuid.uuid4().hex, json.dumps(astuple(r))) for r in records]
+                try:
+                    self.spool.drain(self._write_pg)
+                    self._write_pg(spooled)
+                except Exception as exc:
+                    if not unreachable(exc):
+                        raise
+                    self.spool.put(spooled)
             if counts:
                 pipe = self.redis.pipeline()
                 for name, value in counts.items():
                     pipe.hincrbyfloat(self.counters_key, name, value)
                 pipe.execute()
             return
+        rows = [astuple(r) for r in records]
         with self.db:
             self.db.execute("BEGIN")
             if rows:
@@ -134,6 +154,22 @@ class PredictionStore:
                     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                     (name, value),
                 )
+
+    def _write_pg(self, records: list[Record]) -> None:
+        """(rid, record as JSON) into PostgreSQL in one transaction; a rid or a pipeline target
+        minute already there is skipped (ON CONFLICT DO NOTHING)."""
+        conn = self.pg
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {self.table} ({', '.join(COLUMNS)}, rid) VALUES ({', '.join(['%s'] * (len(COLUMNS) + 1))})"
+                " ON CONFLICT DO NOTHING",
+                [(*json.loads(doc), rid) for rid, doc in records],
+            )
+
+    def settle(self) -> None:
+        """Services: drain the spool, or raise `Unsettled` while forecasts still wait in it."""
+        if self.services:
+            self.spool.settle(self._write_pg)
 
     def _query(self, sql: str, params: tuple) -> list[tuple]:
         if self.services:
@@ -191,7 +227,8 @@ class PredictionStore:
 
     def close(self) -> None:
         if self.services:
-            self.pg.close()
+            self.link.close()
+            self.spool.close()
             self.redis.close()
         else:
             self.db.close()
@@ -279,9 +316,14 @@ def read_predictions(settings: Settings, since_ms: int = 0, limit: int = 100_000
 
 
 def read_judged(settings: Settings, start_ms: int, end_ms: int) -> list[PredictionRecord]:
-    """The forecasts monitoring judges (the pipeline's own) with a target minute in [start_ms, end_ms)."""
+    """The forecasts monitoring judges (the pipeline's own) with a target minute in [start_ms, end_ms).
+
+    Services: never while forecasts wait in the spool (`Unsettled`, which the scheduler waits
+    out): an hour judged without them would be judged on a part of its forecasts.
+    """
     store = PredictionStore(settings)
     try:
+        store.settle()
         return store.read_targets(JUDGED_KINDS, start_ms, end_ms)
     finally:
         store.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from private_services import PrivateRedis
+from faults import PrivateRedis
 
 from rtml.config import Settings, get_settings
 from rtml.contracts import TxEvent
@@ -23,23 +23,18 @@ BATCH = 10
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    if server.binary is None:
-        pytest.skip("redis-server is not installed")
-    server.start()
-    yield server
-    server.stop()
+def redis_server(private_redis: Callable[..., PrivateRedis]) -> PrivateRedis:
+    return private_redis()
 
 
 @pytest.fixture
 def outage_settings(
-    data_dir: Path, private_redis: PrivateRedis, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, redis_server: PrivateRedis, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
     """The services profile on the private Redis (the event log on the shared PostgreSQL), with a
     buffer of 3 batches in memory and about 4 on disk."""
     monkeypatch.setenv("RTML_PROFILE", "services")
-    monkeypatch.setenv("RTML_REDIS_URL", private_redis.url)
+    monkeypatch.setenv("RTML_REDIS_URL", redis_server.url)
     monkeypatch.setenv("RTML_POSTGRES_DSN", postgres_dsn)
     monkeypatch.setenv("RTML_INGEST__BUFFER_MEMORY_EVENTS", str(3 * BATCH))
     monkeypatch.setenv("RTML_INGEST__BUFFER_DISK_BYTES", "12000")
@@ -59,13 +54,13 @@ def frames(start: int, n: int) -> list[bytes]:
 
 
 def test_frames_during_a_redis_outage_are_buffered_then_appended_in_order(
-    outage_settings: Settings, private_redis: PrivateRedis
+    outage_settings: Settings, redis_server: PrivateRedis
 ) -> None:
     settings = outage_settings
     sent = [frames(i * BATCH, BATCH) for i in range(12)]
     ingestor = Ingestor(settings)
     assert ingestor.ingest_live(sent[0], "ws") is not None
-    private_redis.stop()
+    redis_server.stop()
     for batch in sent[1:9]:  # 3 batches fit in memory, then the disk part fills
         assert ingestor.ingest_live(batch, "ws") is None  # held: the live loop goes on
     health = read_health(settings, "ingest")
@@ -77,7 +72,7 @@ def test_frames_during_a_redis_outage_are_buffered_then_appended_in_order(
     assert health["buffered_events"] == held and health["buffer_dropped"] == dropped
     # A clean stop while Redis is still down: the memory part goes to disk, the next ingester has it.
     ingestor.close()
-    private_redis.start()
+    redis_server.start()
     ingestor = Ingestor(settings)
     assert len(ingestor.buffer) == held and ingestor.buffer.memory_events == 0
     deadline = time.monotonic() + 30

@@ -1,0 +1,180 @@
+"""PostgreSQL outages in the services profile: writers spool, drains are exactly-once.
+
+Each test owns its PostgreSQL (`private_postgres`, tests/faults_pg.py): it stops the cluster in
+the middle of writes to the event log, the prediction log and the offline minutes, starts it
+again, and kills the process draining the spool (SIGKILL) at random points until it is empty:
+every record is then in its store exactly once. The scheduler waits out an outage without
+spending its retries.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rtml.config import Settings
+from rtml.spool import Spool, spool_stats
+
+# The flusher: drains every spool in small batches (many transactions to be killed between).
+FLUSHER = """
+import sys
+import rtml.spool
+from rtml.config import get_settings
+from rtml.features.offline import PostgresMinutes, offline_spool
+from rtml.monitoring.events import EventLog
+from rtml.serving.prediction_log import PredictionStore
+
+rtml.spool.DRAIN_BATCH = 7
+settings = get_settings()
+events, predictions, offline = EventLog(settings), PredictionStore(settings), PostgresMinutes(settings)
+print("draining", flush=True)
+events.flush()
+predictions.settle()
+offline_spool(settings).settle(offline.write_spooled)
+print("drained", flush=True)
+"""
+
+
+def _minutes(start: int, n: int, revision: int = 0) -> pd.DataFrame:
+    minute = pd.date_range(pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(minutes=start), periods=n, freq="min")
+    return pd.DataFrame(
+        {
+            "minute": minute,
+            "tx_count": range(start, start + n),
+            "fee_total_sat": [1000 * (i + 1) for i in range(start, start + n)],
+            "fee_avg_sat": [1000.0 * (i + 1) / max(i, 1) for i in range(start, start + n)],
+            "event_time": minute + pd.Timedelta(minutes=1),
+            "revision": revision,
+        }
+    )
+
+
+def _records(start: int, n: int, kind: str) -> list:
+    from rtml.serving.prediction_log import PredictionRecord
+
+    return [
+        PredictionRecord(1_700_000_000_000 + i, "1", i * 60_000, i * 60_000, 1.0, 2.0, 3.0, 0.5, kind)
+        for i in range(start, start + n)
+    ]
+
+
+def _flush_under_fire(settings: Settings) -> int:
+    """Run the flusher, SIGKILL it at a random moment after it starts draining; again until it
+    finishes. Returns how many flushers were killed."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    rng = random.Random()
+    kills = 0
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", FLUSHER], stdout=subprocess.PIPE, env=env, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "draining"
+        timer = threading.Timer(rng.uniform(0.0, 0.4), lambda p=proc: p.send_signal(signal.SIGKILL))
+        timer.start()
+        out = proc.stdout.read()
+        proc.wait(60)
+        timer.cancel()
+        if "drained" in out:
+            return kills
+        kills += 1
+    raise AssertionError("the flusher never finished")
+
+
+def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings, object]) -> None:
+    from rtml.features.offline import PostgresMinutes, offline_spool, to_source_frame
+    from rtml.features.writer import FeatureStoreSink
+    from rtml.monitoring.events import EventLog
+    from rtml.serving.prediction_log import PredictionStore, read_judged
+
+    settings, pg = private_postgres
+    events, predictions, sink = EventLog(settings), PredictionStore(settings), FeatureStoreSink(settings)
+    # Before: PostgreSQL answers.
+    for i in range(50):
+        events.record("test.before", key=f"k{i}" if i % 2 else None, i=i)
+    predictions.write(_records(0, 50, "pipeline") + _records(0, 50, "online"), {})
+    sink.write_frame(_minutes(0, 30))
+
+    pg.stop()  # type: ignore[attr-defined]
+    for i in range(300):  # every write returns: nothing raises, nothing blocks
+        events.record("test.during", key=f"d{i}" if i % 2 else None, i=i)
+    predictions.write(_records(50, 150, "pipeline") + _records(50, 150, "online"), {})
+    for start in range(30, 90, 10):
+        sink.write_frame(_minutes(start, 10))
+    sink.write_frame(_minutes(85, 5, revision=1))  # a newer revision of spooled minutes
+    stats = spool_stats(settings)
+    assert stats["events"]["records"] == 300 and stats["predictions"]["records"] == 300
+    assert stats["offline_minutes"]["records"] == 60
+    with pytest.raises(ConnectionError):  # monitoring does not judge while forecasts are spooled
+        read_judged(settings, 0, 10**12)
+
+    pg.start()  # type: ignore[attr-defined]
+    # A crash after a write reached PostgreSQL, before the spool forgot it: written again below.
+    offline = PostgresMinutes(settings)
+    offline.write_spooled(offline_spool(settings).records()[:20])
+    predictions._write_pg(predictions.spool.records()[:40])
+    kills = _flush_under_fire(settings)
+    print(f"flushers killed mid-drain: {kills}")
+
+    assert all(s["records"] == 0 and s["dropped"] == 0 for s in spool_stats(settings).values())
+    assert events.count("test.before") == 50 and events.count("test.during") == 300
+    details = [e.details["i"] for e in events.recent(limit=1000, prefix="test.during")]
+    assert sorted(details) == list(range(300))
+    assert predictions.count("pipeline") == 200 and predictions.count("online") == 200
+    assert len(read_judged(settings, 0, 10**12)) == 200
+    assert offline.count() == (90, 90)
+    stored = offline.read()
+    expected = to_source_frame(pd.concat([_minutes(0, 85), _minutes(85, 5, revision=1)]))
+    assert stored["revision"].tolist() == expected["revision"].tolist()
+    assert stored["tx_count"].tolist() == expected["tx_count"].tolist()
+    for store in (events, predictions, sink, offline):
+        store.close()
+
+
+def test_scheduler_waits_for_postgres(private_postgres: tuple[Settings, object], write_engine_minutes) -> None:  # type: ignore[no-untyped-def]
+    """A job that cannot reach PostgreSQL waits for it: no attempt spent, no boundary skipped."""
+    from rtml.model.registry import registry_exists
+    from rtml.monitoring.events import EventLog
+    from rtml.ops.scheduler import Job, Scheduler
+
+    settings, pg = private_postgres
+    write_engine_minutes(settings, _minutes(0, 3))
+    runs: list[int] = []
+
+    def job(t_ms: int) -> None:
+        registry_exists(settings)  # a registry read: connects to PostgreSQL
+        runs.append(t_ms)
+
+    scheduler = Scheduler(settings, [Job("probe", job, every_ms=60_000)])
+    pg.stop()  # type: ignore[attr-defined]
+    threading.Timer(4.0, pg.start).start()  # type: ignore[attr-defined]  # the outage's length is the fault
+    assert scheduler.catch_up() == 3
+    scheduler.close()
+    assert len(runs) == 3 and runs == sorted(set(runs))
+    events = EventLog(settings)
+    assert events.count("scheduler.job_failed") == 0
+    assert events.count("scheduler.job_waiting") == 1  # spooled while down, drained after
+    events.close()
+
+
+def test_spool_bound_and_retention(settings: Settings) -> None:
+    settings.spool.max_records = 5
+    settings.spool.max_age_s = 60
+    spool = Spool(settings, "events")
+    assert spool.put([(f"k{i}", str(i)) for i in range(4)], now_ms=0) == 0
+    assert spool.put([("k1", "again")], now_ms=1000) == 0  # a key spooled again is replaced, at the end
+    assert spool.put([(f"n{i}", str(i)) for i in range(3)], now_ms=2000) == 2  # the two oldest go
+    assert [k for k, _ in spool.records()] == ["k3", "k1", "n0", "n1", "n2"]
+    assert spool.put([("late", "x")], now_ms=61_500) == 2  # k3 (0 s) and k1 (1 s) expired at 60 s
+    assert [k for k, _ in spool.records()] == ["n0", "n1", "n2", "late"]
+    assert spool.dropped() == 4
+    written: list[str] = []
+    assert spool.drain(lambda batch: written.extend(k for k, _ in batch)) == 0  # now: all expired
+    assert written == [] and not spool.pending() and spool.dropped() == 8
+    spool.close()
