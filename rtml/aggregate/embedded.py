@@ -384,6 +384,9 @@ class Engine:
                 if (retry := self.outage.ride(exc)) is None:
                     raise
                 self._undelivered = True  # a commit may have come before the failure: deliver
+                # Blind, not quiet: an outage must not advance the watermark by its wall time
+                # (what the ingester held meanwhile would then arrive late).
+                last_event = time.monotonic()
                 stop.wait(retry)
                 continue
             self.outage.recovered()

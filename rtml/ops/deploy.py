@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +22,7 @@ from rtml.config import Settings, get_settings
 from rtml.ops.purge import PurgeRefused, execute_purge, plan_purge, refusal
 from rtml.ops.supervisor import Component, read_state, supervisor_running
 
+T = TypeVar("T")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one line per refusal, for people and scripts
 
@@ -138,16 +141,38 @@ def gather_status(settings: Settings) -> dict:
     from rtml.ops.services import service_health, service_warnings
 
     health = service_health(settings)
+    down: list[str] = []
+    no_stores: list[dict[str, object]] = []
     return {
         "supervisor_pid": pid,
         "profile": settings.profile,
         "data_dir": str(settings.root),
         "components": comps,
-        **pipeline_facts(settings),
-        "stores": store_stats(settings),
+        **_unless_down(pipeline_facts, settings, dict.fromkeys(FACTS), down),
+        "stores": _unless_down(store_stats, settings, no_stores, down),
+        # What status could not read because a service is down (the facts are None meanwhile).
+        "unreadable": down,
         "services": [h.as_dict() for h in health],
         "warnings": service_warnings(settings, health),
     }
+
+
+FACTS = ("stream_lag_events", "newest_minute_end", "freshness_s", "champion_version", "last_drift", "clock",
+         "champion_kind", "forecasts_logged", "hours_judged", "retrains")  # fmt: skip
+
+
+def _unless_down(read: Callable[[Settings], T], settings: Settings, fallback: T, down: list[str]) -> T:
+    """`read(settings)`, or `fallback` while a service it needs is unreachable (noted in `down`):
+    `rtml status` answers during an outage, which is when it is needed most."""
+    from rtml.ops.outage import service_of
+
+    try:
+        return read(settings)
+    except Exception as exc:
+        if (service := service_of(exc)) is None:
+            raise
+        down.append(f"{read.__name__}: {service} unreachable ({type(exc).__name__}: {str(exc)[:200]})")
+        return fallback
 
 
 def component_health(settings: Settings, name: str, alive: bool) -> dict[str, object]:
@@ -238,7 +263,8 @@ def show_status(json_out: bool) -> None:
         table.add_row(c["name"], c["state"], str(c["pid"] or "-"), uptime, str(c["restarts"]), _health(c))
     console.print(table)
     for key, value in status.items():
-        if key not in ("supervisor_pid", "profile", "data_dir", "components", "stores", "services", "warnings"):
+        if key not in ("supervisor_pid", "profile", "data_dir", "components", "stores", "services", "warnings",
+                       "unreadable"):  # fmt: skip
             console.print(f"[bold]{key.replace('_', ' ')}[/]: {value}")
     if status["services"]:
         console.print(services_table(status["services"]))

@@ -68,9 +68,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def replay_file(tmp_path: Path) -> tuple[Path, dict[int, tuple[int, int]]]:
+def replay_file(tmp_path: Path, minutes: int = MINUTES) -> tuple[Path, dict[int, tuple[int, int]]]:
     """Synthetic traffic as websocket frames, and its per-minute (count, fee total) truth."""
-    events = list(SyntheticSource(SyntheticConfig(seed=5, start=datetime(2024, 10, 1, tzinfo=UTC), minutes=MINUTES)))
+    events = list(SyntheticSource(SyntheticConfig(seed=5, start=datetime(2024, 10, 1, tzinfo=UTC), minutes=minutes)))
     path = tmp_path / "replay.jsonl.gz"
     with gzip.open(path, "wt") as out:
         for event in events:
