@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rtml.config import Settings
+from rtml.ops.outage import absorbed, restored
 
 if TYPE_CHECKING:
     import psycopg
@@ -144,6 +145,7 @@ class Spool:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        absorbed("postgres", f"{len(records)} {self.store} records spooled")  # status, service.down
         return gone
 
     def _trim(self, now_ms: int) -> int:
@@ -208,6 +210,7 @@ class Spool:
                     f'SELECT seq, key, payload FROM "{self.store}" ORDER BY seq LIMIT ?', (batch or DRAIN_BATCH,)
                 ).fetchall()
                 if not rows:
+                    restored("postgres")  # status, service.up
                     return written
                 self._write(write, [(key, payload) for _, key, payload in rows])
                 self.db.execute(f'DELETE FROM "{self.store}" WHERE seq <= ?', (rows[-1][0],))

@@ -64,6 +64,24 @@ def service_of(exc: BaseException) -> str | None:
     return None
 
 
+# This process's component (the last `Outage` made here), for stores deep inside it that ride
+# out an outage themselves (`absorbed`, `restored`).
+_component: Outage | None = None
+
+
+def absorbed(service: str, what: str) -> None:
+    """A store kept a write aside because `service` is unreachable (rtml.spool): the component
+    goes on, but says it is degraded and the event log gets `service.down`."""
+    if _component is not None and not _component.flushing:  # not the event log spooling our own news
+        _component.note(service, what, absorbed=True)
+
+
+def restored(service: str) -> None:
+    """A store's spool drained: `service` answers again."""
+    if _component is not None and service in _component.down:
+        _component.restored(service)
+
+
 def health_path(settings: Settings, component: str) -> Path:
     return settings.folder("run") / f"health-{component}.json"
 
@@ -86,6 +104,7 @@ class Outage:
         # takes it over from its health file, so its `service.up` tells the whole duration.
         previous = read_health(settings, component) or {}
         self.down: dict[str, float] = dict(previous.get("services_down") or {})
+        self.absorbed: set[str] = set(previous.get("absorbed") or ())
         self.attempt = 0
         self.last_error: str | None = previous.get("last_error")
         self.last_error_at: float | None = previous.get("last_error_at")
@@ -93,8 +112,11 @@ class Outage:
         self.extra: dict[str, Any] = {}
         self._pending: list[tuple[str, str, dict[str, Any]]] = []
         self._next_flush = 0.0
+        self.flushing = False
         self._rnd = random.Random()
         self.write()
+        global _component
+        _component = self
 
     def ride(self, exc: BaseException) -> float | None:
         """Note a failure; seconds to wait before trying again when a service is unreachable,
@@ -102,33 +124,49 @@ class Outage:
         service = service_of(exc)
         if service is None:
             return None
+        self.note(service, f"{type(exc).__name__}: {exc}")
+        ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        return ceiling / 2 + self._rnd.uniform(0, ceiling / 2)
+
+    def note(self, service: str, error: str, *, absorbed: bool = False) -> None:
+        """`service` is unreachable; `absorbed`: a store kept the write aside (a local spool), so
+        the loop goes on and only that store's drain (`restored`) ends the outage."""
         now = time.time()
-        self.last_error, self.last_error_at = f"{service}: {type(exc).__name__}: {exc}"[:500], now
+        self.last_error, self.last_error_at = f"{service}: {error}"[:500], now
+        if absorbed:
+            self.absorbed.add(service)
         if service not in self.down:
             self.down[service] = now
             log.warning("%s: %s is unreachable (%s); riding it out", self.component, service, self.last_error)
             self._event("service.down", f"{self.component}:{service}:{int(now * 1000)}",
                         service=service, component=self.component, at_ms=int(now * 1000), error=self.last_error)  # fmt: skip
-        ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self.attempt, 30))
-        self.attempt += 1
         self.write()
         self._flush_events()
-        return ceiling / 2 + self._rnd.uniform(0, ceiling / 2)
 
     def recovered(self) -> None:
-        """A round of the component's work succeeded: every outage it noted is over."""
-        if not self.down:
+        """A round of the component's work succeeded: every outage its loop met is over (not
+        those a spool absorbed: the loop succeeds while they last)."""
+        over = [s for s in self.down if s not in self.absorbed]
+        if not over:
             if self._pending and time.monotonic() >= self._next_flush:
                 self._flush_events()
             return
-        now = time.time()
-        for service, since in self.down.items():
-            log.warning("%s: %s is back after %.1f s", self.component, service, now - since)
-            self._event("service.up", f"{self.component}:{service}:{int(since * 1000)}:up",
-                        service=service, component=self.component, down_ms=int(since * 1000),
-                        at_ms=int(now * 1000), duration_s=round(now - since, 1))  # fmt: skip
-        self.down.clear()
+        for service in over:
+            self.restored(service)
         self.attempt = 0
+
+    def restored(self, service: str) -> None:
+        """`service` answers again: `service.up` with the outage's duration."""
+        since = self.down.pop(service, None)
+        self.absorbed.discard(service)
+        if since is None:
+            return
+        now = time.time()
+        log.warning("%s: %s is back after %.1f s", self.component, service, now - since)
+        self._event("service.up", f"{self.component}:{service}:{int(since * 1000)}:up",
+                    service=service, component=self.component, down_ms=int(since * 1000),
+                    at_ms=int(now * 1000), duration_s=round(now - since, 1))  # fmt: skip
         self.write()
         self._flush_events()
 
@@ -138,6 +176,7 @@ class Outage:
             "component": self.component,
             "health": "degraded" if self.down else "ok",
             "services_down": {s: round(t, 3) for s, t in self.down.items()},
+            "absorbed": sorted(self.absorbed),
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "updated_at": time.time(),
@@ -156,11 +195,12 @@ class Outage:
 
     def _flush_events(self) -> None:
         """Record waiting events; those the event log cannot take yet wait for the next note."""
-        if not self._pending:
+        if not self._pending or self.flushing:
             return
         from rtml.monitoring.events import EventLog
 
         self._next_flush = time.monotonic() + BACKOFF_MAX_S
+        self.flushing = True
         try:
             events = EventLog(self.settings)
             try:
@@ -172,3 +212,5 @@ class Outage:
                 events.close()
         except Exception as exc:  # noqa: BLE001 - the event log is down too: retried at the next note
             log.info("%d service events wait for the event log (%s)", len(self._pending), exc)
+        finally:
+            self.flushing = False
