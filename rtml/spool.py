@@ -145,7 +145,7 @@ class Spool:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        absorbed("postgres", f"{len(records)} {self.store} records spooled")  # status, service.down
+        absorbed("postgres", self.store, f"{len(records)} {self.store} records spooled")  # status, service.down
         return gone
 
     def _trim(self, now_ms: int) -> int:
@@ -199,6 +199,7 @@ class Spool:
         propagates and leaves the rest spooled. Returns how many were handed over (0 when
         another process is draining this store)."""
         if not self.pending():
+            restored("postgres", self.store)  # (another process drained it)
             return 0
         written = 0
         with self._drainer() as mine:
@@ -210,7 +211,7 @@ class Spool:
                     f'SELECT seq, key, payload FROM "{self.store}" ORDER BY seq LIMIT ?', (batch or DRAIN_BATCH,)
                 ).fetchall()
                 if not rows:
-                    restored("postgres")  # status, service.up
+                    restored("postgres", self.store)  # status, service.up
                     return written
                 self._write(write, [(key, payload) for _, key, payload in rows])
                 self.db.execute(f'DELETE FROM "{self.store}" WHERE seq <= ?', (rows[-1][0],))

@@ -69,17 +69,18 @@ def service_of(exc: BaseException) -> str | None:
 _component: Outage | None = None
 
 
-def absorbed(service: str, what: str) -> None:
-    """A store kept a write aside because `service` is unreachable (rtml.spool): the component
+def absorbed(service: str, store: str, what: str) -> None:
+    """`store` kept a write aside because `service` is unreachable (rtml.spool): the component
     goes on, but says it is degraded and the event log gets `service.down`."""
     if _component is not None and not _component.flushing:  # not the event log spooling our own news
-        _component.note(service, what, absorbed=True)
+        _component.note(service, what, store=store)
 
 
-def restored(service: str) -> None:
-    """A store's spool drained: `service` answers again."""
+def restored(service: str, store: str) -> None:
+    """`store`'s spool is empty (drained, by this process or another): once every store this
+    component spooled to is, `service` is taken to answer again."""
     if _component is not None and service in _component.down:
-        _component.restored(service)
+        _component.restored(service, store)
 
 
 def health_path(settings: Settings, component: str) -> Path:
@@ -104,7 +105,8 @@ class Outage:
         # takes it over from its health file, so its `service.up` tells the whole duration.
         previous = read_health(settings, component) or {}
         self.down: dict[str, float] = dict(previous.get("services_down") or {})
-        self.absorbed: set[str] = set(previous.get("absorbed") or ())
+        # service -> the stores whose spools hold this component's writes for it
+        self.absorbed: dict[str, set[str]] = {s: set(v) for s, v in (previous.get("absorbed") or {}).items()}
         self.attempt = 0
         self.last_error: str | None = previous.get("last_error")
         self.last_error_at: float | None = previous.get("last_error_at")
@@ -129,13 +131,13 @@ class Outage:
         self.attempt += 1
         return ceiling / 2 + self._rnd.uniform(0, ceiling / 2)
 
-    def note(self, service: str, error: str, *, absorbed: bool = False) -> None:
-        """`service` is unreachable; `absorbed`: a store kept the write aside (a local spool), so
-        the loop goes on and only that store's drain (`restored`) ends the outage."""
+    def note(self, service: str, error: str, *, store: str | None = None) -> None:
+        """`service` is unreachable; with `store`: that store kept the write aside (a local
+        spool), so the loop goes on and only its drain (`restored`) ends the outage."""
         now = time.time()
         self.last_error, self.last_error_at = f"{service}: {error}"[:500], now
-        if absorbed:
-            self.absorbed.add(service)
+        if store is not None:
+            self.absorbed.setdefault(service, set()).add(store)
         if service not in self.down:
             self.down[service] = now
             log.warning("%s: %s is unreachable (%s); riding it out", self.component, service, self.last_error)
@@ -147,7 +149,7 @@ class Outage:
     def recovered(self) -> None:
         """A round of the component's work succeeded: every outage its loop met is over (not
         those a spool absorbed: the loop succeeds while they last)."""
-        over = [s for s in self.down if s not in self.absorbed]
+        over = [s for s in self.down if not self.absorbed.get(s)]
         if not over:
             if self._pending and time.monotonic() >= self._next_flush:
                 self._flush_events()
@@ -156,10 +158,15 @@ class Outage:
             self.restored(service)
         self.attempt = 0
 
-    def restored(self, service: str) -> None:
-        """`service` answers again: `service.up` with the outage's duration."""
+    def restored(self, service: str, store: str | None = None) -> None:
+        """`service` answers again (for `store`): `service.up` with the outage's duration."""
+        waiting = self.absorbed.get(service, set())
+        waiting.discard(store)  # type: ignore[arg-type]
+        if store is not None and waiting:
+            self.write()
+            return
+        self.absorbed.pop(service, None)
         since = self.down.pop(service, None)
-        self.absorbed.discard(service)
         if since is None:
             return
         now = time.time()
@@ -176,7 +183,7 @@ class Outage:
             "component": self.component,
             "health": "degraded" if self.down else "ok",
             "services_down": {s: round(t, 3) for s, t in self.down.items()},
-            "absorbed": sorted(self.absorbed),
+            "absorbed": {s: sorted(v) for s, v in self.absorbed.items() if v},
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "updated_at": time.time(),

@@ -49,10 +49,13 @@ def test_an_outage_is_waited_out_told_and_closed(settings: Settings) -> None:
 
     # A restarted component takes the outage over; a spool-absorbed one outlives loop successes.
     outage = Outage(settings, "aggregate")
-    absorbed("postgres", "3 offline_minutes records spooled")
+    absorbed("postgres", "offline_minutes", "3 records spooled")
+    absorbed("postgres", "events", "1 record spooled")
     outage.recovered()  # the loop's round succeeded: redis is back, postgres only once its spool drains
     assert list(read_health(settings, "aggregate")["services_down"]) == ["postgres"]  # type: ignore[index]
-    restored("postgres")
+    restored("postgres", "events")  # one spool drained, the other still waits
+    assert list(read_health(settings, "aggregate")["services_down"]) == ["postgres"]  # type: ignore[index]
+    restored("postgres", "offline_minutes")
     assert read_health(settings, "aggregate")["health"] == "ok"  # type: ignore[index]
 
     events = EventLog(settings)
