@@ -187,7 +187,7 @@ def component_health(settings: Settings, name: str, alive: bool) -> dict[str, ob
     now = time.time()
     at = doc.get("last_error_at")
     extra = {k: v for k, v in doc.items() if k not in ("component", "health", "services_down", "last_error",
-                                                       "last_error_at", "updated_at")}  # fmt: skip
+                                                       "last_error_at", "updated_at", "absorbed")}  # fmt: skip
     return {
         "health": doc.get("health"),
         "services_down": {s: round(now - t, 1) for s, t in doc.get("services_down", {}).items()},

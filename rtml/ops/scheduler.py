@@ -42,7 +42,8 @@ log = logging.getLogger("rtml.scheduler")
 # connection) before its boundary is given up.
 ATTEMPTS, RETRY_S = 3, 1.0
 # A job that fails because a service is unreachable waits for it instead, backing off to this.
-WAIT_MAX_S = 30.0
+# (rtml.ops.outage's bound: a returned service is noticed within it, by every component alike.)
+WAIT_MAX_S = 5.0
 # Jobs slower than this are logged with their duration (trainings, drift checks).
 SLOW_S = 1.0
 SCHEMA = """

@@ -61,6 +61,29 @@ def events_in() -> float:
     return aggregate_counters(get_settings())["events_in"]
 
 
+def offline_rows() -> int:
+    from rtml.features.offline import open_offline
+
+    store = open_offline(get_settings())
+    try:
+        return store.count()[0]
+    finally:
+        store.close()
+
+
+def recovered(consumed: float, written: int) -> bool:
+    """Recovered: every component `ok`, the engine consuming the stream again, and PostgreSQL
+    taking the feature store's rows again with nothing left in a spool."""
+    from rtml.spool import spool_stats
+
+    return (
+        healthy()
+        and events_in() > consumed
+        and offline_rows() > written
+        and not any(s["records"] for s in spool_stats(get_settings()).values())
+    )
+
+
 def healthy() -> bool:
     """Every running component says `ok` in its health file (what `rtml status` shows; read
     directly so that the recovery time is not the CLI's start-up time). Serve keeps none."""
@@ -113,12 +136,14 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
             if not pg.answers():
                 pg.start()
             back = time.time()
-            consumed = events_in()
-            recovery = poll(lambda: healthy() and events_in() > consumed, f"recovery after {name}", RECOVERY_BOUND_S)
+            consumed, written = events_in(), offline_rows()
+            recovery = poll(lambda: recovered(consumed, written), f"recovery after {name}", RECOVERY_BOUND_S)
             with redis.client() as c:
                 delayed = int(c.xlen(stream_key)) - before
+            if figures:  # the event log window of the fault before ends where this one starts
+                list(figures.values())[-1].setdefault("window", (0.0, started))
             figures[name] = {"down_s": round(back - started, 1), "recovery_s": round(recovery, 1),
-                             "events_appended_from_fault_to_recovery": delayed, "window": (started, time.time())}  # fmt: skip
+                             "events_appended_from_fault_to_recovery": delayed, "start": started}  # fmt: skip
 
         def outage() -> None:
             redis.stop()
@@ -138,7 +163,7 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
         fault("sigkill", kill)
         fault("outage", outage, OUTAGE_S)
 
-        print("\nfault figures:", json.dumps({k: {n: v for n, v in f.items() if n != "window"} for k, f in figures.items()}))
+        print("\nfault figures:", json.dumps({k: {n: v for n, v in f.items() if n not in ("start", "window")} for k, f in figures.items()}))
         poll(lambda: component("ingest")["state"] == "finished", "the replay to finish", 240)
         from rtml.aggregate.sinks import read_minutes
 
@@ -157,8 +182,10 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
             store = open_offline(get_settings())
             try:
                 frame = to_minutes_frame(store.read())
+                rows, minutes = store.count()
             finally:
                 store.close()
+            assert rows == minutes, "a minute written twice to the offline store"
             got = {int(m.timestamp() * 1000): (int(c), int(t))
                    for m, c, t in zip(frame["minute"], frame["tx_count"], frame["fee_total_sat"], strict=True)}  # fmt: skip
             return got == expected
@@ -179,7 +206,7 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
         for name, fig in figures.items():
             if name == "up":
                 continue
-            start_ms, end_ms = (int(t * 1000) for t in fig["window"])
+            start_ms, end_ms = int(fig["start"] * 1000), int(fig.get("window", (0, time.time()))[1] * 1000)
             downs = [d for d in told if "duration_s" not in d and start_ms <= d["at_ms"] <= end_ms]
             ups = [d for d in told if "duration_s" in d and start_ms <= d["down_ms"] <= end_ms]
             assert {d["service"] for d in downs} == {"redis", "postgres"}, (name, told)
