@@ -213,6 +213,7 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
             assert sorted((d["component"], d["service"]) for d in downs) == sorted(
                 (d["component"], d["service"]) for d in ups
             ), (name, told)  # every outage a component saw is closed by a service.up
+            print(f"{name}: told by", sorted(f"{d['component']}:{d['service']}" for d in downs))
     finally:
         if data_dir.exists():
             rtml("down", check=False)
