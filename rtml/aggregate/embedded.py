@@ -353,22 +353,13 @@ class Engine:
         self.deliver_resets()
         return emitted
 
-    def deliver_resets(self) -> int:
-        """Hand recorded stream resets to `on_reset` (the event log), then mark them; they stay
-        for the next try while it fails (at most every 10 s)."""
+    def deliver_resets(self) -> None:
+        """Recorded stream resets to `on_reset`; retried at most every 10 s while it fails."""
         if self.on_reset is None or (self._resets_tried and time.monotonic() - self._resets_tried < 10):
-            return 0
-        rows = self._conn.execute("SELECT id, details FROM stream_resets WHERE delivered = 0 ORDER BY id").fetchall()
-        for rid, details in rows:
-            try:
-                self.on_reset({"reset_id": rid, **json.loads(details)})
-            except Exception as exc:  # noqa: BLE001 - it waits in the table
-                self._resets_tried = time.monotonic()
-                log.warning("could not record stream reset %d (%s); will retry", rid, exc)
-                return 0
-            self._conn.execute("UPDATE stream_resets SET delivered = 1 WHERE id = ?", (rid,))
-        self._resets_tried = 0.0
-        return len(rows)
+            return
+        from rtml.aggregate.recovery import deliver_resets
+
+        self._resets_tried = 0.0 if deliver_resets(self._conn, self.on_reset) else time.monotonic()
 
     def step(self) -> Progress:
         """Read one batch, apply it, commit, deliver."""

@@ -20,7 +20,10 @@ belongs to is gone, and a new one (new name) fills up. The engine (`Engine._rese
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,3 +104,17 @@ def rederive(settings: Settings, report: dict[str, Any], state: WindowState) -> 
         "rederived_to": _iso(gained[-1]) if gained else None,
     }
     return gained
+
+
+def deliver_resets(conn: sqlite3.Connection, on_reset: Callable[[dict[str, Any]], None]) -> bool:
+    """Hand the engine's undelivered `stream_resets` rows to `on_reset`, marking each once it is
+    taken; False (the rest waits for the next try) when it fails."""
+    rows = conn.execute("SELECT id, details FROM stream_resets WHERE delivered = 0 ORDER BY id").fetchall()
+    for rid, details in rows:
+        try:
+            on_reset({"reset_id": rid, **json.loads(details)})
+        except Exception as exc:  # noqa: BLE001 - it waits in the table
+            log.warning("could not record stream reset %d (%s); will retry", rid, exc)
+            return False
+        conn.execute("UPDATE stream_resets SET delivered = 1 WHERE id = ?", (rid,))
+    return True
