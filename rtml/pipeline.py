@@ -1,4 +1,5 @@
-"""The composition root: which sinks the engine delivers to and which jobs the scheduler runs.
+"""The composition root: which sinks the engine delivers to, where it reports a lost stream, and
+which jobs the scheduler runs.
 
 `rtml up` starts the engine (its sinks: `rtml.aggregate.sinks.minute_sinks`, the engine's own
 minutes table and the feature store) and the scheduler with `pipeline_jobs`. Jobs, in the order
@@ -19,7 +20,9 @@ they fire when several share a boundary t (nothing reads a minute at or after t)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from rtml.config import Settings
 from rtml.ops.scheduler import Job, Scheduler
@@ -101,3 +104,19 @@ class PipelineScheduler(Scheduler):
 
 def pipeline_scheduler(settings: Settings) -> Scheduler:
     return PipelineScheduler(settings)
+
+
+def stream_reset_recorder(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    """The engine's `on_reset`: a lost stream (`rtml.aggregate.recovery`) becomes a `stream.reset`
+    event, keyed by the lost stream's name, so a re-delivery after a crash records it once."""
+
+    def record(details: dict[str, Any]) -> None:
+        from rtml.monitoring.events import EventLog
+
+        events = EventLog(settings)
+        try:
+            events.record("stream.reset", key=f"stream.reset:{details['old_stream']}", **details)
+        finally:
+            events.close()
+
+    return record

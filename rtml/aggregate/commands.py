@@ -49,13 +49,16 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from rtml.aggregate.embedded import EngineError, Progress, aggregate_counters, run
+        from rtml.pipeline import stream_reset_recorder
+
+        on_reset = stream_reset_recorder(settings)
 
         console = Console(stderr=True)
         done = 0
         try:
             if not drain:
                 console.print("aggregating live; stop with Ctrl-C or SIGTERM")
-                run(settings, drain=False, batch=batch)
+                run(settings, drain=False, batch=batch, on_reset=on_reset)
                 return
             with console.status("aggregating") as status:
 
@@ -64,7 +67,7 @@ def register(app: typer.Typer) -> None:
                     done += p.events
                     status.update(f"aggregating: {done:,} events")
 
-                emitted = run(settings, drain=True, on_progress=show, batch=batch)
+                emitted = run(settings, drain=True, on_progress=show, batch=batch, on_reset=on_reset)
         except EngineError as exc:
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from None

@@ -10,25 +10,28 @@ from the same offset, deterministically) or the new one (the outbox is re-delive
 nothing lost, nothing counted twice. Events the clock guard holds back are part of the state
 (`held_events`); its clock outliers wait in `outlier_outbox` (same transaction) until they are
 in ingestion's dead-letter store: a crash between the two records an outlier twice, never
-loses one.
+loses one. A stream lost under the engine (a Redis that restarted empty) is recovered by the
+engine itself (`rtml.aggregate.recovery`), never by deleting this file.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_sinks
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, MinuteFeatures
 from rtml.ops.outage import Outage
-from rtml.stream import Offset, Stream, open_stream
+from rtml.stream import Offset, Stream, StreamReset, open_stream
 
 log = logging.getLogger(__name__)
 CONSUMER = "aggregator"
@@ -85,6 +88,11 @@ CREATE TABLE IF NOT EXISTS outlier_outbox (
   fee_sat INTEGER NOT NULL,
   reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stream_resets (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  details TEXT NOT NULL,             -- JSON: what was lost, what was re-derived (recovery.py)
+  delivered INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   minute INTEGER NOT NULL,
@@ -120,6 +128,7 @@ class Engine:
         stream: Stream | None = None,
         sinks: Sequence[MinuteSink] | None = None,
         batch: int = BATCH,
+        on_reset: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.settings = settings
         # One engine per state database: a second one would re-apply the same offsets.
@@ -136,7 +145,14 @@ class Engine:
         self.batch = batch
         self._conn = connect(aggregate_db_path(settings))
         self._conn.executescript(STATE_SCHEMA)
-        self.state, self.offset = self._load()
+        if "stream_pos" not in {r[1] for r in self._conn.execute("PRAGMA table_info(engine_state)")}:
+            self._conn.execute("ALTER TABLE engine_state ADD COLUMN stream_pos INTEGER")
+        self.on_reset = on_reset
+        self._resets_tried = 0.0  # monotonic time of the last failed delivery of a reset
+        # Events consumed from this stream since its start (None: a state older than the count).
+        self.stream_pos: int | None = 0
+        lost_stream: str | None = None
+        self.state, self.offset, lost_stream = self._load()
         self._held_stored = bool(self.state.guard and self.state.guard.held)
         self._undelivered = False
         self._published_at = 0.0
@@ -146,18 +162,23 @@ class Engine:
             import redis
 
             self._redis = redis.Redis.from_url(settings.redis_url)
+        if lost_stream is not None:
+            self._reset(lost_stream, self._identity)
         try:
             self.deliver()  # rows a crash left between commit and delivery
         except DeliveryError as exc:
             log.warning("%s; will retry", exc)
         self.deliver_outliers()
+        self.deliver_resets()
 
     # -- state -----------------------------------------------------------------------------
-    def _load(self) -> tuple[WindowState, Offset | None]:
+    def _load(self) -> tuple[WindowState, Offset | None, str | None]:
+        """The committed state, its offset, and the name of the stream it belonged to when that
+        stream is gone (recovered by `_reset`)."""
         lateness = int(self.settings.window.allowed_lateness_s * 1000)
         row = self._conn.execute(
             "SELECT stream, input_offset, watermark, max_event_time, next_emit, max_minute,"
-            " events_in, late, duplicates, windows_emitted FROM engine_state WHERE id = 1"
+            " events_in, late, duplicates, windows_emitted, stream_pos FROM engine_state WHERE id = 1"
         ).fetchone()
         guard = ClockGuard(int(self.settings.window.max_jump_s * 1000), lateness)
         for tx_hash, et, fee, seen in self._conn.execute(
@@ -167,32 +188,30 @@ class Engine:
             guard.seen.append(seen)
         state = WindowState(lateness_ms=lateness, guard=guard)
         if row is None:
-            return state, None
+            return state, None, None
         # States written before logs had an identity named the log by its place.
         legacy = ("sqlite:stream.sqlite", f"redis:{self.settings.namespace}:stream:tx")
-        if row[0] != self._identity and row[0] not in legacy:
-            raise EngineError(
-                f"{aggregate_db_path(self.settings)} holds the state of stream {row[0]!r}, but the "
-                f"stream is now {self._identity!r} (recreated?): its offsets mean nothing here; "
-                "delete that file to aggregate the new stream from its start"
-            )
+        lost = row[0] if row[0] != self._identity and row[0] not in legacy else None
+        self.stream_pos = row[10]
         (state.watermark, state.max_event_time, state.next_emit, state.max_minute) = row[2:6]
         (state.events_in, state.late, state.duplicates, state.windows_emitted) = row[6:10]
         for minute, count, total, hashes in self._conn.execute("SELECT * FROM open_windows"):
             state.open[minute] = [count, total, set(hashes.split(",")) if hashes else set()]
         for minute, revision, count, total in self._conn.execute("SELECT * FROM provisional"):
             state.provisional[minute] = (revision, count, total)
-        return state, row[1]
+        return state, row[1], lost
 
-    def _commit(self, offset: Offset | None, late: list[LateEvent], windows: list[Window]) -> None:
-        """State, late events and emitted rows: one transaction, all or nothing."""
+    def _commit(
+        self, offset: Offset | None, late: list[LateEvent], windows: list[Window], reset: str | None = None
+    ) -> None:
+        """State, late events, emitted rows (and a stream reset): one transaction, all or nothing."""
         s = self.state
         conn = self._conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
-                "INSERT OR REPLACE INTO engine_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO engine_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     self._identity,
                     offset,
@@ -205,8 +224,11 @@ class Engine:
                     s.duplicates,
                     s.windows_emitted,
                     now,
+                    self.stream_pos,
                 ),
             )
+            if reset is not None:
+                conn.execute("INSERT INTO stream_resets (details) VALUES (?)", (reset,))
             # Only the windows touched since the last commit: live mode commits every few ms.
             changed = [m for m in s.dirty if m in s.open]
             conn.executemany(
@@ -318,11 +340,43 @@ class Engine:
         }
 
     # -- processing ------------------------------------------------------------------------
+    def _reset(self, old: str, new: str) -> int:
+        """The stream `old` is gone: record what was lost, re-derive the affected minutes from the
+        open windows and the archive, adopt `new` from its start (see `rtml.aggregate.recovery`)."""
+        from rtml.aggregate.recovery import loss, rederive
+
+        report = loss(self.settings, old, new, self.offset, self.stream_pos, self.state)
+        rederive(self.settings, report, self.state)
+        windows = self.state.pop_final()
+        self._identity, self.stream_pos = new, 0
+        self._commit(None, [], windows, reset=json.dumps(report))
+        log.warning("stream lost and recovered: %s", report)
+        emitted = self.deliver() if windows or self._undelivered else 0
+        self.deliver_resets()
+        return emitted
+
+    def deliver_resets(self) -> None:
+        """Recorded stream resets to `on_reset`; retried at most every 10 s while it fails."""
+        if self.on_reset is None or (self._resets_tried and time.monotonic() - self._resets_tried < 10):
+            return
+        from rtml.aggregate.recovery import deliver_resets
+
+        self._resets_tried = 0.0 if deliver_resets(self._conn, self.on_reset) else time.monotonic()
+
     def step(self) -> Progress:
         """Read one batch, apply it, commit, deliver."""
-        rows, last = self.stream.read_slim(self.offset, self.batch)
+        try:
+            rows, last = self.stream.read_slim(self.offset, self.batch)
+        except StreamReset as exc:
+            reset = self._reset(exc.old, exc.new)
+            step = self.step()  # the new stream, from its start
+            return Progress(step.events, step.emitted + reset)
         if not rows:
+            if self._resets_tried:
+                self.deliver_resets()
             return Progress(0, self.deliver() if self._undelivered else 0)
+        if self.stream_pos is not None:
+            self.stream_pos += len(rows)
         late = self.state.add(rows)
         windows = self.state.pop_final()
         self._commit(last, late, windows)
@@ -429,6 +483,7 @@ def run(
     on_progress: Callable[[Progress], None] | None = None,
     batch: int = BATCH,
     sinks: Sequence[MinuteSink] | None = None,
+    on_reset: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop)."""
     stop = threading.Event()
@@ -438,7 +493,7 @@ def run(
             signal.signal(sig, lambda *_: stop.set())
         if sinks is None:
             sinks = minute_sinks(settings, live=True)
-    engine = Engine(settings, sinks=sinks, batch=batch)
+    engine = Engine(settings, sinks=sinks, batch=batch, on_reset=on_reset)
     try:
         if drain:
             return engine.drain(on_progress)

@@ -5,6 +5,8 @@ Spark and pandas prune partitions). The archiver is a stream consumer with its o
 (`archiver`): it reads after its committed offset, writes one file per touched hour named after
 the batch's first offset, then commits. A crash before the commit makes the next run read the
 same batch again from the same offset and overwrite the same files, so nothing is doubled.
+A lost stream (a Redis that restarted empty) is archived again from the new one's start: what
+the archive already holds stays, and is what the engine re-derives lost minutes from.
 Small files are compacted into one per hour (write new, rename, delete old); a crash inside a
 compaction can leave a row in two files, which is why `read_events` returns distinct rows.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rtml.config import Settings
-from rtml.stream import COLUMNS, Stream, open_stream
+from rtml.stream import COLUMNS, Stream, StreamReset, open_stream
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +66,11 @@ def archive_pending(settings: Settings, stream: Stream | None = None, *, compact
     try:
         after = log.committed(CONSUMER)
         while True:
-            batch = log.read(after, BATCH)
+            try:
+                batch = log.read(after, BATCH)
+            except StreamReset:  # the stream was lost (Redis restarted empty): archive the new one
+                after = None
+                continue
             if not batch:
                 break
             name = "part-" + re.sub(r"[^0-9A-Za-z]", "_", batch[0][0]) + ".parquet"

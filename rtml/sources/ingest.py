@@ -27,6 +27,7 @@ from rtml.sources.buffer import Held, OutageBuffer
 from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
+from rtml.stream.ledger import AppendLedger
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,6 +76,8 @@ class Ingestor:
         self._own_stream = stream is None
         self.dedup = open_dedup(settings)
         self.store = open_ingest_store(settings)
+        # Where the stream can be lost under its readers (Redis), what each batch appended.
+        self.ledger = AppendLedger(settings) if settings.profile == "services" else None
         self.totals = Counts()
         # Store failures a replay or synthetic run survived (logged and retried).
         self.errors = 0
@@ -221,6 +224,8 @@ class Ingestor:
             if fresh:
                 self.stream.append_rows(fresh)
                 self.dedup.mark([r[0] for r in fresh])
+                if self.ledger is not None and self.stream.last_append is not None:
+                    self.ledger.record(self.stream.last_append, fresh)
         counts = Counts(received, len(rows), len(rows) - len(fresh), len(dead), len(fresh))
         self.store.record(dead, counts.as_dict())
         self.totals += counts
@@ -244,6 +249,8 @@ class Ingestor:
         self._show_buffer()
         self.dedup.close()
         self.store.close()
+        if self.ledger is not None:
+            self.ledger.close()
         if self._own_stream:
             self.stream.close()
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rtml.config import Settings
-from rtml.stream.base import COLUMNS, Offset, Row, Slim, Stream
+from rtml.stream.base import COLUMNS, AppendMark, Offset, Row, Slim, Stream, StreamReset
 
-__all__ = ["COLUMNS", "Offset", "Row", "Slim", "Stream", "open_stream", "stream_path"]
+__all__ = ["COLUMNS", "AppendMark", "Offset", "Row", "Slim", "Stream", "StreamReset", "open_stream", "stream_path"]
 
 
 def stream_path(settings: Settings) -> str:

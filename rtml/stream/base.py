@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rtml.contracts import TxEvent
 
@@ -25,10 +26,31 @@ Slim = tuple[str, int, int]
 COLUMNS = ("tx_hash", "event_time", "fee_sat", "size", "source", "ingest_time")
 
 
+class StreamReset(RuntimeError):
+    """The log was lost and recreated under this reader (a Redis that restarted empty): offsets
+    of the old one mean nothing in the new one. Raised once; the reader's `identity` is the new one."""
+
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__(f"the stream {old!r} was lost; it is now {new!r}")
+        self.old, self.new = old, new
+
+
+@dataclass(frozen=True)
+class AppendMark:
+    """Where the last append left a log: its identity, last offset, and how many entries the log
+    has taken since it was created (None where the backend cannot tell)."""
+
+    identity: str
+    offset: Offset
+    entries_added: int | None
+
+
 class Stream(ABC):
     # Names this log for its whole life (a recreated log gets a new one), so a consumer that
     # keeps its offset elsewhere can tell that the offset no longer means anything.
     identity: str
+    # Set by backends that can be lost under their readers (Redis): see `ledger.AppendLedger`.
+    last_append: AppendMark | None = None
 
     def append(self, events: Sequence[TxEvent]) -> Offset | None:
         """Append durably, in order; returns the offset of the last event (None for no events)."""

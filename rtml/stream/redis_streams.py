@@ -4,6 +4,13 @@ Each entry has one field `j`, a compact JSON array in TxEvent field order
 `[tx_hash, event_time, fee_sat, size, source, ingest_time]`: one field keeps entries small
 and lets a reader decode a whole batch with a single `json.loads` (the Spark data source
 reads exactly this format). Consumer offsets live in the hash `{namespace}:offsets`.
+
+A Redis without persistence that restarts comes back empty: the stream is gone under its
+readers. The key `{namespace}:stream:identity` names the stream; whoever first finds it missing
+(an append, a read, an open) names the new stream and drops the old offsets, atomically. Every
+read checks the name in the same round trip and raises `StreamReset` once when it changed;
+offset commits are written only under the name they were read from, so a stale one never lands
+in the new stream's offsets.
 """
 
 from __future__ import annotations
@@ -17,15 +24,27 @@ from typing import Any
 import redis
 
 from rtml.contracts import TxEvent
-from rtml.stream.base import Offset, Row, Slim, Stream
+from rtml.stream.base import AppendMark, Offset, Row, Slim, Stream, StreamReset
 
 # Entries per script call.
 _CHUNK = 5000
 
 
-# One round trip, atomic (a script runs whole or not at all), in order; returns the last id.
+# Name the stream if it has no name (new, or lost), dropping the offsets of the lost one.
+_ENSURE = "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then redis.call('DEL', KEYS[2]) end "
+# One round trip, atomic (a script runs whole or not at all), in order; returns the last id,
+# the stream's name and how many entries it has taken since it was created (-1 before Redis 7).
 _XADD_ALL = (
-    "local last for i = 1, #ARGV do last = redis.call('XADD', KEYS[1], '*', 'j', ARGV[i]) end return last"
+    "if redis.call('SET', KEYS[2], ARGV[1], 'NX') then redis.call('DEL', KEYS[3]) end "
+    "local last for i = 2, #ARGV do last = redis.call('XADD', KEYS[1], '*', 'j', ARGV[i]) end "
+    "local info = redis.call('XINFO', 'STREAM', KEYS[1]) local added = -1 "
+    "for i = 1, #info, 2 do if info[i] == 'entries-added' then added = info[i + 1] end end "
+    "return {last, redis.call('GET', KEYS[2]), added}"
+)
+_NAME = _ENSURE + "return redis.call('GET', KEYS[1])"
+# An offset commit lands only in the stream it was read from.
+_COMMIT = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) return 1 end return 0"
 )
 
 
@@ -36,23 +55,43 @@ class RedisStream(Stream):
         # than everything else the engine does with an event.
         self._r.set_response_callback("XRANGE", lambda response, **_: response)
         self._xadd_all = self._r.register_script(_XADD_ALL)
+        self._name = self._r.register_script(_NAME)
+        self._commit = self._r.register_script(_COMMIT)
         self.key = f"{namespace}:stream:tx"
         self.offsets_key = f"{namespace}:offsets"
-        id_key = f"{namespace}:stream:identity"
-        self._r.set(id_key, f"redis:{self.key}:{uuid.uuid4().hex}", nx=True)
-        self.identity = self._r.get(id_key).decode()  # type: ignore[union-attr]
+        self.id_key = f"{namespace}:stream:identity"
+        self.identity = self._current_name()
+
+    def _current_name(self) -> str:
+        """The stream's name, naming it (and dropping stale offsets) if it has none."""
+        name = self._name(keys=[self.id_key, self.offsets_key], args=[f"redis:{self.key}:{uuid.uuid4().hex}"])
+        return name.decode()  # type: ignore[no-any-return]
 
     def append_rows(self, rows: Sequence[Row]) -> Offset | None:
         last: Offset | None = None
         dumps = json.JSONEncoder(separators=(",", ":")).encode
+        keys = [self.key, self.id_key, self.offsets_key]
         for start in range(0, len(rows), _CHUNK):
-            ids = self._xadd_all(keys=[self.key], args=[dumps(row) for row in rows[start : start + _CHUNK]])
+            name = f"redis:{self.key}:{uuid.uuid4().hex}"
+            ids, identity, added = self._xadd_all(
+                keys=keys, args=[name, *(dumps(row) for row in rows[start : start + _CHUNK])]
+            )
             last = ids.decode()
+            self.last_append = AppendMark(identity.decode(), last, int(added) if int(added) >= 0 else None)
         return last
 
     def _range(self, after: Offset | None, limit: int) -> list[Any]:
+        """XRANGE and the stream's name in one round trip; `StreamReset` once the name changed."""
         low = f"({after}" if after is not None else "-"
-        return self._r.xrange(self.key, min=low, max="+", count=limit)  # type: ignore[return-value]
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(self.id_key)
+        pipe.xrange(self.key, min=low, max="+", count=limit)
+        name, entries = pipe.execute()
+        current = name.decode() if name is not None else self._current_name()
+        if current != self.identity:
+            old, self.identity = self.identity, current
+            raise StreamReset(old, current)
+        return entries  # type: ignore[no-any-return]
 
     @staticmethod
     def _decode(entries: list[Any]) -> list[list[Any]]:
@@ -75,7 +114,7 @@ class RedisStream(Stream):
         return None if value is None else value.decode()  # type: ignore[union-attr]
 
     def commit(self, consumer: str, offset: Offset) -> None:
-        self._r.hset(self.offsets_key, consumer, offset)
+        self._commit(keys=[self.id_key, self.offsets_key], args=[self.identity, consumer, offset])
 
     def count_after(self, after: Offset | None) -> int:
         if after is None:

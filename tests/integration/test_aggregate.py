@@ -315,21 +315,41 @@ def test_live_mode_rides_out_a_failing_sink(settings: Settings, dense_replay: li
     assert [flaky.rows[m.minute] for m in engine_rows] == engine_rows
 
 
-def test_a_recreated_stream_is_refused_not_skipped(
+def test_a_lost_stream_is_recovered_from_the_archive_and_adopted_from_its_start(
     backend_settings: Settings, dense_replay: list[Row]
 ) -> None:
-    """New offsets restart from the beginning: an old offset would silently skip events."""
-    _append(backend_settings, dense_replay[:1_000])
-    engine = _engine(backend_settings)
-    engine.drain()
-    engine.close()
-    if backend_settings.profile == "services":
+    """The stream is lost with 2,000 events the engine had not read, which only the archive
+    holds; a new stream follows. The engine notices (while running on Redis, at its next start
+    on SQLite), records the reset, re-derives those minutes from the archive and reads the new
+    stream from its start: the minutes equal the reference of everything, none was skipped."""
+    from rtml.archive.parquet_lake import archive_pending
+
+    rows = dense_replay[:4_000]
+    _append(backend_settings, rows[:3_000])
+    resets: list[dict] = []
+    engine = Engine(backend_settings, sinks=[MinutesTable(aggregate_db_path(backend_settings))],
+                    batch=1_000, on_reset=resets.append)  # fmt: skip
+    assert engine.step().events == 1_000
+    offset = engine.offset
+    assert archive_pending(backend_settings) == 3_000  # the archiver is ahead of the engine
+    services = backend_settings.profile == "services"
+    if services:  # a Redis that restarted empty, under the running engine
         import redis
 
         r = redis.Redis.from_url(backend_settings.redis_url)
-        r.delete(*r.scan_iter(f"{backend_settings.namespace}:stream:*"))
+        r.delete(*r.scan_iter(f"{backend_settings.namespace}:*"))
     else:
+        engine.close()
         Path(stream_path(backend_settings)).unlink()
-    _append(backend_settings, dense_replay[1_000:2_000])
-    with pytest.raises(RuntimeError, match="recreated"):
-        _engine(backend_settings)
+    _append(backend_settings, rows[3_000:])
+    if not services:
+        engine = Engine(backend_settings, sinks=[MinutesTable(aggregate_db_path(backend_settings))],
+                        on_reset=resets.append)  # fmt: skip
+    engine.drain()
+    engine.close()
+    assert read_minutes(backend_settings) == reference_minutes(rows)
+    assert len(resets) == 1
+    reset = resets[0]
+    assert reset["committed_offset"] == offset and reset["events_consumed"] == 1_000
+    assert reset["recovered_from_archive"] == 2_000 and reset["rederived_minutes"] > 0
+    assert aggregate_counters(backend_settings)["lag_events"] == 0

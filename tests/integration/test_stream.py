@@ -155,3 +155,43 @@ def test_wire_formats_other_readers_rely_on(stream_settings: Settings, stream: S
         ).fetchall()
         assert got == [(int(offset), *row)]
         conn.close()
+
+
+def test_a_redis_stream_lost_under_its_readers_is_named_anew_once(
+    data_dir: object, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that restarted empty (its keys gone): the first reader to look raises StreamReset
+    once and follows the new stream; the old offsets are dropped, and a commit made against the
+    old stream never lands in the new one's offsets."""
+    import redis
+
+    from rtml.stream import StreamReset
+
+    monkeypatch.setenv("RTML_REDIS_URL", redis_url)
+    monkeypatch.setenv("RTML_PROFILE", "services")
+    settings = get_settings()
+    r = redis.Redis.from_url(redis_url)
+    writer, reader, stale = open_stream(settings), open_stream(settings), open_stream(settings)
+    try:
+        writer.append([_event(i) for i in range(10)])
+        mark = writer.last_append
+        assert mark is not None and mark.identity == reader.identity and mark.entries_added == 10
+        page = reader.read(None, 100)
+        reader.commit("aggregator", page[-1][0])
+        old = reader.identity
+        r.delete(*r.scan_iter(f"{settings.namespace}:stream:*"))  # the loss (the offsets hash survives it)
+        assert r.hget(f"{settings.namespace}:offsets", "aggregator") is not None
+        writer.append([_event(i) for i in range(10, 13)])  # names the new stream
+        assert writer.last_append is not None and writer.last_append.identity != old
+        assert writer.last_append.entries_added == 3
+        with pytest.raises(StreamReset) as lost:
+            reader.read(page[-1][0], 100)
+        assert (lost.value.old, lost.value.new) == (old, writer.last_append.identity)
+        assert [e.tx_hash for _, e in reader.read(None, 100)] == [_event(i).tx_hash for i in range(10, 13)]
+        assert reader.committed("aggregator") is None  # the old offsets went with the old stream
+        stale.commit("archiver", page[-1][0])  # still believes in the old stream
+        assert reader.committed("archiver") is None
+    finally:
+        for s in (writer, reader, stale):
+            s.close()
+        r.delete(*r.scan_iter(f"{settings.namespace}:*"))
