@@ -111,6 +111,8 @@ class EventLog:
 
     @property
     def _pg(self) -> psycopg.Connection:
+        """The connection for reads, which see spooled events: the spool is drained first."""
+        self._spool.drain(self._write)
         return self._link.conn
 
     def find(self, key: str) -> Event | None:

@@ -15,13 +15,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from faults_pg import wait_until
 
 from rtml.config import Settings
-from rtml.spool import Spool, spool_stats
+from rtml.spool import Spool, spool_stats, unreachable
 
 # The flusher: drains every spool in small batches (many transactions to be killed between).
 FLUSHER = """
@@ -66,25 +68,31 @@ def _records(start: int, n: int, kind: str) -> list:
     ]
 
 
-def _flush_under_fire(settings: Settings) -> int:
-    """Run the flusher, SIGKILL it at a random moment after it starts draining; again until it
-    finishes. Returns how many flushers were killed."""
+def _flush_under_fire(settings: Settings, kills: int = 3) -> list[int]:
+    """Run the flusher `kills` times, each SIGKILLed at a random moment after it started
+    draining, then once to the end; returns the records left spooled after each kill."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     rng = random.Random()
-    kills = 0
-    for _ in range(20):
+    left = []
+    for attempt in range(kills + 1):
         proc = subprocess.Popen([sys.executable, "-c", FLUSHER], stdout=subprocess.PIPE, env=env, text=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "draining"
-        timer = threading.Timer(rng.uniform(0.0, 0.4), lambda p=proc: p.send_signal(signal.SIGKILL))
-        timer.start()
+        if attempt < kills:  # once a batch or more went (mid-flush), at a random moment after
+            before = sum(s["records"] for s in spool_stats(settings).values())
+            wait_until(
+                lambda b=before, p=proc: p.poll() is not None or sum(s["records"] for s in spool_stats(settings).values()) < b,
+                30, "the flusher drains", every=0.005,
+            )  # fmt: skip
+            time.sleep(rng.uniform(0.0, 0.05))  # the kill's moment is the fault, not a synchronisation
+            proc.send_signal(signal.SIGKILL)
         out = proc.stdout.read()
         proc.wait(60)
-        timer.cancel()
-        if "drained" in out:
-            return kills
-        kills += 1
-    raise AssertionError("the flusher never finished")
+        if attempt < kills:
+            left.append(sum(s["records"] for s in spool_stats(settings).values()))
+        else:
+            assert "drained" in out
+    return left
 
 
 def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings, object]) -> None:
@@ -94,6 +102,7 @@ def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings
     from rtml.serving.prediction_log import PredictionStore, read_judged
 
     settings, pg = private_postgres
+    clock = time.monotonic()
     events, predictions, sink = EventLog(settings), PredictionStore(settings), FeatureStoreSink(settings)
     # Before: PostgreSQL answers.
     for i in range(50):
@@ -101,6 +110,7 @@ def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings
     predictions.write(_records(0, 50, "pipeline") + _records(0, 50, "online"), {})
     sink.write_frame(_minutes(0, 30))
 
+    print(f"before: {time.monotonic() - clock:.1f} s")
     pg.stop()  # type: ignore[attr-defined]
     for i in range(300):  # every write returns: nothing raises, nothing blocks
         events.record("test.during", key=f"d{i}" if i % 2 else None, i=i)
@@ -108,19 +118,21 @@ def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings
     for start in range(30, 90, 10):
         sink.write_frame(_minutes(start, 10))
     sink.write_frame(_minutes(85, 5, revision=1))  # a newer revision of spooled minutes
+    print(f"during: {time.monotonic() - clock:.1f} s")
     stats = spool_stats(settings)
     assert stats["events"]["records"] == 300 and stats["predictions"]["records"] == 300
     assert stats["offline_minutes"]["records"] == 60
-    with pytest.raises(ConnectionError):  # monitoring does not judge while forecasts are spooled
+    with pytest.raises(Exception) as refused:  # monitoring does not judge while forecasts are spooled
         read_judged(settings, 0, 10**12)
+    assert unreachable(refused.value)  # what the scheduler waits out
 
     pg.start()  # type: ignore[attr-defined]
     # A crash after a write reached PostgreSQL, before the spool forgot it: written again below.
     offline = PostgresMinutes(settings)
     offline.write_spooled(offline_spool(settings).records()[:20])
     predictions._write_pg(predictions.spool.records()[:40])
-    kills = _flush_under_fire(settings)
-    print(f"flushers killed mid-drain: {kills}")
+    left = _flush_under_fire(settings)
+    print(f"records left spooled after each SIGKILL of the flusher: {left}")
 
     assert all(s["records"] == 0 and s["dropped"] == 0 for s in spool_stats(settings).values())
     assert events.count("test.before") == 50 and events.count("test.during") == 300
