@@ -190,3 +190,44 @@ def test_spool_bound_and_retention(settings: Settings) -> None:
     assert spool.drain(lambda batch: written.extend(k for k, _ in batch)) == 0  # now: all expired
     assert written == [] and not spool.pending() and spool.dropped() == 8
     spool.close()
+
+
+def test_registry_outage_between_registration_and_promotion(
+    private_postgres: tuple[Settings, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduled bootstrap registers its baseline, then PostgreSQL goes away before the
+    promotion: the job waits, and its retry promotes that same version (one version, one of
+    each event), with no `scheduler.job_failed`."""
+    from rtml.features.offline import PostgresMinutes, to_source_frame
+    from rtml.model import registry
+    from rtml.model.train import bootstrap_champion
+    from rtml.monitoring.events import EventLog
+    from rtml.ops.scheduler import Job, Scheduler
+
+    settings, pg = private_postgres
+    offline = PostgresMinutes(settings)
+    offline.upsert(to_source_frame(_minutes(0, 120)))
+    offline.close()
+    end = pd.Timestamp("2026-01-01 02:00", tz="UTC")
+    original = registry.log_candidate
+    outage: list[threading.Timer] = []
+
+    def log_then_fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        version = original(*args, **kwargs)
+        if not outage:  # the first registration reached the registry; now it goes away for 3 s
+            pg.stop()  # type: ignore[attr-defined]
+            outage.append(threading.Timer(3.0, pg.start))  # type: ignore[attr-defined]
+            outage[0].start()
+        return version
+
+    monkeypatch.setattr(registry, "log_candidate", log_then_fail)
+    scheduler = Scheduler(settings, [Job("baseline", lambda t: bootstrap_champion(settings, end.to_pydatetime()), after_minutes=1)])
+    scheduler.fire(int(end.timestamp() * 1000), scheduler.jobs[0])
+    scheduler.close()
+    assert outage, "the fault was injected"
+    versions = registry.list_versions(settings)
+    assert [v["version"] for v in versions] == ["1"] and registry.champion_version(settings) == "1"
+    events = EventLog(settings)
+    counts = {k: events.count(k) for k in ("model.baseline", "model.promoted", "scheduler.job_waiting", "scheduler.job_failed")}
+    events.close()
+    assert counts == {"model.baseline": 1, "model.promoted": 1, "scheduler.job_waiting": 1, "scheduler.job_failed": 0}
