@@ -128,6 +128,7 @@ def gather_status(settings: Settings) -> dict:
             }
         )
     from rtml.ops.retention import store_stats
+    from rtml.spool import spool_stats
 
     return {
         "supervisor_pid": pid,
@@ -136,6 +137,9 @@ def gather_status(settings: Settings) -> dict:
         "components": comps,
         **pipeline_facts(settings),
         "stores": store_stats(settings),
+        # services: records waiting in the local spool for PostgreSQL, and those the spool's
+        # bound or age dropped, per store (rtml.spool)
+        **({"spool": spool_stats(settings)} if settings.profile == "services" else {}),
     }
 
 
