@@ -97,7 +97,7 @@ class FeatureStoreSink:
         source = to_source_frame(minutes)
         spool = offline_spool(self.settings) if isinstance(self.offline, PostgresMinutes) else None
         try:
-            if spool is not None and spool.pending():
+            if spool is not None and (self._unpushed or spool.pending()):
                 self._drain(spool)
             winners = self.offline.upsert(source)
         except Exception as exc:

@@ -97,6 +97,7 @@ def _flush_under_fire(settings: Settings, kills: int = 3) -> list[int]:
 
 def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings, object]) -> None:
     from rtml.features.offline import PostgresMinutes, offline_spool, to_source_frame
+    from rtml.features.online import OnlineMinutes
     from rtml.features.writer import FeatureStoreSink
     from rtml.monitoring.events import EventLog
     from rtml.serving.prediction_log import PredictionStore, read_judged
@@ -110,6 +111,7 @@ def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings
     predictions.write(_records(0, 50, "pipeline") + _records(0, 50, "online"), {})
     sink.write_frame(_minutes(0, 30))
 
+    reader = OnlineMinutes(settings, sink.store)  # as serving's, opened before the outage
     print(f"before: {time.monotonic() - clock:.1f} s")
     pg.stop()  # type: ignore[attr-defined]
     for i in range(300):  # every write returns: nothing raises, nothing blocks
@@ -119,6 +121,9 @@ def test_outage_spools_then_drains_exactly_once(private_postgres: tuple[Settings
         sink.write_frame(_minutes(start, 10))
     sink.write_frame(_minutes(85, 5, revision=1))  # a newer revision of spooled minutes
     print(f"during: {time.monotonic() - clock:.1f} s")
+    # Serving stays fresh: the online window got the spooled minutes, the newest revision too.
+    keys, *_, revisions = reader.window()
+    assert keys[-1] == int(pd.Timestamp("2026-01-01 01:29", tz="UTC").timestamp()) and revisions[-1] == 1
     stats = spool_stats(settings)
     assert stats["events"]["records"] == 300 and stats["predictions"]["records"] == 300
     assert stats["offline_minutes"]["records"] == 60
