@@ -14,6 +14,7 @@ directly (`load_champion`), which is far faster per row than pyfunc.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import warnings
@@ -58,6 +59,9 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow's own SQL store still uses a loader SQLAlchemy deprecated: noise to our users.
     warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated")
+    # MLflow logs every failed query with its traceback before raising it; rtml reports what
+    # it raises (serving polls the registry every second: an outage would flood the log).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def tracking_uri(settings: Settings) -> str:

@@ -236,3 +236,38 @@ def test_registry_outage_between_registration_and_promotion(
     counts = {k: events.count(k) for k in ("model.baseline", "model.promoted", "scheduler.job_waiting", "scheduler.job_failed")}
     events.close()
     assert counts == {"model.baseline": 1, "model.promoted": 1, "scheduler.job_waiting": 1, "scheduler.job_failed": 0}
+
+
+def test_serving_answers_through_an_outage(private_postgres: tuple[Settings, object]) -> None:
+    """GET /forecast during a PostgreSQL outage: the cached champion and the online features
+    (Redis) answer, the forecasts are spooled, and each reaches the log once PostgreSQL is back."""
+    from fastapi.testclient import TestClient
+
+    from rtml.model import registry
+    from rtml.serving.app import create_app
+    from rtml.serving.prediction_log import PredictionStore
+    from rtml.serving.seed import register_models, synthetic_minutes, write_minutes
+
+    settings, pg = private_postgres
+    rows = synthetic_minutes(settings, 180)
+    write_minutes(settings, rows)
+    [version] = register_models(settings, rows, 1)
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        assert client.get("/forecast").json()["model_version"] == version
+        state = client.app.state.serving  # type: ignore[attr-defined]
+        state.log.flush()
+        pg.stop()  # type: ignore[attr-defined]
+        wait_until(lambda: registry.champion_version(settings) is None, 30, "the registry is unreachable")
+        for _ in range(5):  # the watcher polls the registry meanwhile, every second
+            response = client.get("/forecast")
+            assert response.status_code == 200, response.text
+            assert response.json()["model_version"] == version
+        state.log.flush()
+        assert spool_stats(settings)["predictions"]["records"] == 5
+        pg.start()  # type: ignore[attr-defined]
+        assert client.get("/forecast").status_code == 200  # its write drains the spool first
+        state.log.flush()
+    assert spool_stats(settings)["predictions"]["records"] == 0
+    store = PredictionStore(settings)
+    assert store.count("online") == 7
+    store.close()
