@@ -197,23 +197,28 @@ def test_spool_bound_and_retention(settings: Settings) -> None:
     spool.close()
 
 
-def test_registry_outage_between_registration_and_promotion(
+def test_registry_and_serving_ride_out_outages(
     private_postgres: tuple[Settings, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The scheduled bootstrap registers its baseline, then PostgreSQL goes away before the
+    """1. The scheduled bootstrap registers its baseline, then PostgreSQL goes away before the
     promotion: the job waits, and its retry promotes that same version (one version, one of
-    each event), with no `scheduler.job_failed`."""
-    from rtml.features.offline import PostgresMinutes, to_source_frame
+    each event), with no `scheduler.job_failed`.
+    2. GET /forecast during an outage: the cached champion and the online features (Redis)
+    answer, the forecasts are spooled, and each reaches the log once PostgreSQL is back."""
+    from fastapi.testclient import TestClient
+
     from rtml.model import registry
     from rtml.model.train import bootstrap_champion
     from rtml.monitoring.events import EventLog
     from rtml.ops.scheduler import Job, Scheduler
+    from rtml.serving.app import create_app
+    from rtml.serving.prediction_log import PredictionStore
+    from rtml.serving.seed import synthetic_minutes, write_minutes
 
     settings, pg = private_postgres
-    offline = PostgresMinutes(settings)
-    offline.upsert(to_source_frame(_minutes(0, 120)))
-    offline.close()
-    end = pd.Timestamp("2026-01-01 02:00", tz="UTC")
+    rows = synthetic_minutes(settings, 120)
+    write_minutes(settings, rows)
+    end = rows[-1].event_time
     original = registry.log_candidate
     outage: list[threading.Timer] = []
 
@@ -226,34 +231,19 @@ def test_registry_outage_between_registration_and_promotion(
         return version
 
     monkeypatch.setattr(registry, "log_candidate", log_then_fail)
-    scheduler = Scheduler(settings, [Job("baseline", lambda t: bootstrap_champion(settings, end.to_pydatetime()), after_minutes=1)])
+    scheduler = Scheduler(settings, [Job("baseline", lambda t: bootstrap_champion(settings, end), after_minutes=1)])
     scheduler.fire(int(end.timestamp() * 1000), scheduler.jobs[0])
     scheduler.close()
     assert outage, "the fault was injected"
-    versions = registry.list_versions(settings)
-    assert [v["version"] for v in versions] == ["1"] and registry.champion_version(settings) == "1"
+    assert [v["version"] for v in registry.list_versions(settings)] == ["1"]
+    assert registry.champion_version(settings) == "1"
     events = EventLog(settings)
     counts = {k: events.count(k) for k in ("model.baseline", "model.promoted", "scheduler.job_waiting", "scheduler.job_failed")}
     events.close()
     assert counts == {"model.baseline": 1, "model.promoted": 1, "scheduler.job_waiting": 1, "scheduler.job_failed": 0}
 
-
-def test_serving_answers_through_an_outage(private_postgres: tuple[Settings, object]) -> None:
-    """GET /forecast during a PostgreSQL outage: the cached champion and the online features
-    (Redis) answer, the forecasts are spooled, and each reaches the log once PostgreSQL is back."""
-    from fastapi.testclient import TestClient
-
-    from rtml.model import registry
-    from rtml.serving.app import create_app
-    from rtml.serving.prediction_log import PredictionStore
-    from rtml.serving.seed import register_models, synthetic_minutes, write_minutes
-
-    settings, pg = private_postgres
-    rows = synthetic_minutes(settings, 180)
-    write_minutes(settings, rows)
-    [version] = register_models(settings, rows, 1)
     with TestClient(create_app(settings), base_url="http://localhost") as client:
-        assert client.get("/forecast").json()["model_version"] == version
+        assert client.get("/forecast").json()["model_version"] == "1"
         state = client.app.state.serving  # type: ignore[attr-defined]
         state.log.flush()
         pg.stop()  # type: ignore[attr-defined]
@@ -261,7 +251,7 @@ def test_serving_answers_through_an_outage(private_postgres: tuple[Settings, obj
         for _ in range(5):  # the watcher polls the registry meanwhile, every second
             response = client.get("/forecast")
             assert response.status_code == 200, response.text
-            assert response.json()["model_version"] == version
+            assert response.json()["model_version"] == "1"
         state.log.flush()
         assert spool_stats(settings)["predictions"]["records"] == 5
         pg.start()  # type: ignore[attr-defined]
