@@ -48,7 +48,7 @@ def unreachable(exc: BaseException) -> bool:
     connection cut), rather than that the request itself was wrong: the one failure worth waiting out."""
     import psycopg
 
-    kinds: list[type[BaseException]] = [psycopg.OperationalError, ConnectionError, TimeoutError]
+    kinds: list[type[BaseException]] = [psycopg.OperationalError, ConnectionError]
     if "sqlalchemy" in sys.modules:  # MLflow's registry; wrapped in MlflowException (the cause)
         import sqlalchemy.exc
 

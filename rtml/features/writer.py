@@ -59,7 +59,12 @@ class FeatureStoreSink:
         self._offline: OfflineMinutes | None = None
         self._unpushed: set[int] = set()  # minute keys whose online push waits for PostgreSQL
         if open_now:
-            self.store, self.offline  # noqa: B018 - open both stores now, not at the first write
+            try:
+                self.store, self.offline  # noqa: B018 - open both stores now, not at the first write
+            except Exception as exc:  # an engine starting during a PostgreSQL outage still starts
+                if not unreachable(exc):
+                    raise
+                log.warning("feature store unreachable (%s): opened at the first write", exc)
 
     @property
     def store(self) -> FeatureStore:
@@ -92,7 +97,7 @@ class FeatureStoreSink:
         source = to_source_frame(minutes)
         spool = offline_spool(self.settings) if isinstance(self.offline, PostgresMinutes) else None
         try:
-            if spool is not None and spool.pending():
+            if spool is not None and (self._unpushed or spool.pending()):
                 self._drain(spool)
             winners = self.offline.upsert(source)
         except Exception as exc:

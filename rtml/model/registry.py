@@ -14,6 +14,7 @@ directly (`load_champion`), which is far faster per row than pyfunc.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import warnings
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import pandas as pd
 
+from rtml.aggregate.clock import current_boundary
 from rtml.config import Settings
 from rtml.model.baselines import PointBaseline
 from rtml.model.gbm import META_FILE, QuantileGBM
@@ -42,6 +44,8 @@ OUTPUT_COLUMNS = ("p10", "p50", "p90")
 # A version's `kind` tag: a trained model, or a calibrated baseline (the bootstrap champion).
 # Versions registered before kinds existed carry no tag and are models.
 KIND_TAG = "kind"
+# The scheduler boundary a scheduled training ran at (see `log_candidate`).
+BOUNDARY_TAG = "boundary_ms"
 Forecaster = QuantileGBM | PointBaseline
 
 _clients: dict[str, MlflowClient] = {}
@@ -55,6 +59,9 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow's own SQL store still uses a loader SQLAlchemy deprecated: noise to our users.
     warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated")
+    # MLflow logs every failed query with its traceback before raising it; rtml reports what
+    # it raises (serving polls the registry every second: an outage would flood the log).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -345,7 +352,12 @@ def log_candidate(
     run_id: str,
     tags: dict[str, str],
 ) -> str:
-    """Log the model (pyfunc with its signature, LightGBM files inside) and register a new version."""
+    """Log the model (pyfunc with its signature, LightGBM files inside) and register a new version.
+
+    Within a scheduled job, at most one version of each kind per boundary: a job retried after
+    a PostgreSQL outage gets the version its first try registered (that try's MLflow run, when
+    the outage cut it before the registration, stays behind without a version).
+    """
     import tempfile
 
     import lightgbm
@@ -368,6 +380,14 @@ def log_candidate(
     c = client(settings)
     if not _has_model(c):
         c.create_registered_model(MODEL_NAME, description="P10/P50/P90 of fee_avg_sat 5 minutes ahead")
+    boundary = current_boundary.get()
+    if boundary is not None:
+        # A scheduled training registers one version per boundary: a retry after the registry
+        # went away mid-way (the scheduler waits for it) finds the version of the first try.
+        tags[BOUNDARY_TAG] = str(boundary)
+        for mv in c.search_model_versions(f"name='{MODEL_NAME}'"):
+            if mv.tags.get(BOUNDARY_TAG) == str(boundary) and mv.tags.get(KIND_TAG) == tags[KIND_TAG]:
+                return str(mv.version)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The signature is explicit; an input example would only slow logging down (NOTES.md).
         warnings.filterwarnings("ignore", message=".*An input example was not provided")

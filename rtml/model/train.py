@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from rtml.aggregate.clock import current_boundary
 from rtml.config import Settings
 from rtml.model.backtest import BacktestResult, backtest, wql
 from rtml.model.baselines import PointBaseline, baseline_factories, servable_factories
@@ -238,9 +239,12 @@ def train(
     version = registry.log_candidate(settings, model, frame.tail(200), run.info.run_id, version_tags)
     log = EventLog(settings)
     try:
-        log.record("model.gate", version=version, run_id=run.info.run_id, **decision.to_dict())
+        # keyed within a scheduled job: its retry after an outage records the decision once
+        key = None if (b := current_boundary.get()) is None else f"v{version}@{b}"
+        log.record("model.gate", key=key and f"model.gate:{key}", version=version, run_id=run.info.run_id,
+                   **decision.to_dict())  # fmt: skip
         if not decision.promote:
-            log.record("model.rejected", version=version, reasons=decision.reasons)
+            log.record("model.rejected", key=key and f"model.rejected:{key}", version=version, reasons=decision.reasons)
     finally:
         log.close()
     if decision.promote:
@@ -326,7 +330,8 @@ def bootstrap_champion(settings: Settings, end: datetime, console: Console | Non
     version = registry.log_candidate(settings, model, frame.tail(200), run.info.run_id, tags)
     log = EventLog(settings)
     try:
-        log.record("model.baseline", version=version, baseline=best, wql=result.summary[best].wql, rows=len(frame))
+        key = None if (b := current_boundary.get()) is None else f"model.baseline:v{version}@{b}"  # once per boundary
+        log.record("model.baseline", key=key, version=version, baseline=best, wql=result.summary[best].wql, rows=len(frame))
     finally:
         log.close()
     registry.promote(settings, version, reason=f"bootstrap: best calibrated baseline {best}")

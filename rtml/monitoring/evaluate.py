@@ -14,6 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from rtml.config import Settings
 from rtml.contracts import datetime_to_ms, ms_to_datetime
 from rtml.model.backtest import QUANTILES, evaluate, pinball
 from rtml.serving.prediction_log import PredictionRecord
+
+if TYPE_CHECKING:
+    import psycopg
 
 QUANTILE_COLUMNS = ("p10", "p50", "p90")
 FORECAST_COLUMNS = ("target_minute", *QUANTILE_COLUMNS, "model_version")
@@ -118,17 +122,26 @@ class QualityStore:
             "model_version TEXT NOT NULL, breach INTEGER NOT NULL, judged_ms BIGINT NOT NULL)"
         )
         if self._services:
-            import psycopg
+            from rtml.spool import PgLink
 
             self._table = f'"{settings.namespace}".quality_hours'
-            self._pg = psycopg.connect(settings.postgres_dsn, autocommit=True)
-            self._pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-            self._pg.execute(ddl.format(t=self._table))
+
+            def create(conn: psycopg.Connection) -> None:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+                conn.execute(ddl.format(t=self._table))
+
+            # The monitor keeps this store open across boundaries: a PostgreSQL restart must
+            # not leave it holding a dead connection (the link opens a new one).
+            self._link = PgLink(settings.postgres_dsn, create)
         else:
             self._table = "quality_hours"
             self._db = sqlite3.connect(settings.path("monitoring.sqlite"), timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(ddl.format(t=self._table))
+
+    @property
+    def _pg(self) -> psycopg.Connection:
+        return self._link.conn
 
     def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
         if self._services:
@@ -180,7 +193,7 @@ class QualityStore:
         return ms_to_datetime(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def close(self) -> None:
-        (self._pg if self._services else self._db).close()
+        self._link.close() if self._services else self._db.close()
 
 
 def forecasts_frame(records: list[PredictionRecord]) -> pd.DataFrame:

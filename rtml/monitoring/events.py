@@ -8,6 +8,10 @@ ages them like every other store.
 
 An event may carry a `key` (unique): a job that the scheduler re-runs after a crash records
 the same keyed event again, and the second record is a no-op, so the log says it once.
+
+Services, PostgreSQL down: events wait in the local spool (rtml.spool), each with a key, and
+reach the table at the next record or read (or the scheduler's next poll), in the order they
+were recorded; their ids are given then (`time_ms` is still when they happened).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ class EventLog:
 
     @property
     def _pg(self) -> psycopg.Connection:
+        """The connection for reads, which see spooled events: the spool is drained first."""
+        self._spool.drain(self._write)
         return self._link.conn
 
     def find(self, key: str) -> Event | None:

@@ -139,6 +139,7 @@ def gather_status(settings: Settings) -> dict:
         )
     from rtml.ops.retention import store_stats
     from rtml.ops.services import service_health, service_warnings
+    from rtml.spool import spool_stats
 
     health = service_health(settings)
     down: list[str] = []
@@ -154,6 +155,9 @@ def gather_status(settings: Settings) -> dict:
         "unreadable": down,
         "services": [h.as_dict() for h in health],
         "warnings": service_warnings(settings, health),
+        # services: records waiting in the local spool for PostgreSQL, and those the spool's
+        # bound or age dropped, per store (rtml.spool)
+        **({"spool": spool_stats(settings)} if settings.profile == "services" else {}),
     }
 
 
@@ -271,6 +275,8 @@ def show_status(json_out: bool) -> None:
     console.print(stores_table(status["stores"]))
     for warning in status["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
+    for what in status["unreadable"]:
+        console.print(f"[yellow]not read during an outage:[/] {what}")
 
 
 def services_table(services: list[dict]) -> Table:

@@ -9,6 +9,11 @@ the serving counters. Embedded: `<data_dir>/predictions.sqlite`. Services: the t
 Kinds: the pipeline's own forecast of every closed minute is `pipeline` (written by the
 scheduler, at most one per target minute: a unique index makes a re-run after a crash a
 no-op); callers' forecasts are `online`, `batch` and `what-if`. Only `pipeline` is judged.
+
+Services, PostgreSQL down: records wait in the local spool (rtml.spool) with a `rid` each
+(unique in the table), drained before the next write: nothing lost, nothing twice. Monitoring
+reads (`read_judged`) refuse while forecasts are still spooled rather than judge an hour on
+part of them.
 """
 
 from __future__ import annotations
@@ -299,6 +304,7 @@ class PredictionLog:
                 try:
                     self._store.write(batch, counts)
                 except Exception:  # the log must never take the API down; the loss is logged
+                    # (PostgreSQL down is no loss: the store spools; this is anything else)
                     log.exception("prediction log: %d records and counters lost", len(batch))
             if batch:
                 with self._idle:
