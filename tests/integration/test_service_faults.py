@@ -71,17 +71,22 @@ def offline_rows() -> int:
         store.close()
 
 
-def recovered(consumed: float, written: int) -> bool:
+def recovered(consumed: float, written: int, since: float, parts: dict[str, float]) -> bool:
     """Recovered: every component `ok`, the engine consuming the stream again, and PostgreSQL
-    taking the feature store's rows again with nothing left in a spool."""
+    taking the feature store's rows again with nothing left in a spool. `parts` gets the
+    seconds after `since` at which each of them first held (the figures' breakdown)."""
     from rtml.spool import spool_stats
 
-    return (
-        healthy()
-        and events_in() > consumed
-        and offline_rows() > written
-        and not any(s["records"] for s in spool_stats(get_settings()).values())
-    )
+    checks = {
+        "stream_s": lambda: events_in() > consumed,
+        "postgres_rows_s": lambda: offline_rows() > written,
+        "spools_empty_s": lambda: not any(s["records"] for s in spool_stats(get_settings()).values()),
+        "components_ok_s": healthy,
+    }
+    for name, check in checks.items():
+        if name not in parts and check():
+            parts[name] = round(time.monotonic() - since, 1)
+    return len(parts) == len(checks) and healthy()
 
 
 def healthy() -> bool:
@@ -136,14 +141,16 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
             if not pg.answers():
                 pg.start()
             back = time.time()
-            consumed, written = events_in(), offline_rows()
-            recovery = poll(lambda: recovered(consumed, written), f"recovery after {name}", RECOVERY_BOUND_S)
+            consumed, written, parts = events_in(), offline_rows(), {}
+            since = time.monotonic()
+            recovery = poll(lambda: recovered(consumed, written, since, parts), f"recovery after {name}: {parts}",
+                            RECOVERY_BOUND_S)  # fmt: skip
             with redis.client() as c:
                 delayed = int(c.xlen(stream_key)) - before
             if figures:  # the event log window of the fault before ends where this one starts
                 list(figures.values())[-1].setdefault("window", (0.0, started))
             figures[name] = {"down_s": round(back - started, 1), "recovery_s": round(recovery, 1),
-                             "events_appended_from_fault_to_recovery": delayed, "start": started}  # fmt: skip
+                             "events_appended_from_fault_to_recovery": delayed, "start": started, **parts}  # fmt: skip
 
         def outage() -> None:
             redis.stop()
