@@ -270,7 +270,9 @@ def bounds(
     latencies: bool = True,
 ) -> list[str]:
     """The issue's bounds (stores in `exclude` aside, latencies only with `latencies`); returns the
-    ones broken (empty when all hold)."""
+    ones broken (empty when all hold). A store's growth is its least-squares trend over the last
+    `last` days: a store whose content varies from day to day (the registry holds as many versions
+    as trainings fell in its window) is judged by where it goes, not by its two end points."""
     from rtml.ops.retention import windows_ms
 
     broken = []
@@ -281,9 +283,10 @@ def bounds(
         first = tail[0]
         if store in exclude or window <= 0 or first[f"_{store}_span_d"] * DAY_MS < window * 0.95:
             continue  # kept forever, or its window not yet full (in the store's own event time)
-        grown = tail[-1][key] - first[key]
-        if grown > 0.05 * max(first[key], 0.01):  # below 10 kB a store is noise, not growth
-            broken.append(f"{store}: {first[key]:.2f} -> {tail[-1][key]:.2f} MB from day {first['day']}")
+        grown = slope(rows, key, last) * (tail[-1]["day"] - first["day"])
+        mean = statistics.fmean(r[key] for r in tail)
+        if grown > 0.05 * max(mean, 0.01):  # below 10 kB a store is noise, not growth
+            broken.append(f"{store}: +{grown:.2f} MB from day {first['day']} to {tail[-1]['day']} (mean {mean:.2f} MB)")
     reference = next((r for r in rows if r["day"] >= reference_day), rows[0])
     keys = [f"{c}_rss_MB" for c in COMPONENTS] + (list(LATENCIES) if latencies else [])
     for key in keys:
