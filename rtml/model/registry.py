@@ -71,19 +71,31 @@ def artifact_root(settings: Settings) -> str:
 
 
 def client(settings: Settings) -> MlflowClient:
-    """One client per tracking store (MLflow creates the tables on first use)."""
+    """One client per tracking store (MLflow creates the tables on first use).
+
+    The first use in each process runs MLflow's schema migrations, under a lock file of the data
+    directory: under `rtml up` serving and the scheduler both open the registry, and two
+    migrations at once collided ("table _alembic_tmp_experiments already exists"), leaving a
+    database that no process could open again.
+    """
+    import fcntl
+
     quiet_mlflow()
     uri = tracking_uri(settings)
     with _lock:
         if uri not in _clients:
             from mlflow.tracking import MlflowClient
 
-            if settings.profile == "services":
-                import psycopg
+            with open(settings.folder("mlflow") / ".migrate.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if settings.profile == "services":
+                    import psycopg
 
-                with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-            _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+                        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+                made = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                made.search_registered_models(max_results=1)  # the registry's store migrates here
+            _clients[uri] = made
         return _clients[uri]
 
 
