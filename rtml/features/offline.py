@@ -139,8 +139,17 @@ class ParquetMinutes:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _files(self) -> list[str]:
-        return sorted(str(p) for p in self.dir.glob("date=*.parquet"))
+    def _files(self, start: datetime | None = None, end: datetime | None = None) -> list[str]:
+        """The day files, only those overlapping [start, end) when given: a read of a window opens
+        its days, not every day kept (the store is kept forever by default, and drift, monitoring
+        and training read windows of it every hour)."""
+        first = None if start is None else _utc(start).floor("D")
+        stop = None if end is None else _utc(end)
+        return [
+            str(path)
+            for path in sorted(self.dir.glob("date=*.parquet"))
+            if (first is None or _utc(path.stem[5:]) >= first) and (stop is None or _utc(path.stem[5:]) < stop)
+        ]
 
     def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
         if source.empty:
@@ -160,10 +169,10 @@ class ParquetMinutes:
                 winners.append(merged[merged["minute_key"].isin(part["minute_key"])])
         return pd.concat(winners, ignore_index=True)
 
-    def _query(self, sql: str, params: list[object] | None = None) -> pd.DataFrame:
+    def _query(self, sql: str, params: list[object] | None = None, files: list[str] | None = None) -> pd.DataFrame:
         import duckdb
 
-        files = self._files()
+        files = self._files() if files is None else files
         if not files:
             return pd.DataFrame({c: [] for c in SOURCE_COLUMNS})
         with duckdb.connect() as conn:
@@ -171,7 +180,7 @@ class ParquetMinutes:
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         where, params = _where(start, end, "?")
-        return self._query(f"SELECT * FROM {{src}} {where} ORDER BY minute_key", params)
+        return self._query(f"SELECT * FROM {{src}} {where} ORDER BY minute_key", params, self._files(start, end))
 
     def recent(self, minutes: int) -> pd.DataFrame:
         files = self._files()
@@ -221,6 +230,11 @@ class ParquetMinutes:
             return size, rows, None
         first = pd.read_parquet(files[0], columns=["minute_key"])["minute_key"]
         return size, rows, int(first.min()) * 1000 if len(first) else None
+
+
+def _utc(moment: datetime | str) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _kept(frame: pd.DataFrame, before: pd.Timestamp, keep: Sequence[tuple[datetime, datetime]]) -> pd.Series:

@@ -19,7 +19,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -78,19 +78,31 @@ def artifact_root(settings: Settings) -> str:
 
 
 def client(settings: Settings) -> MlflowClient:
-    """One client per tracking store (MLflow creates the tables on first use)."""
+    """One client per tracking store (MLflow creates the tables on first use).
+
+    The first use in each process runs MLflow's schema migrations, under a lock file of the data
+    directory: under `rtml up` serving and the scheduler both open the registry, and two
+    migrations at once collided ("table _alembic_tmp_experiments already exists"), leaving a
+    database that no process could open again.
+    """
+    import fcntl
+
     quiet_mlflow()
     uri = tracking_uri(settings)
     with _lock:
         if uri not in _clients:
             from mlflow.tracking import MlflowClient
 
-            if settings.profile == "services":
-                import psycopg
+            with open(settings.folder("mlflow") / ".migrate.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if settings.profile == "services":
+                    import psycopg
 
-                with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-            _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+                        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+                made = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                made.search_registered_models(max_results=1)  # the registry's store migrates here
+            _clients[uri] = made
         return _clients[uri]
 
 
@@ -440,93 +452,3 @@ def registry_exists(settings: Settings) -> bool:
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)).fetchone()
     return row is not None and row[0] is not None
-
-
-def _utc(iso: str) -> datetime:
-    moment = datetime.fromisoformat(iso)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def protected_versions(settings: Settings) -> list[dict[str, Any]]:
-    """The champion and every version on its history (what rollback can return to), with fields
-    as `list_versions`: retention keeps them, their artifacts and their training windows."""
-    keep = set(champion_history(settings))
-    champion = champion_version(settings)
-    if champion is not None:
-        keep.add(champion)
-    return [v for v in list_versions(settings) if v["version"] in keep]
-
-
-def protected_windows(settings: Settings) -> list[tuple[datetime, datetime]]:
-    """The training windows of `protected_versions`: the offline store keeps them whole."""
-    return [
-        (_utc(v["train_start"]), _utc(v["train_end"]))
-        for v in protected_versions(settings)
-        if v["train_start"] and v["train_end"]
-    ]
-
-
-def trim_candidates(settings: Settings, before: datetime) -> int:
-    """Retention: delete versions that were never champion (or that rollback can no longer return
-    to: the history keeps the last `retention.champion_history`) and were trained on data ending
-    before `before`: their artifacts, their model-cache copy, the version and (softly) its run.
-
-    Order per version: artifacts, then the registry row. A crash between them leaves a version
-    without files, which the next run deletes (a version is only ever loaded while champion).
-    """
-    import shutil
-    from urllib.parse import unquote
-
-    from mlflow.exceptions import MlflowException
-
-    c = client(settings)
-    history = champion_history(settings)
-    limit = max(1, settings.retention.champion_history)
-    if len(history) > limit:  # rollback walks this tag: beyond it, no rollback returns
-        c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history[-limit:]))
-    keep = {v["version"] for v in protected_versions(settings)}
-    gone = 0
-    for info in list_versions(settings):
-        end = info["train_end"]
-        if info["version"] in keep or not end or _utc(end) >= before:
-            continue
-        mv = c.get_model_version(MODEL_NAME, info["version"])
-        uris = []
-        # The logged model (the model files): MLflow 3 names it in the version's source.
-        source = mv.source or ""
-        model_id = mv.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
-        if model_id:
-            uris.append(c.get_logged_model(model_id).artifact_location)
-        if mv.run_id:  # the run's own artifacts (backtest figures, dataset card)
-            uris.append(c.get_run(mv.run_id).info.artifact_uri)
-        own = (settings.root / "mlflow").resolve()
-        for uri in uris:  # only folders of this data directory's artifact store, never a link
-            path = Path(unquote(urlsplit(uri).path)) if uri and uri.startswith("file://") else None
-            if path is not None and path.name == "artifacts":
-                path = path.parent  # <run id>/ or models/<model id>/, which hold nothing else
-            if path is not None and not path.is_symlink() and path.resolve().is_relative_to(own):
-                shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(settings.root / "mlflow" / "cache" / f"v{mv.version}-{mv.run_id}", ignore_errors=True)
-        c.delete_model_version(MODEL_NAME, str(mv.version))
-        # MLflow only marks runs and logged models deleted; its rows (metrics, params, tags) would
-        # grow the database by every training. Hard deletion is what `mlflow gc` does.
-        store = c._tracking_client.store
-        for hard_delete, key in ((getattr(store, "_hard_delete_logged_model", None), model_id),
-                                 (getattr(store, "_hard_delete_run", None), mv.run_id)):  # fmt: skip
-            if hard_delete is not None and key:
-                try:
-                    hard_delete(key)
-                except MlflowException:  # gone already: a run of this job that was interrupted
-                    pass
-        gone += 1
-    return gone
-
-
-def registry_stats(settings: Settings) -> tuple[int, int, int | None]:
-    """(bytes of artifacts and cache, registered versions, oldest training start in ms or None)."""
-    versions = list_versions(settings)
-    root = settings.root / "mlflow"
-    files = [root / "mlflow.db", *(p for sub in ("artifacts", "cache") for p in (root / sub).rglob("*"))]
-    size = sum(p.stat().st_size for p in files if p.is_file())
-    starts = [_utc(v["train_start"]) for v in versions if v["train_start"]]
-    return size, len(versions), int(min(starts).timestamp() * 1000) if starts else None

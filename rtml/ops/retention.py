@@ -157,7 +157,8 @@ def _trims(settings: Settings) -> dict[str, Callable[[int], int]]:
 
     def offline(before: int) -> int:
         from rtml.features.offline import open_offline
-        from rtml.model.registry import protected_windows, registry_exists
+        from rtml.model.registry import registry_exists
+        from rtml.model.registry_retention import protected_windows
 
         keep = protected_windows(settings) if registry_exists(settings) else []
         store = open_offline(settings)
@@ -172,7 +173,8 @@ def _trims(settings: Settings) -> dict[str, Callable[[int], int]]:
         return trim_archive(settings, before)
 
     def registry(before: int) -> int:
-        from rtml.model.registry import registry_exists, trim_candidates
+        from rtml.model.registry import registry_exists
+        from rtml.model.registry_retention import trim_candidates
 
         return trim_candidates(settings, _at(before)) if registry_exists(settings) else 0
 
@@ -271,7 +273,8 @@ def _stats(settings: Settings) -> dict[str, Callable[[], tuple[int, int, int | N
         return archive_stats(settings)
 
     def registry() -> tuple[int, int, int | None]:
-        from rtml.model.registry import registry_exists, registry_stats
+        from rtml.model.registry import registry_exists
+        from rtml.model.registry_retention import registry_stats
 
         return registry_stats(settings) if registry_exists(settings) else (0, 0, None)
 

@@ -53,12 +53,19 @@ CREATE TABLE IF NOT EXISTS idle (id INTEGER PRIMARY KEY CHECK (id = 1), clock_ms
 """
 
 
-# How long each job's boundaries took (wall seconds): what a soak watches for creeping costs.
+# How long each job's boundaries took: what a soak watches for creeping costs. Wall seconds, and
+# the scheduler process's CPU seconds, which another process's load on the machine hardly moves.
 # Boundaries of a `changes_model` job that changed the model count under `<name>.model`.
 DURATIONS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, last_s REAL NOT NULL, total_s REAL NOT NULL,"
-    " runs INTEGER NOT NULL)"
+    " runs INTEGER NOT NULL, cpu_s REAL NOT NULL DEFAULT 0)"
 )
+
+
+def _durations_table(db: sqlite3.Connection) -> None:
+    db.execute(DURATIONS_SCHEMA)
+    if "cpu_s" not in {row[1] for row in db.execute("PRAGMA table_info(durations)")}:  # made before cpu_s
+        db.execute("ALTER TABLE durations ADD COLUMN cpu_s REAL NOT NULL DEFAULT 0")
 
 
 @dataclass
@@ -94,7 +101,7 @@ class Scheduler:
         self._db = sqlite3.connect(settings.path("scheduler.sqlite"), timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        self._db.execute(DURATIONS_SCHEMA)
+        _durations_table(self._db)
         self._idle_at: int | None = None
         self._waiting: tuple[str, int] | None = None
         self.last: dict[str, int] = dict(self._db.execute("SELECT name, last_ms FROM jobs").fetchall())
@@ -123,7 +130,7 @@ class Scheduler:
         from rtml.aggregate.clock import current_boundary
 
         changed = True
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         token = current_boundary.set(boundary)  # what the job records is stamped with its boundary
         try:
             attempt, wait_s = 0, 0.0
@@ -155,10 +162,14 @@ class Scheduler:
         finally:
             current_boundary.reset(token)
         self._db.execute(
-            "INSERT INTO durations VALUES (?, ?, ?, 1) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s,"
-            " total_s = total_s + excluded.last_s, runs = runs + 1",
+            "INSERT INTO durations VALUES (?, ?, ?, 1, ?) ON CONFLICT(name) DO UPDATE SET last_s = excluded.last_s,"
+            " total_s = total_s + excluded.last_s, runs = runs + 1, cpu_s = cpu_s + excluded.cpu_s",
             # a boundary that retrained or promoted is timed apart: it says nothing of the pass itself
-            (f"{job.name}.model" if job.changes_model and changed else job.name, *[time.monotonic() - started] * 2),
+            (
+                f"{job.name}.model" if job.changes_model and changed else job.name,
+                *[time.monotonic() - started] * 2,
+                time.process_time() - cpu_started,
+            ),
         )
         if job.changes_model and changed:
             self.on_model_change()
@@ -224,15 +235,17 @@ def scheduler_state(settings: Settings) -> tuple[dict[str, tuple[int, int]], int
         db.close()
 
 
-def job_durations(settings: Settings) -> dict[str, tuple[float, float, int]]:
-    """Job name -> (wall seconds of its last boundary, of all boundaries, boundaries): for soaks."""
+def job_durations(settings: Settings) -> dict[str, tuple[float, float, int, float]]:
+    """Job name -> (wall seconds of its last boundary, of all boundaries, boundaries, CPU seconds of
+    all boundaries): for soaks."""
     path = settings.root / "scheduler.sqlite"
     if not path.exists():
         return {}
     db = sqlite3.connect(path, timeout=30)
     try:
-        db.execute(DURATIONS_SCHEMA)
-        return {n: (last, total, runs) for n, last, total, runs in db.execute("SELECT * FROM durations")}
+        _durations_table(db)
+        rows = db.execute("SELECT name, last_s, total_s, runs, cpu_s FROM durations")
+        return {n: (last, total, runs, cpu) for n, last, total, runs, cpu in rows}
     finally:
         db.close()
 

@@ -106,6 +106,36 @@ def test_dead_letters_predictions_and_events_trim_to_their_windows(backend_setti
         log.close()
 
 
+def test_caller_forecasts_age_by_their_minute_on_the_pipeline_clock(backend_settings: Settings) -> None:
+    """The retention job at boundary t drops callers' forecasts (all three kinds) whose target
+    minute is older than t - caller_predictions_days, whatever the wall clock said when they were
+    asked (now, here: a wall-time trim would keep them all); the pipeline's own keep theirs."""
+    from rtml.ops.retention import run_retention
+    from rtml.serving.prediction_log import JUDGED_KINDS, PredictionRecord, PredictionStore
+
+    settings = backend_settings.model_copy(
+        update={"retention": backend_settings.retention.model_copy(update={"caller_predictions_days": 0.25})}
+    )
+    now = int(time.time() * 1000)
+    store = PredictionStore(settings)
+    try:
+        store.write(
+            [
+                PredictionRecord(now, "1", T0 + h * HOUR_MS, T0 + h * HOUR_MS + 5 * MINUTE_MS, 1.0, 2.0, 3.0, 0.1, kind)
+                for h in range(12)
+                for kind in ("online", "batch", "what-if", "pipeline")
+            ],
+            {},
+        )
+        t = T0 + 12 * HOUR_MS  # the boundary after the last hour: 6 h window, so hours 6-11 stay
+        assert run_retention(settings, t)["caller_predictions"] == 3 * 6
+        assert store.stats(JUDGED_KINDS, exclude=True)[1:] == (3 * 6, T0 + 6 * HOUR_MS + 5 * MINUTE_MS)
+        assert store.stats(JUDGED_KINDS)[1] == 12  # the pipeline's own have their 90 days
+        assert run_retention(settings, t)["caller_predictions"] == 0  # a re-run boundary
+    finally:
+        store.close()
+
+
 def test_events_are_stamped_with_the_boundary_of_the_job_recording_them(settings: Settings) -> None:
     from rtml.aggregate.clock import current_boundary
     from rtml.monitoring.events import EventLog
@@ -199,6 +229,57 @@ def test_online_offline_and_archive_trim_and_keep_training_windows(backend_setti
     assert read_events(backend_settings)["event_time"].min() == T0 + 10 * HOUR_MS
 
 
+def test_registry_stays_bounded_across_many_trims(backend_settings: Settings) -> None:
+    """Eight trainings, eight hours of event time apart, a promotion every third, retention after
+    each: the registry's rows (MLflow keeps deleted versions, their tags and their runs' output
+    links) and files stop growing once the candidates' window and the history are full; version
+    numbers are never given twice; the champion and its history still load."""
+    import mlflow
+
+    from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame, minutes_frame
+    from rtml.model import registry
+    from rtml.model.gbm import GBMParams, QuantileGBM
+    from rtml.model.registry_retention import trim_candidates
+    from rtml.serving.seed import synthetic_minutes
+
+    settings = backend_settings.model_copy(
+        update={"retention": backend_settings.retention.model_copy(update={"champion_history": 2})}
+    )
+    start = datetime.fromtimestamp(T0 / 1000, UTC)
+    frame = build_training_frame(minutes_frame(synthetic_minutes(settings, 300, start)), horizon=5)
+    model = QuantileGBM(FEATURE_COLUMNS, GBMParams(n_estimators=5, num_leaves=4), n_jobs=1).fit(frame)
+    tables = ("model_versions", "model_version_tags", "inputs", "runs", "logged_models", "metrics", "params", "tags")
+    sizes, numbers = [], []
+    for k in range(8):
+        end = start + timedelta(hours=8 * k)
+        mlflow.set_tracking_uri(registry.tracking_uri(settings))
+        with mlflow.start_run(experiment_id=registry.experiment_id(settings)) as run:
+            mlflow.log_params({"rows": len(frame), "train_end": end.isoformat()})
+            mlflow.log_metrics({"wql": 0.2, "coverage": 0.8})
+        window = {"train_start": (end - timedelta(days=7)).isoformat(), "train_end": end.isoformat()}
+        numbers.append(registry.log_candidate(settings, model, frame.tail(20), run.info.run_id, window))
+        if k % 3 == 0:
+            registry.promote(settings, numbers[-1])
+        trim_candidates(settings, end - timedelta(hours=20))  # two earlier candidates stay
+        store = registry.client(settings)._tracking_client.store
+        with store.engine.connect() as conn:
+            from sqlalchemy import text
+
+            rows = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+        files = [p for p in (settings.root / "mlflow").rglob("*") if p.is_file() and p.name != "mlflow.db"]
+        sizes.append((rows, len(files)))
+    assert len(set(numbers)) == len(numbers)  # every training got a version number of its own
+    history = registry.champion_history(settings)
+    assert history == [numbers[3], numbers[6]] and registry.champion_version(settings) == numbers[6]
+    for version in history:
+        assert registry.load_version(settings, version).version == version
+    # From the fourth round on, the window holds the same count: the rows and files do not grow.
+    assert sizes[3:] == [sizes[3]] * 5, sizes
+    kept = len(registry.list_versions(settings))
+    assert sizes[-1][0]["model_versions"] <= kept + 1  # + the highest number, which is never reused
+    assert sizes[-1][0]["runs"] == sizes[-1][0]["logged_models"] == kept
+
+
 # ---- the soak through `rtml up`: every store, the registry, a kill -9 -----------------------
 
 SOAK_DAYS = 3
@@ -255,7 +336,7 @@ def test_soak_three_days_within_windows_and_bounds(soak: tuple[list[dict[str, An
         "stream", "dead_letters", "predictions", "caller_predictions", "events", "reports", "online",
         "offline", "archive", "registry",
     }  # fmt: skip
-    for name in ("stream", "predictions", "events", "online", "archive"):
+    for name in ("stream", "predictions", "caller_predictions", "events", "online", "archive"):
         oldest = datetime.fromisoformat(stores[name]["oldest"]).timestamp() * 1000
         assert last_retention - windows[name] <= oldest, f"{name} holds {stores[name]['oldest']}"
         assert stores[name]["rows"] > 0

@@ -215,6 +215,21 @@ def test_asking_an_absent_registry_does_not_create_it(settings: Settings) -> Non
     assert not settings.path("mlflow", "mlflow.db").exists()
 
 
+def test_processes_opening_a_fresh_registry_at_once_migrate_it_one_at_a_time(settings: Settings) -> None:
+    """Under `rtml up` serving and the scheduler open a new registry together: unserialised, their
+    two schema migrations collided and left a database no process could open again."""
+    import subprocess
+    import sys
+
+    code = "from rtml.config import get_settings; from rtml.model import registry; registry.experiment_id(get_settings())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    with sqlite3.connect(settings.path("mlflow", "mlflow.db")) as db:
+        assert not db.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'").fetchall()
+    assert registry.champion_version(settings) is None and registry.list_versions(settings) == []
+
+
 def _at(minutes: int) -> pd.Timestamp:
     return START + pd.Timedelta(minutes=minutes)
 

@@ -99,3 +99,36 @@ def test_a_failing_job_is_retried_then_recorded_and_the_others_go_on(
     failures = log.recent(prefix="scheduler.job_failed")
     log.close()
     assert [(e.details["boundary_ms"], e.details["attempts"]) for e in failures] == [(first, 3), (second, 3)]
+
+
+def test_job_durations_count_wall_and_cpu_seconds_also_in_an_older_table(settings: Settings) -> None:
+    """A soak reads each job's CPU seconds beside its wall seconds; a scheduler.sqlite made before
+    CPU time was recorded gains the column and keeps its figures."""
+    import sqlite3
+    import time
+
+    from rtml.ops.scheduler import job_durations
+
+    db = sqlite3.connect(settings.path("scheduler.sqlite"))
+    db.execute(
+        "CREATE TABLE durations (name TEXT PRIMARY KEY, last_s REAL NOT NULL, total_s REAL NOT NULL, runs INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO durations VALUES ('busy', 1.0, 5.0, 4)")
+    db.commit()
+    db.close()
+
+    def busy(_: int) -> None:
+        until = time.process_time() + 0.05
+        while time.process_time() < until:
+            pass
+
+    def idle(_: int) -> None:
+        time.sleep(0.05)
+
+    close_minutes(settings, 0, 2)  # two boundaries of each job
+    s = Scheduler(settings, [Job("busy", busy, every_ms=MINUTE_MS), Job("idle", idle, every_ms=MINUTE_MS)])
+    s.catch_up()
+    _, total, runs, cpu = job_durations(settings)["busy"]
+    assert runs == 6 and total >= 5.1 and cpu >= 0.1  # the older figures plus two boundaries
+    _, total, runs, cpu = job_durations(settings)["idle"]
+    assert runs == 2 and total >= 0.1 and cpu < 0.05  # waiting is wall time, not CPU
