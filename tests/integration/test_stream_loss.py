@@ -29,7 +29,7 @@ from rtml.sources.synthetic import SyntheticConfig, SyntheticSource, to_utx_mess
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 MINUTES = 150  # about 21,000 transactions
-SPEED = "90"  # 100 s of replay: the engine starts (opening Feast takes 20-70 s) well within it
+SPEED = "120"  # 75 s of replay: the engine starts (opening Feast takes 20-60 s) within it
 # The recovery bound this test holds the pipeline to: from the Redis restart until the engine
 # has recorded the reset and caught up with the new stream. Most of it is the aggregator's own
 # restart (it exits on the lost connection; opening Feast takes 10-60 s on a busy machine).
