@@ -6,7 +6,6 @@ import gzip
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +31,64 @@ def event(i: int) -> TxEvent:
     return TxEvent(h(i), 1_606_176_000_000 + i * 37_000, 100 + i, 200 + i % 7, "test", 0)
 
 
-def first_seen(dedup: Dedup, hashes: list[str], now_ms: int | None = None) -> list[bool]:
-    """Check, then mark what was new: what the ingestor does around its stream append."""
-    flags = dedup.unseen(hashes, now_ms)
-    dedup.mark([x for x, new in zip(hashes, flags, strict=True) if new], now_ms)
+T = 1_606_176_000_000  # an ingest clock reading (2020-11-24)
+
+
+def first_seen(dedup: Dedup, hashes: list[str], clock: int = T) -> list[bool]:
+    """Check, then mark what was new at `clock` (events dated `clock`): what the ingestor does
+    around its stream append."""
+    flags = dedup.unseen(hashes, clock)
+    new = [x for x, f in zip(hashes, flags, strict=True) if f]
+    dedup.mark(new, [clock] * len(new), clock)
     return flags
 
 
 def test_dedup_marks_batches_once_and_survives_restart(backend_settings: Settings) -> None:
     with open_dedup(backend_settings) as dedup:
+        assert dedup.clock_ms is None
         assert first_seen(dedup, [h(1), h(2), h(1), h(3)]) == [True, True, False, True]
         assert first_seen(dedup, [h(2), h(4)]) == [False, True]
         assert first_seen(dedup, []) == []
-        assert dedup.unseen([h(5), h(5)]) == [True, False]
-        assert dedup.unseen([h(5)]) == [True]  # checking marks nothing
+        assert dedup.unseen([h(5), h(5)], T) == [True, False]
+        assert dedup.unseen([h(5)], T) == [True]  # checking marks nothing
     with open_dedup(backend_settings) as dedup:
-        assert dedup.unseen([h(1), h(2), h(3), h(4), h(5)]) == [False, False, False, False, True]
+        assert dedup.clock_ms == T  # where the next ingester resumes
+        assert dedup.unseen([h(1), h(2), h(3), h(4), h(5)], T) == [False, False, False, False, True]
 
 
-def test_dedup_entries_expire_after_the_ttl(backend_settings: Settings) -> None:
-    backend_settings.ingest = backend_settings.ingest.model_copy(update={"dedup_ttl_s": 1})
+def test_dedup_entries_expire_on_event_time(backend_settings: Settings) -> None:
+    """An entry expires once the ingest clock passes its event time + TTL, whatever the wall clock
+    does; a time ahead of the clock ages from the clock, one a TTL behind is not kept."""
+    ttl = 3_600_000
+    backend_settings.ingest = backend_settings.ingest.model_copy(update={"dedup_ttl_s": ttl // 1000})
     with open_dedup(backend_settings) as dedup:
-        start = time.monotonic()
-        assert first_seen(dedup, [h(7)]) == [True]
-        assert first_seen(dedup, [h(7)]) == [False]
-        while first_seen(dedup, [h(7)]) != [True]:  # seen again only once the TTL has passed
-            assert time.monotonic() - start < 10, "the dedup entry never expired"
-            time.sleep(0.05)
-        assert time.monotonic() - start >= 0.9
+        assert dedup.unseen([h(7), h(8), h(9), h(10)], T) == [True] * 4
+        dedup.mark([h(7), h(8), h(9), h(10)], [T, T - ttl // 2, T + 100 * ttl, T - ttl], T)
+        assert dedup.unseen([h(7), h(8), h(9), h(10)], T) == [False, False, False, True]
+        assert dedup.unseen([h(7), h(8), h(9)], T + ttl // 2) == [False, True, False]
+        assert dedup.unseen([h(7), h(9)], T + ttl - 1) == [False, False]
+        assert dedup.unseen([h(7), h(9)], T + ttl) == [True, True]
+        # Marked again after expiring: a fresh TTL from the new event time.
+        dedup.mark([h(7)], [T + ttl], T + ttl)
+        later = T + ttl + ttl // 12  # purges may lag by a twelfth of the TTL (Redis buckets)
+        assert dedup.purge(later) == 2  # h8 and h9; h7 is marked again, h10 was never kept
+        assert dedup.unseen([h(7), h(9)], later) == [False, True]
+    with open_dedup(backend_settings) as dedup:
+        assert dedup.unseen([h(7), h(9)], later) == [False, True]
+        assert dedup.size() == 1
 
 
 def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -> None:
     path = str(settings.path("dedup.sqlite"))
     a, b = SqliteDedup(path, 100), SqliteDedup(path, 100)
     try:
-        assert first_seen(a, [h(1), h(2)], now_ms=1_000) == [True, True]
-        assert first_seen(b, [h(2), h(3)], now_ms=1_000) == [False, True]
-        assert first_seen(a, [h(3)], now_ms=1_000) == [False]
-        assert a.purge(now_ms=200_000) == 3
-        assert first_seen(b, [h(1)], now_ms=200_000) == [True]
+        assert first_seen(a, [h(1), h(2)], 1_000) == [True, True]
+        assert first_seen(b, [h(2), h(3)], 1_000) == [False, True]
+        assert first_seen(a, [h(3)], 1_000) == [False]
+        assert a.purge(200_000) == 3
+        assert first_seen(b, [h(1)], 200_000) == [True]
         # After a purge emptied the table, new rows still reach the other process.
-        assert first_seen(a, [h(1), h(5)], now_ms=200_000) == [False, True]
+        assert first_seen(a, [h(1), h(5)], 200_000) == [False, True]
     finally:
         a.close()
         b.close()
@@ -86,7 +102,7 @@ def test_a_crash_between_append_and_mark_loses_nothing_and_counts_once(backend_s
 
     frames = [json.dumps(to_utx_message(event(i))) for i in range(20)]
     with Ingestor(backend_settings) as ingestor:
-        ingestor.dedup.mark = lambda hashes, now_ms=None: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
+        ingestor.dedup.mark = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             ingestor.ingest(frames[:10], "ws")
     with Ingestor(backend_settings) as ingestor:

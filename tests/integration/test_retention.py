@@ -65,16 +65,14 @@ def test_dead_letters_predictions_and_events_trim_to_their_windows(backend_setti
 
     cutoff = T0 + 5 * HOUR_MS
     with open_ingest_store(backend_settings) as ingest:
-        # Redis stamps dead letters with its own clock: wall time now, so one is older than the cutoff.
+        # Aged by the ingest clock they were stamped with, not by when they arrived (now).
         now = int(time.time() * 1000)
-        ingest.record([DeadLetter("x" * 10, "bad", "test", now - 2 * HOUR_MS)], {"dead_letters": 1})
-        ingest.record([DeadLetter("y" * 10, "bad", "test", now)], {"dead_letters": 1})
-        if backend_settings.profile == "embedded":
-            assert ingest.trim_dead_letters(now - HOUR_MS) == 1
-            assert ingest.dead_letter_stats()[1:] == (1, now)
-        else:
-            assert ingest.trim_dead_letters(now + HOUR_MS) == 2  # both arrived before that
-            assert ingest.dead_letter_stats()[1:] == (0, None)
+        ingest.record([DeadLetter("x" * 10, "bad", "test", now)], {"dead_letters": 1}, cutoff - 1)
+        ingest.record([DeadLetter("y" * 10, "bad", "test", now)], {"dead_letters": 1}, cutoff)
+        assert ingest.trim_dead_letters(cutoff) == 1
+        assert ingest.trim_dead_letters(cutoff) == 0
+        assert ingest.dead_letter_stats()[1:] == (1, cutoff)
+        assert ingest.dead_letters()[0].raw == "y" * 10
 
     store = PredictionStore(backend_settings)
     try:
@@ -104,6 +102,62 @@ def test_dead_letters_predictions_and_events_trim_to_their_windows(backend_setti
         assert [e.time_ms for e in log.recent()] == [T0 + h * HOUR_MS for h in range(5, 10)]
     finally:
         log.close()
+
+
+def _replay(ingestor: Any, events: list[TxEvent], extra: list[Any] | None = None) -> Any:
+    from rtml.sources.synthetic import to_utx_message
+
+    return ingestor.ingest([json.dumps(to_utx_message(e)) for e in events] + (extra or []), "replay")
+
+
+def test_a_long_replay_holds_one_ttl_of_dedup_and_ages_dead_letters_on_its_clock(backend_settings: Settings) -> None:
+    """30 h of event time replayed at max speed (a few wall seconds), one bad frame a batch and
+    one valid-looking line dated 2099: dedup holds about one TTL (1 h) of hashes throughout and
+    still removes duplicates within it; retention at the replay's clock keeps 6 h of dead letters."""
+    from rtml.ops.retention import run_retention
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor
+
+    s = backend_settings
+    s.ingest = s.ingest.model_copy(update={"dedup_ttl_s": 3600})
+    keep_only = {k: 0.0 for k in ("stream_hours", "predictions_days", "caller_predictions_days", "events_days",
+                                  "reports_days", "online_days", "candidates_days")}  # fmt: skip
+    s.retention = s.retention.model_copy(update={**keep_only, "dead_letters_days": 0.25})
+    step, per_batch = 20_000, 30  # an event every 20 s, ten minutes a batch
+    events = _events(30 * 180, step)
+    liar = TxEvent("f" * 64, int(datetime(2099, 1, 1, tzinfo=UTC).timestamp() * 1000), 1, 250, "test", 0)
+    sizes = []
+    with Ingestor(s) as ingestor:
+        for i in range(0, len(events), per_batch):
+            batch = events[i : i + per_batch]
+            _replay(ingestor, batch[:15] + ([liar] if i == 90 * per_batch else []) + batch[15:], ["{broken"])
+            sizes.append(ingestor.dedup.size())
+        assert ingestor.clock.high == events[-1].event_time  # the 2099 line did not move it
+        assert 150 <= sizes[-1] and max(sizes[12:]) <= 180 * 13 // 12 + per_batch + 1  # one TTL (+ a purge step)
+        assert _replay(ingestor, events[-150:]).duplicates == 150  # the last 50 min: within the TTL
+        assert _replay(ingestor, events[-300:-270]).appended == 30  # 100 min back: past it
+    t = events[-1].event_time // MINUTE_MS * MINUTE_MS  # the pipeline clock: the newest closed minute
+    run_retention(s, t)
+    with open_ingest_store(s) as store:
+        size, rows, oldest = store.dead_letter_stats()
+        assert oldest is not None and t - 6 * HOUR_MS <= oldest <= t
+        assert 6 * 6 <= rows <= 6 * 6 + 1  # one a batch of ten minutes
+        assert max(d.clock for d in store.dead_letters(1000)) <= events[-1].event_time
+
+
+def test_a_flood_of_bad_frames_keeps_the_newest_dead_letters_up_to_the_cap(backend_settings: Settings) -> None:
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor, ingest_counters
+
+    backend_settings.retention = backend_settings.retention.model_copy(update={"dead_letters_max_rows": 100})
+    with Ingestor(backend_settings) as ingestor:
+        for b in range(10):
+            _replay(ingestor, _events(1, MINUTE_MS), [f"{{bad {b} {i}" for i in range(50)])
+    with open_ingest_store(backend_settings) as store:
+        assert store.dead_letter_count() == 100
+        assert [d.raw for d in store.dead_letters(100)] == [f"{{bad {b} {i}" for b in (8, 9) for i in range(50)]
+    counters = ingest_counters(backend_settings)
+    assert (counters["dead_letters"], counters["dead_letters_dropped"]) == (500, 400)
 
 
 def test_events_are_stamped_with_the_boundary_of_the_job_recording_them(settings: Settings) -> None:
