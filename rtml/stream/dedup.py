@@ -35,6 +35,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
 from typing import cast
 
 from rtml.config import Settings
@@ -162,12 +163,20 @@ class SqliteDedup(Dedup):
         try:
             self._catch_up()
             get = self._expiry.get
-            fresh, ages = [], []
             cut = clock_ms - self.ttl_ms
-            for tx_hash, age in zip(hashes, self._ages(times, clock_ms), strict=True):
-                if age > cut and get(tx_hash, 0) <= clock_ms:
-                    fresh.append(tx_hash)
-                    ages.append(age)
+            fresh: Sequence[str] = hashes
+            ages: Sequence[int] = times
+            # The usual batch (in order, unmarked by anyone else) is judged by C-level min/max.
+            usual = not times or (
+                min(times) > cut and max(times) <= clock_ms and max(map(get, hashes, repeat(0))) <= clock_ms
+            )
+            if not usual:
+                kept = [
+                    (tx_hash, age)
+                    for tx_hash, age in zip(hashes, self._ages(times, clock_ms), strict=True)
+                    if age > cut and get(tx_hash, 0) <= clock_ms
+                ]
+                fresh, ages = [h for h, _ in kept], [a for _, a in kept]
             if fresh:
                 db.execute(
                     "INSERT INTO seen_batches (expires, hashes, ages) VALUES (?, ?, ?)",
@@ -182,11 +191,8 @@ class SqliteDedup(Dedup):
             raise
         self.clock_ms = max(clock_ms, self.clock_ms or clock_ms)
         if fresh:
-            expiry = self._expiry
-            ttl = self.ttl_ms
-            for tx_hash, age in zip(fresh, ages, strict=True):
-                expiry[tx_hash] = age + ttl
-            self._batches.append((expires, fresh))
+            self._expiry.update(zip(fresh, map(self.ttl_ms.__add__, ages), strict=True))
+            self._batches.append((expires, list(fresh)))
 
     def purge(self, clock_ms: int) -> int:
         self._db.execute("DELETE FROM seen_batches WHERE expires <= ?", (clock_ms,))
