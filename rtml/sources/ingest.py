@@ -173,7 +173,7 @@ class Ingestor:
                 fresh = [r for r, new in zip(rows, flags, strict=True) if new]
             if fresh:
                 self.stream.append_rows(fresh)
-                self.dedup.mark(list(map(_hash, fresh)), list(map(_time, fresh)), clock)
+                self.dedup.mark(list(map(_hash, fresh)), clock)
         counts = Counts(received, len(rows), len(rows) - len(fresh), len(dead), len(fresh))
         self.store.record(dead, counts.as_dict(), clock)
         self.totals += counts

@@ -1,31 +1,33 @@
 """Dedup by transaction hash with a TTL on event time that survives restarts (DynamoDB conditional puts in the AWS original).
 
 The TTL runs on ingestion's guarded event clock (`rtml.sources.clock.IngestClock`), never on
-wall time: an entry expires once that clock passes its event time + `ingest.dedup_ttl_s`, so a
-max-speed replay of a month holds one TTL's worth of entries at a time, as live does, instead
-of every hash it wrote within three wall hours. An event dated ahead of the clock ages from the
-clock (a lying future time cannot pin an entry), and one already a TTL behind it is not kept.
+wall time: an entry expires once that clock passes the clock at its marking + `ingest.dedup_ttl_s`,
+so a max-speed replay of a month holds one TTL's worth of entries at a time, as live does,
+instead of every hash it wrote within three wall hours. For events in order that is their event
+time + TTL. An event's own time is not used: one dated ahead of the clock cannot pin its entry,
+and one dated far behind it (a mempool transaction first seen days ago: the 2020 recording's
+first 200 frames span 3.4 days) is still deduplicated for a whole TTL after it was seen.
 
 Two batch-shaped calls, so ingestion pays one round trip per batch, not per event:
 `unseen(hashes, clock)` tells which are new (not marked, or expired; the first of repeats within
-a batch counts), and `mark(hashes, times, clock)` records them once their events are durably
-in the stream. Marking after the append is what makes a kill -9 lose nothing: an ingester
-killed between the two re-sends the batch, and the aggregation engine counts a repeated tx_hash
-once. Only unseen hashes are marked, so a mark inside the TTL never extends it.
+a batch counts), and `mark(hashes, clock)` records them once their events are durably in the
+stream. Marking after the append is what makes a kill -9 lose nothing: an ingester killed
+between the two re-sends the batch, and the aggregation engine counts a repeated tx_hash once.
+Only unseen hashes are marked, so a mark inside the TTL never extends it.
 
 Embedded: `<data_dir>/dedup.sqlite`. Random-key B-tree inserts cost ~8 µs each at a million keys,
 far from the 200k events/s target, so the table is an append-only log with one row per batch
-(its new hashes, their ages, and the clock + TTL by which all have expired) and the membership
-test runs on an in-memory index of the unexpired entries, rebuilt on open. Both calls first
-replay rows other processes appended since this one last looked, so two ingesters on one data
-directory still agree. The clock is kept beside the log (`clock`), committed with each mark.
-Services: Redis key `{namespace}:dedup:<hash>` holds the entry's age (event time, ms), with no
-Redis TTL; the set `{namespace}:dedup:b:<n>` lists the hashes aged in bucket n (TTL/12 of event
-time each), the sorted set `{namespace}:dedup:buckets` the buckets, and `{namespace}:dedup:clock`
-the clock. `purge` deletes the keys of buckets wholly behind the clock (one Lua call per chunk,
-skipping hashes marked again since), then the bucket. A mark writes the bucket first and the
-keys second, so a crash between leaves at worst a bucket naming keys not written, never a key no
-bucket names.
+(its new hashes and their expiry, the clock + TTL) and the membership test runs on an in-memory
+index of the unexpired entries, rebuilt on open. Both calls first replay rows other processes
+appended since this one last looked, so two ingesters on one data directory still agree. The
+clock is kept beside the log (table `clock`), committed with each mark.
+Services: Redis key `{namespace}:dedup:<hash>` holds the clock at its marking (ms), with no
+Redis TTL; the set `{namespace}:dedup:b:<n>` lists the hashes marked in bucket n of the clock
+(TTL/12 each), the sorted set `{namespace}:dedup:buckets` the buckets, and
+`{namespace}:dedup:clock` the clock. `purge` deletes the keys of buckets wholly expired (one Lua
+call per chunk, skipping hashes marked again since), then the bucket. A mark writes the bucket
+first and the keys second, so a crash between leaves at worst a bucket naming keys not
+written, never a key no bucket names.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ _PURGE_BUCKET = """
 local n = 0
 for _, h in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[3]))) do
   local key = ARGV[1] .. h
-  local age = redis.call('GET', key)
-  if age and tonumber(age) <= tonumber(ARGV[2]) then
+  local marked = redis.call('GET', key)
+  if marked and tonumber(marked) <= tonumber(ARGV[2]) then
     redis.call('DEL', key)
     n = n + 1
   end
@@ -66,17 +68,14 @@ class Dedup(ABC):
         # The ingest clock as last committed (None before any event): where a new ingester resumes.
         self.clock_ms: int | None = None
 
-    def _ages(self, times: Sequence[int], clock_ms: int) -> list[int]:
-        return [t if t < clock_ms else clock_ms for t in times]
-
     @abstractmethod
     def unseen(self, hashes: Sequence[str], clock_ms: int) -> list[bool]:
         """True where a hash is not marked or has expired by `clock_ms` (the first of repeats
         within the batch counts); marks nothing."""
 
     @abstractmethod
-    def mark(self, hashes: Sequence[str], times: Sequence[int], clock_ms: int) -> None:
-        """Mark unseen hashes (with their event times) once their events are in the stream."""
+    def mark(self, hashes: Sequence[str], clock_ms: int) -> None:
+        """Mark unseen hashes at `clock_ms` once their events are in the stream."""
 
     @abstractmethod
     def purge(self, clock_ms: int) -> int:
@@ -102,26 +101,28 @@ class SqliteDedup(Dedup):
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # One row per batch: its new hashes and their ages as JSON arrays, and `expires`, the
-        # clock + TTL at the mark (every age is at most that clock, so all have expired by then).
+        # One row per batch: the batch's new hashes as a JSON array, all with the same expiry.
         # AUTOINCREMENT: ids are never reused after a purge,
         # so every process's catch-up position (`_last_id`) stays valid.
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS seen_batches (id INTEGER PRIMARY KEY AUTOINCREMENT,
-              expires INTEGER NOT NULL, hashes TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 0), high INTEGER NOT NULL);
-            """
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS seen_batches (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " expires INTEGER NOT NULL, hashes TEXT NOT NULL)"
         )
-        if "ages" not in {r[1] for r in self._db.execute("PRAGMA table_info(seen_batches)")}:
-            # A log from when the TTL ran on wall time: its expiries cannot be read as event
-            # time, so it is dropped (at most one wall TTL of marks; a re-sent event whose window
-            # is open still counts once in the engine, one whose window is final is late).
-            self._db.execute("ALTER TABLE seen_batches ADD COLUMN ages TEXT NOT NULL DEFAULT ''")
-            self._db.execute("DELETE FROM seen_batches")
+        self._db.execute("BEGIN IMMEDIATE")  # one process upgrades; the others then see the clock
+        try:
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'clock'").fetchone():
+                # New, or a log from when the TTL ran on wall time, whose expiries cannot be read
+                # as event time: dropped (at most one wall TTL of marks; a re-sent event whose
+                # window is open still counts once in the engine, one whose window is final is late).
+                self._db.execute("DELETE FROM seen_batches")
+                self._db.execute("CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), high INTEGER NOT NULL)")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         found = self._db.execute("SELECT high FROM clock").fetchone()
         self.clock_ms = None if found is None else int(found[0])
-        # hash -> expiry (age + TTL), and the marked batches oldest first, (expires, hashes).
+        # hash -> expiry, and the marked batches oldest first, (expires, hashes).
         self._expiry: dict[str, int] = {}
         self._batches: deque[tuple[int, list[str]]] = deque()
         self._last_id = 0
@@ -132,16 +133,16 @@ class SqliteDedup(Dedup):
     def _catch_up(self) -> None:
         """Replay, in order, the batches appended since we last looked (by us or another process)."""
         rows = self._db.execute(
-            "SELECT id, expires, hashes, ages FROM seen_batches WHERE id > ? ORDER BY id", (self._last_id,)
+            "SELECT id, expires, hashes FROM seen_batches WHERE id > ? ORDER BY id", (self._last_id,)
         ).fetchall()
         if not rows:
             return
-        expiry, ttl = self._expiry, self.ttl_ms
-        for _, expires, hashes, ages in rows:
+        expiry = self._expiry
+        for _, expires, hashes in rows:
             listed = json.loads(hashes)
-            for tx_hash, end in zip(listed, [a + ttl for a in json.loads(ages)], strict=True):
-                if expiry.get(tx_hash, 0) < end:
-                    expiry[tx_hash] = end
+            for tx_hash in listed:
+                if expiry.get(tx_hash, 0) < expires:
+                    expiry[tx_hash] = expires
             self._batches.append((expires, listed))
         self._last_id = rows[-1][0]
 
@@ -156,32 +157,19 @@ class SqliteDedup(Dedup):
             flags.append(new)
         return flags
 
-    def mark(self, hashes: Sequence[str], times: Sequence[int], clock_ms: int) -> None:
+    def mark(self, hashes: Sequence[str], clock_ms: int) -> None:
         expires = clock_ms + self.ttl_ms
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # serialises marks with other processes
         try:
             self._catch_up()
             get = self._expiry.get
-            cut = clock_ms - self.ttl_ms
-            fresh: Sequence[str] = hashes
-            ages: Sequence[int] = times
-            # The usual batch (in order, unmarked by anyone else) is judged by C-level min/max.
-            usual = not times or (
-                min(times) > cut and max(times) <= clock_ms and max(map(get, hashes, repeat(0))) <= clock_ms
-            )
-            if not usual:
-                kept = [
-                    (tx_hash, age)
-                    for tx_hash, age in zip(hashes, self._ages(times, clock_ms), strict=True)
-                    if age > cut and get(tx_hash, 0) <= clock_ms
-                ]
-                fresh, ages = [h for h, _ in kept], [a for _, a in kept]
+            fresh = list(hashes)
+            # The usual batch (nobody else marked any of it since the check) costs a C-level max.
+            if fresh and max(map(get, fresh, repeat(0))) > clock_ms:
+                fresh = [h for h in fresh if get(h, 0) <= clock_ms]
             if fresh:
-                db.execute(
-                    "INSERT INTO seen_batches (expires, hashes, ages) VALUES (?, ?, ?)",
-                    (expires, json.dumps(fresh), json.dumps(ages)),
-                )
+                db.execute("INSERT INTO seen_batches (expires, hashes) VALUES (?, ?)", (expires, json.dumps(fresh)))
                 self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             if self.clock_ms is None or clock_ms > self.clock_ms:
                 db.execute("INSERT OR REPLACE INTO clock (id, high) VALUES (0, ?)", (clock_ms,))
@@ -191,8 +179,8 @@ class SqliteDedup(Dedup):
             raise
         self.clock_ms = max(clock_ms, self.clock_ms or clock_ms)
         if fresh:
-            self._expiry.update(zip(fresh, map(self.ttl_ms.__add__, ages), strict=True))
-            self._batches.append((expires, list(fresh)))
+            self._expiry.update(dict.fromkeys(fresh, expires))
+            self._batches.append((expires, fresh))
 
     def purge(self, clock_ms: int) -> int:
         self._db.execute("DELETE FROM seen_batches WHERE expires <= ?", (clock_ms,))
@@ -229,33 +217,25 @@ class RedisDedup(Dedup):
         return f"{self.prefix}b:{n}"  # never a hash key: those are 64 hex digits
 
     def unseen(self, hashes: Sequence[str], clock_ms: int) -> list[bool]:
+        # Keys of the wall-TTL layout (value 1, Redis EX) read as expired and age out by their EX.
         if not hashes:
             return []
         found = cast(list[bytes | None], self._r.mget([self.prefix + h for h in hashes]))
-        live_after = clock_ms - self.ttl_ms  # alive iff age > clock - TTL
+        live_after = clock_ms - self.ttl_ms  # alive iff marked after clock - TTL
         batch: set[str] = set()
         flags = []
-        for tx_hash, age in zip(hashes, found, strict=True):
-            flags.append((age is None or int(age) <= live_after) and tx_hash not in batch)
+        for tx_hash, marked in zip(hashes, found, strict=True):
+            flags.append((marked is None or int(marked) <= live_after) and tx_hash not in batch)
             batch.add(tx_hash)
         return flags
 
-    def mark(self, hashes: Sequence[str], times: Sequence[int], clock_ms: int) -> None:
-        cut = clock_ms - self.ttl_ms
-        width = self.bucket_ms
-        by_bucket: dict[int, list[str]] = {}
-        keep: list[tuple[str, int]] = []
-        for tx_hash, age in zip(hashes, self._ages(times, clock_ms), strict=True):
-            if age > cut:
-                by_bucket.setdefault(age // width, []).append(tx_hash)
-                keep.append((tx_hash, age))
+    def mark(self, hashes: Sequence[str], clock_ms: int) -> None:
         pipe = self._r.pipeline(transaction=False)
-        if by_bucket:
-            pipe.zadd(self.buckets_key, {str(n): n for n in by_bucket})
-            for n, members in by_bucket.items():
-                pipe.sadd(self._bucket_key(n), *members)
-        for tx_hash, age in keep:
-            pipe.set(self.prefix + tx_hash, age)
+        if hashes:
+            n = clock_ms // self.bucket_ms
+            pipe.zadd(self.buckets_key, {str(n): n})
+            pipe.sadd(self._bucket_key(n), *hashes)
+            pipe.mset(dict.fromkeys([self.prefix + h for h in hashes], clock_ms))
         if self.clock_ms is None or clock_ms > self.clock_ms:
             pipe.set(self.clock_key, clock_ms)
         pipe.execute()
@@ -263,7 +243,7 @@ class RedisDedup(Dedup):
 
     def purge(self, clock_ms: int) -> int:
         cut = clock_ms - self.ttl_ms
-        # Bucket n holds ages in [n * width, (n + 1) * width): all expired once its end <= cut + 1.
+        # Bucket n holds marks in [n * width, (n + 1) * width): all expired once its end <= cut + 1.
         due = (cut + 1) // self.bucket_ms - 1
         dropped = 0
         for member in cast(list[bytes], self._r.zrangebyscore(self.buckets_key, "-inf", due)):

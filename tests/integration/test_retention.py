@@ -136,6 +136,7 @@ def test_a_long_replay_holds_one_ttl_of_dedup_and_ages_dead_letters_on_its_clock
         assert 150 <= sizes[-1] and max(sizes[12:]) <= 180 * 13 // 12 + per_batch + 1  # one TTL (+ a purge step)
         assert _replay(ingestor, events[-150:]).duplicates == 150  # the last 50 min: within the TTL
         assert _replay(ingestor, events[-300:-270]).appended == 30  # 100 min back: past it
+        assert _replay(ingestor, events[-300:-270]).duplicates == 30  # seen again just now
     t = events[-1].event_time // MINUTE_MS * MINUTE_MS  # the pipeline clock: the newest closed minute
     run_retention(s, t)
     with open_ingest_store(s) as store:
