@@ -462,6 +462,7 @@ def _bed(s: Settings) -> int:
     return T0 + hours * HOUR_MS
 
 
+@pytest.mark.slow
 def test_services_kill_9_in_the_middle_of_retention_keeps_the_champion_history_with_artifacts(
     services_settings: Settings, tmp_path: Path
 ) -> None:
