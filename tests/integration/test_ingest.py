@@ -244,3 +244,40 @@ def test_cli_ingest_replay_and_dlq_show(data_dir: Path, tmp_path: Path) -> None:
     assert "3 in total" in out.stdout and "not JSON" in out.stdout
     bad = subprocess.run([*run, "ingest", "--source", "replay"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--file" in bad.stderr
+
+
+def test_stores_from_before_the_event_clock_upgrade_in_place(backend_settings: Settings) -> None:
+    """Old dead letters (no `clock`) read and age by their ingest time; an old dedup log (its
+    expiries wall time) is dropped once, and the store works on from there."""
+    import sqlite3
+
+    import redis
+
+    if backend_settings.profile == "embedded":
+        db = sqlite3.connect(backend_settings.path("ingest.sqlite"))
+        db.execute(
+            "CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, raw TEXT NOT NULL, reason TEXT NOT NULL,"
+            " source TEXT NOT NULL, ingest_time INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO dead_letters (raw, reason, source, ingest_time) VALUES ('old', 'bad', 'ws', ?)", (T,))
+        db.commit()
+        db.close()
+        db = sqlite3.connect(backend_settings.path("dedup.sqlite"))
+        db.execute("CREATE TABLE seen_batches (id INTEGER PRIMARY KEY AUTOINCREMENT, expires INTEGER NOT NULL, hashes TEXT NOT NULL)")
+        db.execute("INSERT INTO seen_batches (expires, hashes) VALUES (?, ?)", (4_000_000_000_000, json.dumps([h(1)])))
+        db.commit()
+        db.close()
+    else:
+        r = redis.Redis.from_url(backend_settings.redis_url)
+        r.xadd(f"{backend_settings.namespace}:deadletters", {"raw": "old", "reason": "bad", "source": "ws", "ingest_time": T})
+        r.close()
+    with open_ingest_store(backend_settings) as store:
+        store.record([], {"received": 1}, T + 2)
+        assert [(d.raw, d.clock) for d in store.dead_letters()] == [("old", T)]
+        assert store.dead_letter_stats()[1:] == (1, T)
+        assert store.trim_dead_letters(T + 1) == 1
+    with open_dedup(backend_settings) as dedup:
+        assert dedup.unseen([h(1)], T) == [True] and dedup.size() == 0
+        assert first_seen(dedup, [h(1)]) == [True]
+    with open_dedup(backend_settings) as dedup:
+        assert dedup.unseen([h(1)], T) == [False]
