@@ -85,8 +85,8 @@ class Ingestor:
         # Called after every batch (progress displays).
         self.on_batch: Callable[[], None] | None = None
         # Ingestion's guarded event clock (rtml.sources.clock), resumed from the dedup store: dedup
-        # entries expire and dead letters are stamped by it.
-        self.clock = IngestClock(int(settings.window.max_jump_s * 1000), self.dedup.clock_ms)
+        # entries expire by its `elapsed`, dead letters are stamped with its `now`.
+        self.clock = IngestClock(int(settings.window.max_jump_s * 1000), self.dedup.event_ms, self.dedup.clock_ms)
         self._purge_every = max(1, self.dedup.ttl_ms // _PURGES_PER_TTL)
         self._purged_at = self.dedup.clock_ms
 
@@ -173,9 +173,9 @@ class Ingestor:
                 fresh = [r for r, new in zip(rows, flags, strict=True) if new]
             if fresh:
                 self.stream.append_rows(fresh)
-                self.dedup.mark(list(map(_hash, fresh)), clock)
+                self.dedup.mark(list(map(_hash, fresh)), clock, self.clock.now)
         counts = Counts(received, len(rows), len(rows) - len(fresh), len(dead), len(fresh))
-        self.store.record(dead, counts.as_dict(), clock)
+        self.store.record(dead, counts.as_dict(), self.clock.now)
         self.totals += counts
         if clock is not None and (self._purged_at is None or clock - self._purged_at >= self._purge_every):
             self.dedup.purge(clock)

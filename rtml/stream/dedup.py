@@ -1,7 +1,8 @@
 """Dedup by transaction hash with a TTL on event time that survives restarts (DynamoDB conditional puts in the AWS original).
 
-The TTL runs on ingestion's guarded event clock (`rtml.sources.clock.IngestClock`), never on
-wall time: an entry expires once that clock passes the clock at its marking + `ingest.dedup_ttl_s`,
+The TTL runs on ingestion's guarded event clock (`rtml.sources.clock.IngestClock.elapsed`: event
+time, a real gap counting as at most `window.max_jump_s`), never on wall time: an entry expires
+once that clock passes the clock at its marking + `ingest.dedup_ttl_s`,
 so a max-speed replay of a month holds one TTL's worth of entries at a time, as live does,
 instead of every hash it wrote within three wall hours. For events in order that is their event
 time + TTL. An event's own time is not used: one dated ahead of the clock cannot pin its entry,
@@ -20,11 +21,12 @@ far from the 200k events/s target, so the table is an append-only log with one r
 (its new hashes and their expiry, the clock + TTL) and the membership test runs on an in-memory
 index of the unexpired entries, rebuilt on open. Both calls first replay rows other processes
 appended since this one last looked, so two ingesters on one data directory still agree. The
-clock is kept beside the log (table `clock`), committed with each mark.
+clock and the ingest event clock are kept beside the log (table `clock`), committed with each
+mark, for the next ingester to resume from.
 Services: Redis key `{namespace}:dedup:<hash>` holds the clock at its marking (ms), with no
 Redis TTL; the set `{namespace}:dedup:b:<n>` lists the hashes marked in bucket n of the clock
-(TTL/12 each), the sorted set `{namespace}:dedup:buckets` the buckets, and
-`{namespace}:dedup:clock` the clock. `purge` deletes the keys of buckets wholly expired (one Lua
+(TTL/12 each), the sorted set `{namespace}:dedup:buckets` the buckets, and the hash
+`{namespace}:dedup:clock` the clock (`ttl`) and the ingest event clock (`event`). `purge` deletes the keys of buckets wholly expired (one Lua
 call per chunk, skipping hashes marked again since), then the bucket. A mark writes the bucket
 first and the keys second, so a crash between leaves at worst a bucket naming keys not
 written, never a key no bucket names.
@@ -65,8 +67,10 @@ class Dedup(ABC):
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_ms = int(ttl_s * 1000)
-        # The ingest clock as last committed (None before any event): where a new ingester resumes.
+        # The TTL clock and the ingest event clock as last committed (None before any event):
+        # where a new ingester resumes.
         self.clock_ms: int | None = None
+        self.event_ms: int | None = None
 
     @abstractmethod
     def unseen(self, hashes: Sequence[str], clock_ms: int) -> list[bool]:
@@ -74,8 +78,8 @@ class Dedup(ABC):
         within the batch counts); marks nothing."""
 
     @abstractmethod
-    def mark(self, hashes: Sequence[str], clock_ms: int) -> None:
-        """Mark unseen hashes at `clock_ms` once their events are in the stream."""
+    def mark(self, hashes: Sequence[str], clock_ms: int, event_ms: int | None = None) -> None:
+        """Mark unseen hashes at `clock_ms` once their events are in the stream; keep the clocks."""
 
     @abstractmethod
     def purge(self, clock_ms: int) -> int:
@@ -115,13 +119,16 @@ class SqliteDedup(Dedup):
                 # as event time: dropped (at most one wall TTL of marks; a re-sent event whose
                 # window is open still counts once in the engine, one whose window is final is late).
                 self._db.execute("DELETE FROM seen_batches")
-                self._db.execute("CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), high INTEGER NOT NULL)")
+                self._db.execute(
+                    "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), ttl INTEGER NOT NULL, event INTEGER)"
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        found = self._db.execute("SELECT high FROM clock").fetchone()
-        self.clock_ms = None if found is None else int(found[0])
+        found = self._db.execute("SELECT ttl, event FROM clock").fetchone()
+        if found is not None:
+            self.clock_ms, self.event_ms = found
         # hash -> expiry, and the marked batches oldest first, (expires, hashes).
         self._expiry: dict[str, int] = {}
         self._batches: deque[tuple[int, list[str]]] = deque()
@@ -157,7 +164,7 @@ class SqliteDedup(Dedup):
             flags.append(new)
         return flags
 
-    def mark(self, hashes: Sequence[str], clock_ms: int) -> None:
+    def mark(self, hashes: Sequence[str], clock_ms: int, event_ms: int | None = None) -> None:
         expires = clock_ms + self.ttl_ms
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # serialises marks with other processes
@@ -171,13 +178,13 @@ class SqliteDedup(Dedup):
             if fresh:
                 db.execute("INSERT INTO seen_batches (expires, hashes) VALUES (?, ?)", (expires, json.dumps(fresh)))
                 self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-            if self.clock_ms is None or clock_ms > self.clock_ms:
-                db.execute("INSERT OR REPLACE INTO clock (id, high) VALUES (0, ?)", (clock_ms,))
+            if self.clock_ms is None or clock_ms > self.clock_ms or event_ms != self.event_ms:
+                db.execute("INSERT OR REPLACE INTO clock (id, ttl, event) VALUES (0, ?, ?)", (clock_ms, event_ms))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.clock_ms = max(clock_ms, self.clock_ms or clock_ms)
+        self.clock_ms, self.event_ms = max(clock_ms, self.clock_ms or clock_ms), event_ms
         if fresh:
             self._expiry.update(dict.fromkeys(fresh, expires))
             self._batches.append((expires, fresh))
@@ -210,8 +217,10 @@ class RedisDedup(Dedup):
         self.clock_key = f"{namespace}:dedup:clock"
         self.bucket_ms = max(1, self.ttl_ms // BUCKETS_PER_TTL)
         self._purge_bucket = self._r.register_script(_PURGE_BUCKET)
-        found = self._r.get(self.clock_key)
-        self.clock_ms = None if found is None else int(cast(bytes, found))
+        found = cast(dict[bytes, bytes], self._r.hgetall(self.clock_key))
+        if b"ttl" in found:
+            self.clock_ms = int(found[b"ttl"])
+            self.event_ms = int(found[b"event"]) if b"event" in found else None
 
     def _bucket_key(self, n: int) -> str:
         return f"{self.prefix}b:{n}"  # never a hash key: those are 64 hex digits
@@ -229,17 +238,17 @@ class RedisDedup(Dedup):
             batch.add(tx_hash)
         return flags
 
-    def mark(self, hashes: Sequence[str], clock_ms: int) -> None:
+    def mark(self, hashes: Sequence[str], clock_ms: int, event_ms: int | None = None) -> None:
         pipe = self._r.pipeline(transaction=False)
         if hashes:
             n = clock_ms // self.bucket_ms
             pipe.zadd(self.buckets_key, {str(n): n})
             pipe.sadd(self._bucket_key(n), *hashes)
             pipe.mset(dict.fromkeys([self.prefix + h for h in hashes], clock_ms))
-        if self.clock_ms is None or clock_ms > self.clock_ms:
-            pipe.set(self.clock_key, clock_ms)
+        if self.clock_ms is None or clock_ms > self.clock_ms or event_ms != self.event_ms:
+            pipe.hset(self.clock_key, mapping={"ttl": clock_ms, **({} if event_ms is None else {"event": event_ms})})
         pipe.execute()
-        self.clock_ms = max(clock_ms, self.clock_ms or clock_ms)
+        self.clock_ms, self.event_ms = max(clock_ms, self.clock_ms or clock_ms), event_ms
 
     def purge(self, clock_ms: int) -> int:
         cut = clock_ms - self.ttl_ms
