@@ -139,6 +139,10 @@ class RetentionSettings(BaseModel):
     stream_hours: float = 48.0
     # Refused input is kept long enough for a person to look at it after a holiday.
     dead_letters_days: float = 30.0
+    # ... but never more than this many (the oldest go first, counted in `dead_letters_dropped`),
+    # so a flood of bad frames cannot fill a disk within the window: at most this many times
+    # `ingest.dead_letter_max_bytes` (64 KiB: 3.3 GB) even if every frame is huge, ~50 MB typically.
+    dead_letters_max_rows: int = Field(default=50_000, ge=1)
     # The pipeline's own forecasts: monitoring judges hours closed within a day; 90 days keeps
     # the quality history of a season (~130 k rows).
     predictions_days: float = 90.0

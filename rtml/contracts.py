@@ -81,6 +81,9 @@ class DeadLetter:
     ingest_time: int
     raw_bytes: int = -1
     raw_sha256: str = ""
+    # Ingestion's event clock when it was refused (rtml.sources.clock): what retention ages it
+    # by. -1 until the dead-letter store stamps it.
+    clock: int = -1
 
 
 @dataclass(frozen=True, slots=True)

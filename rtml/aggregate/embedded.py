@@ -319,7 +319,7 @@ class Engine:
         if not rows:
             return 0
         try:
-            record_outliers(self.settings, [r[1:] for r in rows])
+            record_outliers(self.settings, [r[1:] for r in rows], self.state.watermark)
         except Exception as exc:  # noqa: BLE001 - they wait in the outbox
             log.warning("could not dead-letter %d clock outliers (%s); will retry", len(rows), exc)
             return 0
@@ -460,9 +460,11 @@ class Engine:
         self._lock.close()
 
 
-def record_outliers(settings: Settings, outliers: Sequence[Sequence[object]]) -> None:
+def record_outliers(settings: Settings, outliers: Sequence[Sequence[object]], watermark: int) -> None:
     """Clock outliers (tx_hash, event_time, fee_sat, reason) into ingestion's dead-letter store,
-    as source `aggregate` with the row as JSON: both engines call this."""
+    as source `aggregate` with the row as JSON, stamped with the engine's watermark (an outlier's
+    own time is the one thing not to trust; before any watermark, the ingest time stands in):
+    both engines call this."""
     import json
 
     from rtml.sources.deadletters import open_ingest_store
@@ -473,7 +475,7 @@ def record_outliers(settings: Settings, outliers: Sequence[Sequence[object]]) ->
         raw = json.dumps({"tx_hash": tx_hash, "event_time": et, "fee_sat": fee})
         letters.append(DeadLetter(raw, str(reason), "aggregate", now, len(raw), ""))
     with open_ingest_store(settings) as store:
-        store.record(letters, {"clock_outliers": len(letters)})
+        store.record(letters, {"clock_outliers": len(letters)}, None if watermark == NO_WATERMARK else watermark)
 
 
 def run(

@@ -363,7 +363,7 @@ class _Driver:
         if self.guard is not None and self.settings is not None:
             outliers = take_outliers(self.guard)
             if outliers:
-                record_outliers(self.settings, outliers)
+                record_outliers(self.settings, outliers, self.state.windows.watermark)
 
     def _commit(self) -> None:
         if self.state.outbox:

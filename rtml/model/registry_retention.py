@@ -40,8 +40,11 @@ def _utc(iso: str) -> datetime:
 
 def protected_versions(settings: Settings) -> list[dict[str, Any]]:
     """The champion and every version on its history (what rollback can return to), with fields
-    as `list_versions`: retention keeps them, their artifacts and their training windows."""
-    keep = set(champion_history(settings))
+    as `list_versions`: retention keeps them, their artifacts and their training windows.
+    Only the last `retention.champion_history` count, as `trim_candidates` cuts the history to
+    them: so the offline store's trim, which runs first, protects the same windows whether or
+    not an earlier (killed) run already cut it."""
+    keep = set(champion_history(settings)[-max(1, settings.retention.champion_history) :])
     champion = champion_version(settings)
     if champion is not None:
         keep.add(champion)

@@ -4,8 +4,9 @@ The scheduler's `retention` job calls `run_retention(settings, t)` at every boun
 `retention.interval_s` (hourly). Each store trims itself below its cutoff t - window, by the
 event time it records (the stream: event time; predictions: target minute; events: the
 clock when recorded; reports: the run's time; online and offline: the minute; candidates:
-their training window's end; dead letters: ingest time, since a refused frame has no event
-time to trust). What retention never deletes:
+their training window's end; dead letters: ingestion's guarded event clock when refused,
+since a refused frame has no event time to trust; their count is also capped as they arrive,
+`retention.dead_letters_max_rows`). What retention never deletes:
 - stream events a consumer (`aggregator`, `archiver`) has not committed: the stream trims a
   prefix no longer than the lowest committed offset, and nothing before both committed once;
 - the champion and every version on its history (the last `retention.champion_history`, what

@@ -102,6 +102,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(column, overflow="fold")
         table.add_column("bytes", justify="right")
         table.add_column("sha256", overflow="fold")
+        table.add_column("clock (UTC)")  # the ingest event clock it ages by (retention)
         for d in letters:
             # Refused text is shown literally (rich Text: no markup) with control characters escaped.
             raw = printable(d.raw[:200]) + (f"... ({len(d.raw):,} chars kept)" if len(d.raw) > 200 else "")
@@ -112,6 +113,7 @@ def register(app: typer.Typer) -> None:
                 Text(raw),
                 f"{d.raw_bytes:,}" if d.raw_bytes >= 0 else "",
                 d.raw_sha256[:16],
+                f"{ms_to_datetime(d.clock):%Y-%m-%d %H:%M}" if d.clock >= 0 else "",
             )
         Console().print(table)
 

@@ -4,7 +4,9 @@ Sources hand over batches of raw input (wire frames, REST transactions, replay l
 batch costs one dedup check, one stream append, one dedup mark and one store write. Order of
 effects per batch: check, append, then mark, so a crash (even kill -9) at any point loses
 nothing: unmarked events are appended again when re-sent, and the aggregation engine counts a
-repeated tx_hash once. Then the batch's dead letters and counts are recorded.
+repeated tx_hash once. Then the batch's dead letters and counts are recorded. Dedup entries
+expire and dead letters are stamped by ingestion's guarded event clock (rtml.sources.clock),
+never by wall time, so a replay at any speed holds and ages them as live does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from rtml.config import Settings
 from rtml.contracts import DeadLetter, Oversized, Row, dead_letter, parse_batch
 from rtml.ops.outage import Outage
 from rtml.sources.buffer import Held, OutageBuffer
+from rtml.sources.clock import IngestClock
 from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
@@ -44,8 +48,10 @@ LIVE_SOURCES = ("ws", "rest")
 _PARSE_AHEAD = 2
 # The archiver runs beside a long ingestion this often (seconds).
 ARCHIVE_EVERY_S = 60.0
-# Drop expired dedup entries from memory and disk this often during long runs.
-_PURGE_EVERY_S = 600.0
+# Drop expired dedup entries each time the ingest clock has moved this share of the TTL, so
+# memory holds about one TTL of entries however fast the clock runs (a replay at max speed).
+_PURGES_PER_TTL = 12
+_hash, _time = itemgetter(0), itemgetter(1)
 
 
 @dataclass
@@ -83,12 +89,16 @@ class Ingestor:
         self.errors = 0
         # Called after every batch (progress displays).
         self.on_batch: Callable[[], None] | None = None
-        self._last_purge = time.monotonic()
         # Riding out a Redis outage: live batches wait in `buffer`, replays wait in `_store_retrying`.
         self.outage = Outage(settings, "ingest")
         self.buffer = OutageBuffer(settings)
         self._retry_at = 0.0
         self._show_buffer()
+        # Ingestion's guarded event clock (rtml.sources.clock), resumed from the dedup store: dedup
+        # entries expire by its `elapsed`, dead letters are stamped with its `now`.
+        self.clock = IngestClock(int(settings.window.max_jump_s * 1000), self.dedup.event_ms, self.dedup.clock_ms)
+        self._purge_every = max(1, self.dedup.ttl_ms // _PURGES_PER_TTL)
+        self._purged_at = self.dedup.clock_ms
 
     def _max_future_ms(self, source: str) -> int | None:
         return int(self.settings.ingest.max_future_s * 1000) if source in LIVE_SOURCES else None
@@ -217,21 +227,23 @@ class Ingestor:
 
     def _store(self, received: int, rows: list[Row], dead: list[DeadLetter]) -> Counts:
         fresh = rows
+        clock = self.clock.observe(list(map(_time, rows)))
         if rows:
-            flags = self.dedup.unseen([r[0] for r in rows])
+            assert clock is not None  # observe() of any event gives a clock
+            flags = self.dedup.unseen(list(map(_hash, rows)), clock)
             if not all(flags):
                 fresh = [r for r, new in zip(rows, flags, strict=True) if new]
             if fresh:
                 self.stream.append_rows(fresh)
-                self.dedup.mark([r[0] for r in fresh])
+                self.dedup.mark(list(map(_hash, fresh)), clock, self.clock.now)
                 if self.ledger is not None and self.stream.last_append is not None:
                     self.ledger.record(self.stream.last_append, fresh)
         counts = Counts(received, len(rows), len(rows) - len(fresh), len(dead), len(fresh))
-        self.store.record(dead, counts.as_dict())
+        self.store.record(dead, counts.as_dict(), self.clock.now)
         self.totals += counts
-        if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
-            self.dedup.purge()
-            self._last_purge = time.monotonic()
+        if clock is not None and (self._purged_at is None or clock - self._purged_at >= self._purge_every):
+            self.dedup.purge(clock)
+            self._purged_at = clock
         if self.on_batch is not None:
             self.on_batch()
         return counts
@@ -241,7 +253,7 @@ class Ingestor:
         now = int(time.time() * 1000)
         letter = dead_letter(raw, reason, source, now, self.settings.ingest.dead_letter_max_bytes)
         counts = Counts(received=1, dead_letters=1)
-        self.store.record([letter], counts.as_dict())
+        self.store.record([letter], counts.as_dict(), self.clock.now)
         self.totals += counts
 
     def close(self) -> None:

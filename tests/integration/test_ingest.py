@@ -6,7 +6,6 @@ import gzip
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +31,58 @@ def event(i: int) -> TxEvent:
     return TxEvent(h(i), 1_606_176_000_000 + i * 37_000, 100 + i, 200 + i % 7, "test", 0)
 
 
-def first_seen(dedup: Dedup, hashes: list[str], now_ms: int | None = None) -> list[bool]:
-    """Check, then mark what was new: what the ingestor does around its stream append."""
-    flags = dedup.unseen(hashes, now_ms)
-    dedup.mark([x for x, new in zip(hashes, flags, strict=True) if new], now_ms)
+T = 1_606_176_000_000  # an ingest clock reading (2020-11-24)
+
+
+def first_seen(dedup: Dedup, hashes: list[str], clock: int = T) -> list[bool]:
+    """Check, then mark what was new at `clock`: what the ingestor does around its stream append."""
+    flags = dedup.unseen(hashes, clock)
+    dedup.mark([x for x, f in zip(hashes, flags, strict=True) if f], clock)
     return flags
 
 
 def test_dedup_marks_batches_once_and_survives_restart(backend_settings: Settings) -> None:
     with open_dedup(backend_settings) as dedup:
+        assert dedup.clock_ms is None
         assert first_seen(dedup, [h(1), h(2), h(1), h(3)]) == [True, True, False, True]
         assert first_seen(dedup, [h(2), h(4)]) == [False, True]
         assert first_seen(dedup, []) == []
-        assert dedup.unseen([h(5), h(5)]) == [True, False]
-        assert dedup.unseen([h(5)]) == [True]  # checking marks nothing
+        assert dedup.unseen([h(5), h(5)], T) == [True, False]
+        assert dedup.unseen([h(5)], T) == [True]  # checking marks nothing
     with open_dedup(backend_settings) as dedup:
-        assert dedup.unseen([h(1), h(2), h(3), h(4), h(5)]) == [False, False, False, False, True]
+        assert dedup.clock_ms == T  # where the next ingester resumes
+        assert dedup.unseen([h(1), h(2), h(3), h(4), h(5)], T) == [False, False, False, False, True]
 
 
-def test_dedup_entries_expire_after_the_ttl(backend_settings: Settings) -> None:
-    backend_settings.ingest = backend_settings.ingest.model_copy(update={"dedup_ttl_s": 1})
+def test_dedup_entries_expire_on_event_time(backend_settings: Settings) -> None:
+    """An entry expires once the ingest clock passes the clock at its marking + TTL, whatever the
+    wall clock does, and whatever the event's own time (old mempool transactions, lying ones)."""
+    ttl = 3_600_000
+    backend_settings.ingest = backend_settings.ingest.model_copy(update={"dedup_ttl_s": ttl // 1000})
     with open_dedup(backend_settings) as dedup:
-        start = time.monotonic()
-        assert first_seen(dedup, [h(7)]) == [True]
-        assert first_seen(dedup, [h(7)]) == [False]
-        while first_seen(dedup, [h(7)]) != [True]:  # seen again only once the TTL has passed
-            assert time.monotonic() - start < 10, "the dedup entry never expired"
-            time.sleep(0.05)
-        assert time.monotonic() - start >= 0.9
+        assert first_seen(dedup, [h(7), h(8), h(9)]) == [True] * 3
+        assert dedup.unseen([h(7), h(8), h(9)], T + ttl - 1) == [False] * 3
+        assert dedup.unseen([h(7), h(8)], T + ttl) == [True, True]
+        assert first_seen(dedup, [h(7)], T + ttl) == [True]  # marked again: a fresh TTL
+        later = T + ttl + ttl // 12  # purges may lag by a twelfth of the TTL (Redis buckets)
+        assert dedup.purge(later) == 2  # h8 and h9; h7 is marked again
+        assert dedup.unseen([h(7), h(9)], later) == [False, True]
+    with open_dedup(backend_settings) as dedup:
+        assert dedup.unseen([h(7), h(9)], later) == [False, True]
+        assert dedup.size() == 1
 
 
 def test_embedded_dedup_agrees_across_processes_and_purges(settings: Settings) -> None:
     path = str(settings.path("dedup.sqlite"))
     a, b = SqliteDedup(path, 100), SqliteDedup(path, 100)
     try:
-        assert first_seen(a, [h(1), h(2)], now_ms=1_000) == [True, True]
-        assert first_seen(b, [h(2), h(3)], now_ms=1_000) == [False, True]
-        assert first_seen(a, [h(3)], now_ms=1_000) == [False]
-        assert a.purge(now_ms=200_000) == 3
-        assert first_seen(b, [h(1)], now_ms=200_000) == [True]
+        assert first_seen(a, [h(1), h(2)], 1_000) == [True, True]
+        assert first_seen(b, [h(2), h(3)], 1_000) == [False, True]
+        assert first_seen(a, [h(3)], 1_000) == [False]
+        assert a.purge(200_000) == 3
+        assert first_seen(b, [h(1)], 200_000) == [True]
         # After a purge emptied the table, new rows still reach the other process.
-        assert first_seen(a, [h(1), h(5)], now_ms=200_000) == [False, True]
+        assert first_seen(a, [h(1), h(5)], 200_000) == [False, True]
     finally:
         a.close()
         b.close()
@@ -86,7 +96,7 @@ def test_a_crash_between_append_and_mark_loses_nothing_and_counts_once(backend_s
 
     frames = [json.dumps(to_utx_message(event(i))) for i in range(20)]
     with Ingestor(backend_settings) as ingestor:
-        ingestor.dedup.mark = lambda hashes, now_ms=None: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
+        ingestor.dedup.mark = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             ingestor.ingest(frames[:10], "ws")
     with Ingestor(backend_settings) as ingestor:
@@ -234,3 +244,40 @@ def test_cli_ingest_replay_and_dlq_show(data_dir: Path, tmp_path: Path) -> None:
     assert "3 in total" in out.stdout and "not JSON" in out.stdout
     bad = subprocess.run([*run, "ingest", "--source", "replay"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--file" in bad.stderr
+
+
+def test_stores_from_before_the_event_clock_upgrade_in_place(backend_settings: Settings) -> None:
+    """Old dead letters (no `clock`) read and age by their ingest time; an old dedup log (its
+    expiries wall time) is dropped once, and the store works on from there."""
+    import sqlite3
+
+    import redis
+
+    if backend_settings.profile == "embedded":
+        db = sqlite3.connect(backend_settings.path("ingest.sqlite"))
+        db.execute(
+            "CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, raw TEXT NOT NULL, reason TEXT NOT NULL,"
+            " source TEXT NOT NULL, ingest_time INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO dead_letters (raw, reason, source, ingest_time) VALUES ('old', 'bad', 'ws', ?)", (T,))
+        db.commit()
+        db.close()
+        db = sqlite3.connect(backend_settings.path("dedup.sqlite"))
+        db.execute("CREATE TABLE seen_batches (id INTEGER PRIMARY KEY AUTOINCREMENT, expires INTEGER NOT NULL, hashes TEXT NOT NULL)")
+        db.execute("INSERT INTO seen_batches (expires, hashes) VALUES (?, ?)", (4_000_000_000_000, json.dumps([h(1)])))
+        db.commit()
+        db.close()
+    else:
+        r = redis.Redis.from_url(backend_settings.redis_url)
+        r.xadd(f"{backend_settings.namespace}:deadletters", {"raw": "old", "reason": "bad", "source": "ws", "ingest_time": T})
+        r.close()
+    with open_ingest_store(backend_settings) as store:
+        store.record([], {"received": 1}, T + 2)
+        assert [(d.raw, d.clock) for d in store.dead_letters()] == [("old", T)]
+        assert store.dead_letter_stats()[1:] == (1, T)
+        assert store.trim_dead_letters(T + 1) == 1
+    with open_dedup(backend_settings) as dedup:
+        assert dedup.unseen([h(1)], T) == [True] and dedup.size() == 0
+        assert first_seen(dedup, [h(1)]) == [True]
+    with open_dedup(backend_settings) as dedup:
+        assert dedup.unseen([h(1)], T) == [False]

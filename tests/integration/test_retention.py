@@ -65,16 +65,14 @@ def test_dead_letters_predictions_and_events_trim_to_their_windows(backend_setti
 
     cutoff = T0 + 5 * HOUR_MS
     with open_ingest_store(backend_settings) as ingest:
-        # Redis stamps dead letters with its own clock: wall time now, so one is older than the cutoff.
+        # Aged by the ingest clock they were stamped with, not by when they arrived (now).
         now = int(time.time() * 1000)
-        ingest.record([DeadLetter("x" * 10, "bad", "test", now - 2 * HOUR_MS)], {"dead_letters": 1})
-        ingest.record([DeadLetter("y" * 10, "bad", "test", now)], {"dead_letters": 1})
-        if backend_settings.profile == "embedded":
-            assert ingest.trim_dead_letters(now - HOUR_MS) == 1
-            assert ingest.dead_letter_stats()[1:] == (1, now)
-        else:
-            assert ingest.trim_dead_letters(now + HOUR_MS) == 2  # both arrived before that
-            assert ingest.dead_letter_stats()[1:] == (0, None)
+        ingest.record([DeadLetter("x" * 10, "bad", "test", now)], {"dead_letters": 1}, cutoff - 1)
+        ingest.record([DeadLetter("y" * 10, "bad", "test", now)], {"dead_letters": 1}, cutoff)
+        assert ingest.trim_dead_letters(cutoff) == 1
+        assert ingest.trim_dead_letters(cutoff) == 0
+        assert ingest.dead_letter_stats()[1:] == (1, cutoff)
+        assert ingest.dead_letters()[0].raw == "y" * 10
 
     store = PredictionStore(backend_settings)
     try:
@@ -134,6 +132,63 @@ def test_caller_forecasts_age_by_their_minute_on_the_pipeline_clock(backend_sett
         assert run_retention(settings, t)["caller_predictions"] == 0  # a re-run boundary
     finally:
         store.close()
+
+
+def _replay(ingestor: Any, events: list[TxEvent], extra: list[Any] | None = None) -> Any:
+    from rtml.sources.synthetic import to_utx_message
+
+    return ingestor.ingest([json.dumps(to_utx_message(e)) for e in events] + (extra or []), "replay")
+
+
+def test_a_long_replay_holds_one_ttl_of_dedup_and_ages_dead_letters_on_its_clock(backend_settings: Settings) -> None:
+    """30 h of event time replayed at max speed (a few wall seconds), one bad frame a batch and
+    one valid-looking line dated 2099: dedup holds about one TTL (1 h) of hashes throughout and
+    still removes duplicates within it; retention at the replay's clock keeps 6 h of dead letters."""
+    from rtml.ops.retention import run_retention
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor
+
+    s = backend_settings
+    s.ingest = s.ingest.model_copy(update={"dedup_ttl_s": 3600})
+    keep_only = {k: 0.0 for k in ("stream_hours", "predictions_days", "caller_predictions_days", "events_days",
+                                  "reports_days", "online_days", "candidates_days")}  # fmt: skip
+    s.retention = s.retention.model_copy(update={**keep_only, "dead_letters_days": 0.25})
+    step, per_batch = 20_000, 30  # an event every 20 s, ten minutes a batch
+    events = _events(30 * 180, step)
+    liar = TxEvent("f" * 64, int(datetime(2099, 1, 1, tzinfo=UTC).timestamp() * 1000), 1, 250, "test", 0)
+    sizes = []
+    with Ingestor(s) as ingestor:
+        for i in range(0, len(events), per_batch):
+            batch = events[i : i + per_batch]
+            _replay(ingestor, batch[:15] + ([liar] if i == 90 * per_batch else []) + batch[15:], ["{broken"])
+            sizes.append(ingestor.dedup.size())
+        assert ingestor.clock.high == events[-1].event_time  # the 2099 line did not move it
+        assert 150 <= sizes[-1] and max(sizes[12:]) <= 180 * 13 // 12 + per_batch + 1  # one TTL (+ a purge step)
+        assert _replay(ingestor, events[-150:]).duplicates == 150  # the last 50 min: within the TTL
+        assert _replay(ingestor, events[-300:-270]).appended == 30  # 100 min back: past it
+        assert _replay(ingestor, events[-300:-270]).duplicates == 30  # seen again just now
+    t = events[-1].event_time // MINUTE_MS * MINUTE_MS  # the pipeline clock: the newest closed minute
+    run_retention(s, t)
+    with open_ingest_store(s) as store:
+        size, rows, oldest = store.dead_letter_stats()
+        assert oldest is not None and t - 6 * HOUR_MS <= oldest <= t
+        assert 6 * 6 <= rows <= 6 * 6 + 1  # one a batch of ten minutes
+        assert max(d.clock for d in store.dead_letters(1000)) <= events[-1].event_time
+
+
+def test_a_flood_of_bad_frames_keeps_the_newest_dead_letters_up_to_the_cap(backend_settings: Settings) -> None:
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.sources.ingest import Ingestor, ingest_counters
+
+    backend_settings.retention = backend_settings.retention.model_copy(update={"dead_letters_max_rows": 100})
+    with Ingestor(backend_settings) as ingestor:
+        for b in range(10):
+            _replay(ingestor, _events(1, MINUTE_MS), [f"{{bad {b} {i}" for i in range(50)])
+    with open_ingest_store(backend_settings) as store:
+        assert store.dead_letter_count() == 100
+        assert [d.raw for d in store.dead_letters(100)] == [f"{{bad {b} {i}" for b in (8, 9) for i in range(50)]
+    counters = ingest_counters(backend_settings)
+    assert (counters["dead_letters"], counters["dead_letters_dropped"]) == (500, 400)
 
 
 def test_events_are_stamped_with_the_boundary_of_the_job_recording_them(settings: Settings) -> None:
@@ -413,3 +468,130 @@ def test_kill_9_in_the_middle_of_retention_loses_nothing_kept(
 
     assert stores(settings.root) == stores(copy)
     assert champion_history(settings) == champion_history(get_settings(data_dir=copy))
+
+
+# ---- the same guarantees on the services profile, on a small bed instead of a soak --------
+
+BED_WINDOWS = {
+    "stream_hours": 6.0, "dead_letters_days": 0.5, "predictions_days": 0.5, "caller_predictions_days": 0.5,
+    "events_days": 0.5, "reports_days": 0.25, "online_days": 0.25, "candidates_days": 0.5,
+    "archive_days": 0.5, "offline_days": 0.5, "champion_history": 2,
+}  # fmt: skip
+
+
+def _bed(s: Settings) -> int:
+    """Two days of event time in every store of `s`, and four registry versions trained on
+    hours 0-6, 4-10, 20-30 and 36-47: v1, v3 and v4 promoted in turn, v2 never. Returns the
+    retention clock (the end): then v1 is past the history (2), v1 and v2 past the window."""
+    import pandas as pd
+
+    from rtml.aggregate.clock import current_boundary
+    from rtml.archive.parquet_lake import archive_pending
+    from rtml.features.dataset import FEATURE_COLUMNS, build_training_frame, minutes_from_totals
+    from rtml.features.offline import to_source_frame
+    from rtml.features.writer import FeatureStoreSink
+    from rtml.model import registry
+    from rtml.model.gbm import GBMParams, QuantileGBM
+    from rtml.monitoring.events import EventLog
+    from rtml.serving.prediction_log import PredictionRecord, PredictionStore
+    from rtml.sources.deadletters import open_ingest_store
+    from rtml.stream import open_stream
+
+    hours = 48
+    with open_stream(s) as stream:
+        stream.append(_events(2 * hours, HOUR_MS // 2))
+        last = stream.read(None, 1000)[-1][0]
+        stream.commit("aggregator", last)
+        stream.commit("archiver", last)
+    archive_pending(s)
+    with open_ingest_store(s) as ingest:
+        for h in range(hours):
+            ingest.record([DeadLetter(f"bad {h}", "bad", "test", 0)], {"dead_letters": 1}, T0 + h * HOUR_MS)
+    store = PredictionStore(s)
+    try:
+        at = [T0 + h * HOUR_MS for h in range(hours)]
+        store.write([PredictionRecord(0, "1", m, m, 1.0, 2.0, 3.0, 0.1, k) for m in at for k in ("pipeline", "online")], {})
+    finally:
+        store.close()
+    log = EventLog(s)
+    try:
+        for h in range(hours):
+            log.record("drift.ok", time_ms=T0 + h * HOUR_MS, key=f"drift@{h}")
+    finally:
+        log.close()
+    n = hours * 60
+    start = pd.Timestamp(T0, unit="ms", tz="UTC")
+    minutes = minutes_from_totals(pd.date_range(start, periods=n, freq="min"), np.full(n, 3), np.arange(n) % 97 * 10 + 30)
+    sink = FeatureStoreSink(s)
+    try:  # all of it offline; online (Feast pushes cost ~10 ms a minute) the last ten hours
+        sink.offline.upsert(to_source_frame(minutes))
+        sink.write_frame(minutes.tail(600))
+    finally:
+        sink.close()
+    frame = build_training_frame(minutes, horizon=s.model.horizon_min)
+    for i, (a, b) in enumerate([(0, 6), (4, 10), (20, 30), (36, 47)]):
+        part = frame[(frame["asof"] >= start + pd.Timedelta(hours=a)) & (frame["asof"] < start + pd.Timedelta(hours=b))]
+        model = QuantileGBM(FEATURE_COLUMNS, GBMParams(n_estimators=5, num_leaves=4, seed=i), n_jobs=1).fit(part)
+        run = registry.client(s).create_run(registry.experiment_id(s), run_name=f"bed-{i}")
+        tags = {"train_start": part["asof"].min().isoformat(), "train_end": part["asof"].max().isoformat()}
+        version = registry.log_candidate(s, model, part.head(50), run.info.run_id, tags)
+        registry.client(s).set_terminated(run.info.run_id)
+        if i != 1:
+            token = current_boundary.set(T0 + b * HOUR_MS)  # events on the clock, as the scheduler's
+            try:
+                registry.promote(s, version, reason="bed")
+            finally:
+                current_boundary.reset(token)
+    return T0 + hours * HOUR_MS
+
+
+@pytest.mark.slow
+def test_services_kill_9_in_the_middle_of_retention_keeps_the_champion_history_with_artifacts(
+    services_settings: Settings, tmp_path: Path
+) -> None:
+    """The soak tests' kill -9 and registry checks on the services profile (Redis, PostgreSQL,
+    MLflow on PostgreSQL): retention killed at a random moment inside its run, then run again,
+    ends with the stores of an uninterrupted run on an identical bed in another namespace; the
+    champion and its history load from their artifacts, and nothing else is left."""
+    from rtml.model.registry import champion_history, list_versions, load_version
+    from rtml.ops.purge import execute_purge, plan_purge
+    from rtml.ops.retention import run_retention, store_stats
+
+    killed = services_settings
+    killed.retention = killed.retention.model_copy(update=BED_WINDOWS)
+    reference = get_settings(data_dir=tmp_path / "reference")
+    reference.retention = reference.retention.model_copy(update=BED_WINDOWS)
+    assert reference.namespace != killed.namespace
+    try:
+        t = _bed(killed)
+        assert _bed(reference) == t
+        started = time.monotonic()
+        run_retention(reference, t)
+        whole_s = time.monotonic() - started
+
+        env = {**os.environ, **{f"RTML_RETENTION__{k.upper()}": str(v) for k, v in BED_WINDOWS.items()}}
+        code = (
+            "from rtml.config import get_settings; from rtml.ops.retention import run_retention, store_stats;"
+            f"s = get_settings(); store_stats(s); print('ready', flush=True); run_retention(s, {t})"
+        )  # store_stats first: imports and connections are warm before the moment is drawn
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(random.uniform(0.0, 1.0) * whole_s)  # a random moment inside the run, not a wait for it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        for version in champion_history(killed):  # the history survives mid-run too
+            load_version(killed, version)
+        run_retention(killed, t)
+
+        def stores(s: Settings) -> dict[str, tuple[int, str | None]]:
+            return {x["name"]: (x["rows"], x["oldest"]) for x in store_stats(s)}  # type: ignore[misc]
+
+        assert stores(killed) == stores(reference)
+        assert stores(killed)["registry"][0] == 2 and stores(killed)["stream"][0] == 12
+        assert champion_history(killed) == champion_history(reference) == ["3", "4"]
+        shutil.rmtree(killed.root / "mlflow" / "cache", ignore_errors=True)
+        for version in champion_history(killed):
+            assert load_version(killed, version).version == version  # from the registry's artifacts
+        assert sorted(v["version"] for v in list_versions(killed)) == ["3", "4"]
+    finally:
+        execute_purge(reference, plan_purge(reference, services=True))
