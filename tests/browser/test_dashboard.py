@@ -24,7 +24,8 @@ from rtml.model.train import train
 from rtml.monitoring.loop import run_monitoring_pass
 from rtml.monitoring.scenario import swinging_fee_minutes
 from rtml.quality.drift import Window, run_drift_check
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.serving.app import create_app
+from rtml.serving.server import BackgroundServer
 
 CALM_HOURS, SWING_HOURS = 4, 2
 CHARTS = ("traffic", "forecast", "quality", "models", "drift")

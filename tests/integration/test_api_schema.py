@@ -25,7 +25,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from rtml.config import Settings
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.serving.app import create_app
+from rtml.serving.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from conftest import SERVING_TOKEN
 
 from rtml.config import Settings
 from rtml.monitoring.metrics import PipelineCollector
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.serving.app import create_app
+from rtml.serving.server import BackgroundServer
 
 CALLS: list[float] = []
 
@@ -99,7 +100,7 @@ def test_the_pipeline_part_of_the_page_passes_promtool_on_both_profiles(
     """The parts' persisted counters come from SQLite or from Redis hashes: both pages are valid."""
     from prometheus_client import generate_latest
 
-    from rtml.serving.app import ServingMetrics
+    from rtml.serving.middleware import ServingMetrics
     from rtml.sources.ingest import run_ingest
 
     run_ingest(backend_settings, "synthetic", speed=None, duration_s=120, archive=False)

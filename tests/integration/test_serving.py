@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from rtml.config import Settings, get_settings
 from rtml.contracts import MinuteFeatures
 from rtml.model import registry
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.serving.app import create_app
 from rtml.serving.prediction_log import read_predictions, serving_counters
 from rtml.serving.seed import write_minutes
+from rtml.serving.server import BackgroundServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
