@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from rtml.quality.drift import DriftResult, Window
+    from rtml.quality.results import DriftResult, Window
 
 WINDOW_HELP = "START..END, ISO 8601 times (UTC when no offset), e.g. 2024-10-01T00:00..2024-10-02T00:00."
 
 
 def parse_window(text: str | None) -> Window | None:
     """`START..END` -> Window; times without an offset are UTC."""
-    from rtml.quality.drift import Window
+    from rtml.quality.results import Window
 
     if text is None:
         return None

@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
+from rtml.quality.results import Window
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from rtml.quality.drift import Window
 
 log = logging.getLogger("rtml.quality")
 
@@ -115,8 +114,6 @@ def data_span(settings: Settings) -> tuple[datetime, datetime] | None:
 
 def champion_training_window(settings: Settings) -> Window | None:
     """The training window the model registry recorded for the champion, or None without one."""
-    from rtml.quality.drift import Window
-
     if not _registry_exists(settings):
         return None
     found = _call(CHAMPION_WINDOW, settings)

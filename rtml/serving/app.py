@@ -3,9 +3,9 @@
 `create_app(settings)` builds the app; the real feature store and registry are opened in the
 lifespan (so building the app is cheap), or given as `features=` / `models=` objects that
 follow the small interfaces in `sources.py` and `swap.py`. Other parts add pages and
-endpoints through `routers=` or by naming a module in `ROUTER_MODULES`: each such module
-defines `build_router(settings) -> APIRouter`; its handlers reach the running service
-through `request.app.state.serving` (a `ServingState`). The bodies are in `schemas.py`, the
+endpoints through `routers=` (the composition root, `rtml.pipeline.serving_app`, adds the
+monitoring dashboard): their handlers reach the running service through
+`request.app.state.serving` (a `ServingState`). The bodies are in `schemas.py`, the
 metrics and middleware in `middleware.py`, a server in a thread in `server.py`.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -52,10 +51,6 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
 
-# Modules that add routers to every app, when present: each defines build_router(settings).
-ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
-
-
 @dataclass
 class ServingState:
     """Everything a handler needs; `request.app.state.serving`."""
@@ -87,20 +82,6 @@ def _default_sources(settings: Settings) -> tuple[FeatureSource, ModelSource]:
     from rtml.serving.real import RegistryModelSource, StoreFeatureSource
 
     return StoreFeatureSource(settings), RegistryModelSource(settings)
-
-
-def _module_routers(settings: Settings) -> list[APIRouter]:
-    routers = []
-    for name in ROUTER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        if hasattr(module, "build_router"):
-            routers.append(module.build_router(settings))
-    return routers
 
 
 def create_app(
@@ -421,6 +402,6 @@ def create_app(
     def rollback(request: Request) -> AdminResult:
         return admin_change(request, lambda: _state(request).watcher.source.rollback())
 
-    for router in (*routers, *_module_routers(settings)):
+    for router in routers:
         app.include_router(router)
     return app

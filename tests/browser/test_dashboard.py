@@ -23,8 +23,9 @@ from rtml.model import registry
 from rtml.model.train import train
 from rtml.monitoring.loop import run_monitoring_pass
 from rtml.monitoring.scenario import swinging_fee_minutes
-from rtml.quality.drift import Window, run_drift_check
-from rtml.serving.app import create_app
+from rtml.pipeline import serving_app
+from rtml.quality.drift import run_drift_check
+from rtml.quality.results import Window
 from rtml.serving.server import BackgroundServer
 
 CALM_HOURS, SWING_HOURS = 4, 2
@@ -55,7 +56,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
         registry.promote(settings, first.version, reason="test: first champion")
     end = minutes["minute"].max().to_pydatetime() + timedelta(minutes=1)
 
-    server = BackgroundServer(create_app(settings)).start()
+    server = BackgroundServer(serving_app(settings)).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             sent = log_pipeline_forecasts(settings, minutes, shift - pd.Timedelta(hours=1), pd.Timestamp(end))

@@ -18,7 +18,8 @@ from rtml.features import offline
 from rtml.model import registry
 from rtml.monitoring.events import EventLog
 from rtml.quality import reports
-from rtml.quality.drift import Window, run_drift_check, run_quality_check
+from rtml.quality.drift import run_drift_check, run_quality_check
+from rtml.quality.results import Window
 
 START = datetime(2024, 10, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -15,7 +15,7 @@ from conftest import SERVING_TOKEN
 
 from rtml.config import Settings
 from rtml.monitoring.metrics import PipelineCollector
-from rtml.serving.app import create_app
+from rtml.pipeline import serving_app
 from rtml.serving.server import BackgroundServer
 
 CALLS: list[float] = []
@@ -30,7 +30,7 @@ def slow_counters(settings: Settings) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def server(bed: tuple[Settings, list[str]]) -> Iterator[BackgroundServer]:
-    server = BackgroundServer(create_app(bed[0], poll_s=0.2)).start()
+    server = BackgroundServer(serving_app(bed[0], poll_s=0.2)).start()
     yield server
     server.stop()
 

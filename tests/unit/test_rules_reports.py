@@ -12,7 +12,8 @@ import pytest
 from rtml.config import Settings
 from rtml.monitoring.events import EventLog
 from rtml.quality import reports
-from rtml.quality.drift import ColumnDrift, DriftResult, Window, drift_report
+from rtml.quality.drift import drift_report
+from rtml.quality.results import ColumnDrift, DriftResult, Window
 from rtml.quality.rules import dead_letter_rate, fees_valid
 
 T0 = datetime(2024, 10, 1, tzinfo=UTC)
