@@ -71,7 +71,7 @@ def test_a_slow_store_neither_stalls_forecasts_nor_is_read_on_every_scrape(
     settings = bed[0]
     app = server._server.config.app
     registry = app.state.serving.metrics.registry
-    collector = PipelineCollector(settings, sources={"slow": f"{__name__}:slow_counters"}, max_age_s=30)
+    collector = PipelineCollector(settings, sources={"slow": slow_counters}, max_age_s=30)
     registry.register(collector)
     CALLS.clear()
     try:

@@ -55,6 +55,8 @@ KNOWN_UPSTREAM_IMPORTS: set[tuple[str, str]] = {
     ("rtml.quality.reports", "rtml.monitoring.events"),
     # The scheduler opens the composition root's jobs (the circle above).
     ("rtml.ops.scheduler", "rtml.pipeline"),
+    # /metrics reports the supervised components from the supervisor's state file.
+    ("rtml.monitoring.metrics", "rtml.ops.supervisor"),
 }
 
 
