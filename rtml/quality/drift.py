@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
-from rtml.quality.results import ColumnDrift, DriftResult, Window
+from rtml.quality.results import ColumnDrift, DriftResult, TimeRange
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,14 +185,14 @@ def drift_report(
 # ---------------------------------------------------------------- wiring to the pipeline's data
 
 
-def load_minutes(settings: Settings, window: Window) -> pd.DataFrame | None:
+def load_minutes(settings: Settings, window: TimeRange) -> pd.DataFrame | None:
     """Per-minute features in [start, end) from the feature store (or the aggregation sink)."""
     from rtml.quality import sources
 
     return sources.read_minutes(settings, window.start, window.end)
 
 
-def load_tx(settings: Settings, window: Window) -> pd.DataFrame | None:
+def load_tx(settings: Settings, window: TimeRange) -> pd.DataFrame | None:
     """Archived transactions of the window; a long window is read as TX_SLICES evenly spread hours
     (a month of transactions is millions of rows, and the sample keeps only TX_SAMPLE of them)."""
     import pandas as pd
@@ -211,7 +211,7 @@ def load_tx(settings: Settings, window: Window) -> pd.DataFrame | None:
 
 def default_windows(
     settings: Settings, span: tuple[datetime, datetime] | None
-) -> tuple[Window | None, Window | None]:
+) -> tuple[TimeRange | None, TimeRange | None]:
     """Reference = the champion's training window, else the first day of data; current = last hour.
 
     `span` is (start of the first minute, end of the newest) of the data there is.
@@ -221,17 +221,17 @@ def default_windows(
     if span is None:
         return None, None
     first, last = span
-    current = Window(last - DEFAULT_CURRENT, last)
+    current = TimeRange(last - DEFAULT_CURRENT, last)
     reference = sources.champion_training_window(settings)
     if reference is None:
-        reference = Window(first, min(first + DEFAULT_REFERENCE, current.start))
+        reference = TimeRange(first, min(first + DEFAULT_REFERENCE, current.start))
     return reference, current
 
 
 def run_drift_check(
     settings: Settings,
-    reference: Window | None = None,
-    current: Window | None = None,
+    reference: TimeRange | None = None,
+    current: TimeRange | None = None,
     *,
     now: datetime | None = None,
     record: bool = True,
@@ -278,20 +278,20 @@ def run_drift_check(
     return result
 
 
-def scheduled_windows(settings: Settings, clock: datetime, first: datetime) -> tuple[Window, Window]:
+def scheduled_windows(settings: Settings, clock: datetime, first: datetime) -> tuple[TimeRange, TimeRange]:
     """The windows of the check at clock t: the last hour before t against the champion's training
     window, or else the first day of data, both cut at the current hour (nothing at or after t)."""
     from rtml.quality import sources
 
-    current = Window(clock - DEFAULT_CURRENT, clock)
+    current = TimeRange(clock - DEFAULT_CURRENT, clock)
     trained = sources.champion_training_window(settings)
     if trained is not None and trained.start < current.start:
-        return Window(trained.start, min(trained.end, current.start)), current
-    return Window(first, max(first, min(first + DEFAULT_REFERENCE, current.start))), current
+        return TimeRange(trained.start, min(trained.end, current.start)), current
+    return TimeRange(first, max(first, min(first + DEFAULT_REFERENCE, current.start))), current
 
 
 def run_quality_check(
-    settings: Settings, current: Window | None = None, *, now: datetime | None = None, record: bool = True
+    settings: Settings, current: TimeRange | None = None, *, now: datetime | None = None, record: bool = True
 ) -> DriftResult:
     """The rules alone over `current` (default: the last hour of data), with report and events."""
     from rtml.quality import reports, rules, sources

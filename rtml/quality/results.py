@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Window:
+class TimeRange:
     """A half-open time range [start, end), UTC."""
 
     start: datetime
@@ -45,8 +45,8 @@ class DriftResult:
 
     columns: list[ColumnDrift]
     drift_share: float
-    reference: Window | None = None
-    current: Window | None = None
+    reference: TimeRange | None = None
+    current: TimeRange | None = None
     rules: list[RuleResult] = field(default_factory=list)
     html_path: str | None = None
     json_path: str | None = None

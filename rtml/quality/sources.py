@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
-from rtml.quality.results import Window
+from rtml.quality.results import TimeRange
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,7 +102,7 @@ def data_span(settings: Settings) -> tuple[datetime, datetime] | None:
     return first, last
 
 
-def champion_training_window(settings: Settings) -> Window | None:
+def champion_training_window(settings: Settings) -> TimeRange | None:
     """The training window the model registry recorded for the champion, or None without one."""
     from rtml.model.registry import champion_training_window as registry_window
 
@@ -112,7 +112,7 @@ def champion_training_window(settings: Settings) -> Window | None:
     if not found:
         return None
     start, end = found
-    return Window(_as_utc(start), _as_utc(end))
+    return TimeRange(_as_utc(start), _as_utc(end))
 
 
 def _registry_exists(settings: Settings) -> bool:

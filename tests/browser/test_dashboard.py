@@ -25,7 +25,7 @@ from rtml.monitoring.loop import run_monitoring_pass
 from rtml.monitoring.scenario import swinging_fee_minutes
 from rtml.pipeline import serving_app
 from rtml.quality.drift import run_drift_check
-from rtml.quality.results import Window
+from rtml.quality.results import TimeRange
 from rtml.serving.server import BackgroundServer
 
 CALM_HOURS, SWING_HOURS = 4, 2
@@ -63,7 +63,7 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
             # Two breaches, no alarm yet; then the hourly drift check sees the new regime.
             report = run_monitoring_pass(settings)
             assert [v["breach"] for v in report.judged] == [False, True, True] and report.trigger is None
-            drift = run_drift_check(settings, Window(start.to_pydatetime(), shift.to_pydatetime()), Window(end - timedelta(hours=1), end))
+            drift = run_drift_check(settings, TimeRange(start.to_pydatetime(), shift.to_pydatetime()), TimeRange(end - timedelta(hours=1), end))
             metrics = {
                 (sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in text_string_to_metric_families(client.get("/metrics").text)
