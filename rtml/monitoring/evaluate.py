@@ -10,7 +10,6 @@ namespace's schema (services), so each closed hour is judged once and its verdic
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from rtml.config import Settings
 from rtml.contracts import datetime_to_ms, ms_to_datetime
 from rtml.model.backtest import QUANTILES, evaluate, pinball
 from rtml.serving.prediction_log import PredictionRecord
+from rtml.storage import pg_connect, sqlite_connect
 
 QUANTILE_COLUMNS = ("p10", "p50", "p90")
 FORECAST_COLUMNS = ("target_minute", *QUANTILE_COLUMNS, "model_version")
@@ -118,16 +118,14 @@ class QualityStore:
             "model_version TEXT NOT NULL, breach INTEGER NOT NULL, judged_ms BIGINT NOT NULL)"
         )
         if self._services:
-            import psycopg
-
             self._table = f'"{settings.namespace}".quality_hours'
-            self._pg = psycopg.connect(settings.postgres_dsn, autocommit=True)
-            self._pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+            self._pg = pg_connect(settings)
             self._pg.execute(ddl.format(t=self._table))
         else:
             self._table = "quality_hours"
-            self._db = sqlite3.connect(settings.path("monitoring.sqlite"), timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite_connect(
+                settings.path("monitoring.sqlite"), timeout=30, synchronous="FULL", check_same_thread=True
+            )
             self._db.execute(ddl.format(t=self._table))
 
     def _run(self, sql: str, params: tuple = ()) -> list[tuple]:

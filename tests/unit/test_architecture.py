@@ -19,8 +19,8 @@ PACKAGE = Path(rtml.__file__).resolve().parent
 MAX_LINES = 450
 # The data flow, upstream first: a part may import its own modules and those of parts before it.
 FLOW = ("sources", "stream", "aggregate", "archive", "features", "quality", "model", "serving", "monitoring", "ops")
-# Shared by every part, importing none: the data contracts and the settings.
-SHARED = {"rtml", "rtml.config", "rtml.contracts"}
+# Shared by every part, importing none: the data contracts, the settings, the storage helpers.
+SHARED = {"rtml", "rtml.config", "rtml.contracts", "rtml.storage"}
 # Composition roots, which may import any part and which no part imports: the pipeline's
 # wiring, the CLI (its entry point and each part's `commands` module) and the demo.
 ROOTS = {"rtml.pipeline", "rtml.cli", "rtml.__main__", "rtml.commands", "rtml.demo"}
