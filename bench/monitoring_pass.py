@@ -34,12 +34,12 @@ def main() -> None:
     from rtml.config import get_settings
     from rtml.contracts import datetime_to_ms
     from rtml.features.writer import FeatureStoreSink
+    from rtml.monitoring import dashboard_api
     from rtml.monitoring.evaluate import QualityStore
     from rtml.monitoring.events import EventLog
     from rtml.monitoring.loop import judge_new_hours
     from rtml.monitoring.metrics import PipelineCollector
     from rtml.monitoring.scenario import swinging_fee_minutes
-    from rtml.serving import dashboard_api
     from rtml.serving.prediction_log import PredictionLog, PredictionRecord
 
     settings = get_settings()

@@ -7,12 +7,22 @@ so `rtml --help` stays fast.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from rtml import commands
+from rtml.aggregate import commands as aggregate_commands
+from rtml.commands import exit_if_settings_refused
+from rtml.features import commands as features_commands
+from rtml.model import commands as model_commands
+from rtml.monitoring import commands as monitoring_commands
+from rtml.ops import commands as ops_commands
+from rtml.quality import commands as quality_commands
+from rtml.serving import commands as serving_commands
+from rtml.sources import commands as sources_commands
 
 app = typer.Typer(
     name="rtml",
@@ -21,8 +31,18 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# One line per part of the data flow; each module defines `register(app)`.
-COMMAND_MODULES = ("rtml.commands", "rtml.ops.commands", "rtml.serving.commands", "rtml.aggregate.commands", "rtml.quality.commands", "rtml.features.commands", "rtml.sources.commands", "rtml.model.commands", "rtml.monitoring.commands")
+# One per part of the data flow; each module defines `register(app)`.
+COMMAND_MODULES = (
+    commands,
+    ops_commands,
+    serving_commands,
+    aggregate_commands,
+    quality_commands,
+    features_commands,
+    sources_commands,
+    model_commands,
+    monitoring_commands,
+)
 
 
 @app.callback()
@@ -50,15 +70,5 @@ def main(
     exit_if_settings_refused()
 
 
-def exit_if_settings_refused() -> None:
-    """A refused setting ends the command with its reason and exit 2, before anything runs."""
-    from rtml.config import settings_problem
-
-    problem = settings_problem()
-    if problem is not None:
-        typer.echo(f"rtml: {problem}", err=True)
-        raise typer.Exit(2)
-
-
 for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(app)
+    _module.register(app)

@@ -1,4 +1,4 @@
-"""Commands that belong to no single part: `demo` and `config`."""
+"""Commands that belong to no single part (`demo`, `config`), and the settings check every command runs first."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def register(app: typer.Typer) -> None:
             if "admin_token" in data["serving"]:
                 data["serving"]["admin_token"] = "***"
         Console().print(Syntax(tomli_w.dumps(data), "toml"))
+
+
+def exit_if_settings_refused() -> None:
+    """A refused setting ends the command with its reason and exit 2, before anything runs."""
+    from rtml.config import settings_problem
+
+    problem = settings_problem()
+    if problem is not None:
+        typer.echo(f"rtml: {problem}", err=True)
+        raise typer.Exit(2)

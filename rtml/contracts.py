@@ -400,6 +400,8 @@ def raw_text(raw: bytes | str | Mapping[str, Any]) -> str:
 # float amounts, coinbase inputs, non-ASCII bytes, any broken rule) falls through to
 # `parse_message`, which stays the single authority on what is valid and on every reason.
 # tests/unit/test_parse.py checks the two agree on every accepted message.
+# (tx_hash, event_time, fee_sat, size, source, ingest_time): a TxEvent as a plain tuple, in its
+# field order; the stream stores and moves these.
 Row = tuple[str, int, int, int, str, int]
 _HEX_HASH = re.compile(r"[0-9a-fA-F]{64}", re.ASCII).fullmatch
 

@@ -1,5 +1,6 @@
-"""The composition root: which sinks the engine delivers to, where it reports a lost stream, and
-which jobs the scheduler runs.
+"""The composition root: which sinks the engine delivers to, where it reports a lost stream,
+which jobs the scheduler runs, and which pages the forecast API carries besides its own
+(`serving_app`: the monitoring dashboard).
 
 `rtml up` starts the engine (its sinks: `rtml.aggregate.sinks.minute_sinks`, the engine's own
 minutes table and the feature store) and the scheduler with `pipeline_jobs`. Jobs, in the order
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
 from rtml.ops.scheduler import Job, Scheduler
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _at(t_ms: int) -> datetime:
@@ -120,3 +124,13 @@ def stream_reset_recorder(settings: Settings) -> Callable[[dict[str, Any]], None
             events.close()
 
     return record
+
+
+def serving_app(settings: Settings, *, poll_s: float = 1.0) -> FastAPI:
+    """The forecast API that `rtml serve` runs: serving's own endpoints plus the monitoring
+    dashboard, whose router also puts the whole pipeline's metrics on `/metrics`. Wired here
+    because serving is upstream of monitoring and never imports it."""
+    from rtml.monitoring.dashboard_api import build_router
+    from rtml.serving.app import create_app
+
+    return create_app(settings, routers=[build_router(settings)], poll_s=poll_s)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from rtml.config import Settings
 from rtml.contracts import MinuteFeatures, datetime_to_ms, ms_to_datetime
+from rtml.storage import sqlite_connect
 
 MINUTES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS minutes (
@@ -41,10 +42,8 @@ def aggregate_db_path(settings: Settings) -> Path:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
+    """The engine's database (state, outbox, minutes), shared by every engine process."""
+    return sqlite_connect(path)
 
 
 class MinutesTable:

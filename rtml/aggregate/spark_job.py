@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml.aggregate.sinks import MinuteSink, minute_sinks
-from rtml.aggregate.windows import MAX_TOTAL_SAT, MINUTE_MS, NO_WATERMARK, ClockGuard, Window, WindowState
+from rtml.aggregate.windows import MAX_TOTAL_SAT, NO_WATERMARK, ClockGuard, Window, WindowState
 from rtml.config import Settings, get_settings
-from rtml.contracts import MinuteFeatures
+from rtml.contracts import MINUTE_MS, MinuteFeatures
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -37,9 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtml.contracts import CLOCK_CONFIRM_EVENTS
+from rtml.contracts import CLOCK_CONFIRM_EVENTS, MINUTE_MS
 
-MINUTE_MS = 60_000
 NO_WATERMARK = -(1 << 62)
 # The largest per-minute fee total any store holds (int64).
 MAX_TOTAL_SAT = (1 << 63) - 1

@@ -236,10 +236,9 @@ def definitions_py(settings: Settings) -> str:
 
 def ensure_offline_table(settings: Settings) -> None:
     """Services profile: the schema and the offline table keyed by minute (idempotent)."""
-    import psycopg
+    from rtml.storage import pg_connect
 
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
+    with pg_connect(settings) as conn:
         conn.execute(
             f"""CREATE TABLE IF NOT EXISTS {pg_table(settings)} (
                 minute_key bigint PRIMARY KEY,

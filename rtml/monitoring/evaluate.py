@@ -10,7 +10,6 @@ namespace's schema (services), so each closed hour is judged once and its verdic
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ from rtml.config import Settings
 from rtml.contracts import datetime_to_ms, ms_to_datetime
 from rtml.model.backtest import QUANTILES, evaluate, pinball
 from rtml.serving.prediction_log import PredictionRecord
+from rtml.storage import sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -135,8 +135,9 @@ class QualityStore:
             self._link = PgLink(settings.postgres_dsn, create)
         else:
             self._table = "quality_hours"
-            self._db = sqlite3.connect(settings.path("monitoring.sqlite"), timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite_connect(
+                settings.path("monitoring.sqlite"), timeout=30, synchronous="FULL", check_same_thread=True
+            )
             self._db.execute(ddl.format(t=self._table))
 
     @property

@@ -17,35 +17,37 @@ frequent than that, from several Prometheus servers say, cost nothing more.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rtml.aggregate.embedded import aggregate_counters
 from rtml.config import Settings
+from rtml.quality.reports import quality_counters
+from rtml.serving.prediction_log import serving_counters
+from rtml.sources.ingest import ingest_counters
 
 log = logging.getLogger(__name__)
 
-# part -> "module:function" returning that part's persisted counters.
-COUNTER_SOURCES: dict[str, str] = {
-    "ingest": "rtml.sources.ingest:ingest_counters",
-    "aggregate": "rtml.aggregate.embedded:aggregate_counters",
-    "quality": "rtml.quality.reports:quality_counters",
-    "serving": "rtml.serving.prediction_log:serving_counters",
+Counters = Callable[[Settings], Mapping[str, float]]
+# part -> the function returning that part's persisted counters.
+COUNTER_SOURCES: dict[str, Counters] = {
+    "ingest": ingest_counters,
+    "aggregate": aggregate_counters,
+    "quality": quality_counters,
+    "serving": serving_counters,
 }
 # Counter keys that are levels, not running totals (everything else is exposed as a counter).
 GAUGE_KEYS = frozenset(
     {"open_windows", "watermark", "watermark_lag_s", "lag_events", "last_drift_share", "last_run_time_s"}
 )
-# The supervisor's state file reader (components, restarts), referenced like the parts' counters.
-SUPERVISOR_STATE = "rtml.ops.supervisor:read_state"
 # Metric-name prefix of a part's persisted counters, where it is not the part's name.
 PREFIXES: dict[str, str] = {"serving": "serving_recorded"}
 # How far back forecast latency quantiles look.
@@ -59,16 +61,11 @@ def _metric_name(part: str, key: str) -> str:
     return "rtml_" + _NAME.sub("_", f"{part}_{key}").lower()
 
 
-def _resolve(ref: str) -> Callable[[Settings], dict[str, float]]:
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-
-
 class PipelineCollector(Collector):
     """A custom collector: every scrape reads the parts' counters and the monitoring stores afresh."""
 
     def __init__(
-        self, settings: Settings, sources: dict[str, str] | None = None, max_age_s: float | None = None
+        self, settings: Settings, sources: Mapping[str, Counters] | None = None, max_age_s: float | None = None
     ) -> None:
         self.settings = settings
         self.sources = COUNTER_SOURCES if sources is None else sources
@@ -95,9 +92,9 @@ class PipelineCollector(Collector):
 
     def _read(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("rtml_part_up", "1 when the part's counters could be read", labels=["part"])
-        for part, ref in self.sources.items():
+        for part, read in self.sources.items():
             try:
-                counters = _resolve(ref)(self.settings)
+                counters = read(self.settings)
             except Exception as exc:  # one unreadable part must not hide the others
                 log.debug("counters of %s unreadable: %s", part, exc)
                 up.add_metric([part], 0)
@@ -196,7 +193,9 @@ class PipelineCollector(Collector):
 
     def _components(self) -> Iterator[Metric]:
         """Restarts and state of the components `rtml up` supervises (from its state file)."""
-        state: Any = _resolve(SUPERVISOR_STATE)(self.settings)
+        from rtml.ops.supervisor import read_state
+
+        state: Any = read_state(self.settings)
         if not state:
             return
         restarts = CounterMetricFamily(

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         """Start ingestion, aggregation, archiver, serving and the scheduler as supervised processes."""
         import os
 
-        from rtml.cli import exit_if_settings_refused
+        from rtml.commands import exit_if_settings_refused
         from rtml.ops.deploy import bring_up
 
         if profile is not None:

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from rtml.quality.drift import DriftResult, Window
+    from rtml.quality.results import DriftResult, TimeRange
 
 WINDOW_HELP = "START..END, ISO 8601 times (UTC when no offset), e.g. 2024-10-01T00:00..2024-10-02T00:00."
 
 
-def parse_window(text: str | None) -> Window | None:
-    """`START..END` -> Window; times without an offset are UTC."""
-    from rtml.quality.drift import Window
+def parse_window(text: str | None) -> TimeRange | None:
+    """`START..END` -> TimeRange; times without an offset are UTC."""
+    from rtml.quality.results import TimeRange
 
     if text is None:
         return None
@@ -29,7 +29,7 @@ def parse_window(text: str | None) -> Window | None:
     start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
     if end <= start:
         raise typer.BadParameter(f"{text!r}: END must be after START")
-    return Window(start.astimezone(UTC), end.astimezone(UTC))
+    return TimeRange(start.astimezone(UTC), end.astimezone(UTC))
 
 
 def _print(result: DriftResult, drift: bool) -> None:

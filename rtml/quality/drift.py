@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
+from rtml.quality.results import ColumnDrift, DriftResult, TimeRange
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from rtml.quality.rules import RuleResult
 
 FEATURE_COLUMNS = ("tx_count", "fee_avg_sat", "fee_total_sat")
 TX_COLUMNS = ("fee_sat", "size", "fee_rate")
@@ -44,87 +42,6 @@ DEFAULT_CURRENT = timedelta(hours=1)
 DEFAULT_REFERENCE = timedelta(days=1)
 
 _registered = False
-
-
-@dataclass(frozen=True)
-class Window:
-    """A half-open time range [start, end), UTC."""
-
-    start: datetime
-    end: datetime
-
-    def __str__(self) -> str:
-        return f"{self.start:%Y-%m-%dT%H:%M}..{self.end:%Y-%m-%dT%H:%M}"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
-
-
-@dataclass(frozen=True)
-class ColumnDrift:
-    """The verdict on one column: `statistic` compared with `threshold` by `method`."""
-
-    column: str
-    dataset: str  # "minutes" or "transactions"
-    method: str
-    statistic: float
-    threshold: float
-    drifted: bool
-    reference_rows: int
-    current_rows: int
-
-
-@dataclass
-class DriftResult:
-    """Per-column verdicts and the overall one: drift when the drifted share >= `drift_share`."""
-
-    columns: list[ColumnDrift]
-    drift_share: float
-    reference: Window | None = None
-    current: Window | None = None
-    rules: list[RuleResult] = field(default_factory=list)
-    html_path: str | None = None
-    json_path: str | None = None
-    skipped: str | None = None  # why no drift verdict could be given (e.g. "no data")
-    snapshots: dict[str, Any] = field(default_factory=dict, repr=False)  # Evidently, for the HTML
-
-    @property
-    def share(self) -> float:
-        return sum(c.drifted for c in self.columns) / len(self.columns) if self.columns else 0.0
-
-    @property
-    def drifted(self) -> bool:
-        return bool(self.columns) and self.share >= self.drift_share
-
-    @property
-    def drifted_columns(self) -> list[str]:
-        return [c.column for c in self.columns if c.drifted]
-
-    @property
-    def verdict(self) -> str:
-        if self.skipped:
-            return f"skipped: {self.skipped}"
-        return "drift" if self.drifted else "no drift"
-
-    @property
-    def failed_rules(self) -> list[str]:
-        return [r.name for r in self.rules if r.status == "fail"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "drifted": self.drifted,
-            "share": self.share,
-            "drift_share": self.drift_share,
-            "drifted_columns": self.drifted_columns,
-            "reference": self.reference.to_dict() if self.reference else None,
-            "current": self.current.to_dict() if self.current else None,
-            "columns": [asdict(c) for c in self.columns],
-            "rules": [r.to_dict() for r in self.rules],
-            "failed_rules": self.failed_rules,
-            "html_path": self.html_path,
-            "json_path": self.json_path,
-        }
 
 
 def _log_wasserstein(
@@ -268,14 +185,14 @@ def drift_report(
 # ---------------------------------------------------------------- wiring to the pipeline's data
 
 
-def load_minutes(settings: Settings, window: Window) -> pd.DataFrame | None:
+def load_minutes(settings: Settings, window: TimeRange) -> pd.DataFrame | None:
     """Per-minute features in [start, end) from the feature store (or the aggregation sink)."""
     from rtml.quality import sources
 
     return sources.read_minutes(settings, window.start, window.end)
 
 
-def load_tx(settings: Settings, window: Window) -> pd.DataFrame | None:
+def load_tx(settings: Settings, window: TimeRange) -> pd.DataFrame | None:
     """Archived transactions of the window; a long window is read as TX_SLICES evenly spread hours
     (a month of transactions is millions of rows, and the sample keeps only TX_SAMPLE of them)."""
     import pandas as pd
@@ -294,7 +211,7 @@ def load_tx(settings: Settings, window: Window) -> pd.DataFrame | None:
 
 def default_windows(
     settings: Settings, span: tuple[datetime, datetime] | None
-) -> tuple[Window | None, Window | None]:
+) -> tuple[TimeRange | None, TimeRange | None]:
     """Reference = the champion's training window, else the first day of data; current = last hour.
 
     `span` is (start of the first minute, end of the newest) of the data there is.
@@ -304,17 +221,17 @@ def default_windows(
     if span is None:
         return None, None
     first, last = span
-    current = Window(last - DEFAULT_CURRENT, last)
+    current = TimeRange(last - DEFAULT_CURRENT, last)
     reference = sources.champion_training_window(settings)
     if reference is None:
-        reference = Window(first, min(first + DEFAULT_REFERENCE, current.start))
+        reference = TimeRange(first, min(first + DEFAULT_REFERENCE, current.start))
     return reference, current
 
 
 def run_drift_check(
     settings: Settings,
-    reference: Window | None = None,
-    current: Window | None = None,
+    reference: TimeRange | None = None,
+    current: TimeRange | None = None,
     *,
     now: datetime | None = None,
     record: bool = True,
@@ -361,20 +278,20 @@ def run_drift_check(
     return result
 
 
-def scheduled_windows(settings: Settings, clock: datetime, first: datetime) -> tuple[Window, Window]:
+def scheduled_windows(settings: Settings, clock: datetime, first: datetime) -> tuple[TimeRange, TimeRange]:
     """The windows of the check at clock t: the last hour before t against the champion's training
     window, or else the first day of data, both cut at the current hour (nothing at or after t)."""
     from rtml.quality import sources
 
-    current = Window(clock - DEFAULT_CURRENT, clock)
+    current = TimeRange(clock - DEFAULT_CURRENT, clock)
     trained = sources.champion_training_window(settings)
     if trained is not None and trained.start < current.start:
-        return Window(trained.start, min(trained.end, current.start)), current
-    return Window(first, max(first, min(first + DEFAULT_REFERENCE, current.start))), current
+        return TimeRange(trained.start, min(trained.end, current.start)), current
+    return TimeRange(first, max(first, min(first + DEFAULT_REFERENCE, current.start))), current
 
 
 def run_quality_check(
-    settings: Settings, current: Window | None = None, *, now: datetime | None = None, record: bool = True
+    settings: Settings, current: TimeRange | None = None, *, now: datetime | None = None, record: bool = True
 ) -> DriftResult:
     """The rules alone over `current` (default: the last hour of data), with report and events."""
     from rtml.quality import reports, rules, sources

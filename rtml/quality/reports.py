@@ -25,7 +25,7 @@ from rtml.monitoring.events import EventLog
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from rtml.quality.drift import DriftResult
+    from rtml.quality.results import DriftResult
 
 KEEP_HTML = 168  # a week of hourly runs
 # The dashboard's drift panel links the newest reports: retention never removes these.

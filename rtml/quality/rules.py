@@ -8,14 +8,15 @@ running, no data in the window) makes its rule `skipped` with the reason; nothin
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from rtml.aggregate.embedded import aggregate_counters
 from rtml.config import Settings
+from rtml.sources.ingest import ingest_counters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,32 +129,17 @@ def tx_count_band(counts: Sequence[float] | None, t: Thresholds = Thresholds()) 
 
 # ---------------------------------------------------------------- gathering the numbers
 
-# Where the other parts expose their counters (`dict[str, float]`); absent modules are skipped.
-COUNTER_SOURCES = {
-    "ingest": ("rtml.sources.ingest:ingest_counters",),  # received, valid, duplicates, dead_letters
-    "aggregate": ("rtml.aggregate.embedded:aggregate_counters",),  # events_in, late, duplicates
+# Where the other parts expose their counters (`dict[str, float]`).
+COUNTER_SOURCES: dict[str, Callable[[Settings], Mapping[str, float]]] = {
+    "ingest": ingest_counters,  # received, valid, duplicates, dead_letters
+    "aggregate": aggregate_counters,  # events_in, late, duplicates
 }
 
 
-def _counter_function(part: str) -> Callable[[Settings], Mapping[str, float]] | None:
-    for ref in COUNTER_SOURCES[part]:
-        module, _, name = ref.partition(":")
-        try:
-            func = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if func is not None:
-            return func  # type: ignore[no-any-return]
-    return None
-
-
 def gather_counters(settings: Settings, part: str) -> Mapping[str, float] | None:
-    """A part's counters, or None when the part is absent or cannot answer (logged)."""
-    func = _counter_function(part)
-    if func is None:
-        return None
+    """A part's counters, or None when the part cannot answer (logged)."""
     try:
-        return func(settings)
+        return COUNTER_SOURCES[part](settings)
     except Exception as exc:  # a broken counter source must not stop the other rules
         log.warning("%s counters unavailable: %s", part, exc)
         return None

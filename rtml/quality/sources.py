@@ -9,44 +9,27 @@ then reports "skipped: no data" for what depends on it instead of crashing the h
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
+from rtml.quality.results import TimeRange
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from rtml.quality.drift import Window
-
 log = logging.getLogger("rtml.quality")
 
-# In order of preference: the feature store's offline minutes, then the aggregation engine's table.
-MINUTE_READERS = ("rtml.features.offline:read_minutes_df", "rtml.aggregate.sinks:read_minutes")
-TX_READERS = ("rtml.archive.parquet_lake:read_events",)
-CHAMPION_WINDOW = ("rtml.model.registry:champion_training_window",)
 # Wide enough to hold all data when asking for the span of what exists.
 _EPOCH = datetime(2009, 1, 3, tzinfo=UTC)
 _FAR = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def _functions(refs: tuple[str, ...]) -> Iterator[Callable[..., Any]]:
-    for ref in refs:
-        module, _, name = ref.partition(":")
-        try:
-            func = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if func is not None:
-            yield func
-
-
-def _call(refs: tuple[str, ...], *args: Any) -> Any:
+def _call(readers: tuple[Callable[..., Any], ...], *args: Any) -> Any:
     """The first non-empty answer of the readers, in order; None when none has data."""
-    for func in _functions(refs):
+    for func in readers:
         try:
             found = func(*args)
         except Exception as exc:  # a missing store or empty lake is "no data", not a crash
@@ -67,7 +50,11 @@ def read_minutes(settings: Settings, start: datetime, end: datetime) -> pd.DataF
     """Minutes whose start lies in [start, end), latest revision each, or None when nothing is there."""
     import pandas as pd
 
-    frame = _call(MINUTE_READERS, settings, start, end)
+    from rtml.aggregate.sinks import read_minutes as engine_minutes
+    from rtml.features.offline import read_minutes_df
+
+    # In order of preference: the feature store's offline minutes, then the aggregation engine's table.
+    frame = _call((read_minutes_df, engine_minutes), settings, start, end)
     if frame is None:
         return None
     if not isinstance(frame, pd.DataFrame):
@@ -93,7 +80,9 @@ def read_tx(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame 
     """Archived transactions in [start, end) with at least `fee_sat` and `size`, or None."""
     import pandas as pd
 
-    events = _call(TX_READERS, settings, start, end)
+    from rtml.archive.parquet_lake import read_events
+
+    events = _call((read_events,), settings, start, end)
     if events is None:
         return None
     if not isinstance(events, pd.DataFrame):
@@ -113,17 +102,17 @@ def data_span(settings: Settings) -> tuple[datetime, datetime] | None:
     return first, last
 
 
-def champion_training_window(settings: Settings) -> Window | None:
+def champion_training_window(settings: Settings) -> TimeRange | None:
     """The training window the model registry recorded for the champion, or None without one."""
-    from rtml.quality.drift import Window
+    from rtml.model.registry import champion_training_window as registry_window
 
     if not _registry_exists(settings):
         return None
-    found = _call(CHAMPION_WINDOW, settings)
+    found = _call((registry_window,), settings)
     if not found:
         return None
     start, end = found
-    return Window(_as_utc(start), _as_utc(end))
+    return TimeRange(_as_utc(start), _as_utc(end))
 
 
 def _registry_exists(settings: Settings) -> bool:

@@ -3,25 +3,23 @@
 `create_app(settings)` builds the app; the real feature store and registry are opened in the
 lifespan (so building the app is cheap), or given as `features=` / `models=` objects that
 follow the small interfaces in `sources.py` and `swap.py`. Other parts add pages and
-endpoints through `routers=` or by naming a module in `ROUTER_MODULES`: each such module
-defines `build_router(settings) -> APIRouter`; its handlers reach the running service
-through `request.app.state.serving` (a `ServingState`).
+endpoints through `routers=` (the composition root, `rtml.pipeline.serving_app`, adds the
+monitoring dashboard): their handlers reach the running service through
+`request.app.state.serving` (a `ServingState`). The bodies are in `schemas.py`, the
+metrics and middleware in `middleware.py`, a server in a thread in `server.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
-import math
 import secrets
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,233 +27,28 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rtml.config import Settings, get_settings
 from rtml.contracts import Forecast, datetime_to_ms
+from rtml.serving.middleware import Guard, Instrument, ServingMetrics
 from rtml.serving.prediction_log import PredictionLog, PredictionRecord
+from rtml.serving.schemas import (
+    AdminResult,
+    ErrorBody,
+    ForecastBatch,
+    ForecastRequest,
+    Health,
+    ModelInfo,
+    PromoteRequest,
+    Readiness,
+    add_request_rules,
+)
 from rtml.serving.sources import FeatureBatch, FeatureSource, NoFeatures
 from rtml.serving.swap import Loaded, ModelSource, ModelWatcher
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
-
-
-# Modules that add routers to every app, when present: each defines build_router(settings).
-ROUTER_MODULES: tuple[str, ...] = ("rtml.serving.dashboard_api",)
-MAX_TX_PER_MINUTE = 10_000_000
-MAX_SATOSHI = 2_100_000_000_000_000  # every bitcoin there will ever be
-# Request times: not before Bitcoin's genesis block, not more than a day ahead of now (a time
-# outside these overflowed date arithmetic downstream, or poisoned what monitoring reads).
-EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
-MAX_AHEAD = timedelta(days=1)
-
-
-def _minute_schema(schema: dict[str, Any]) -> None:
-    """State the time bounds in the OpenAPI schema, so clients (schemathesis) see what the code
-    enforces: a whole minute, with a zone, in a year from 2009 to the year a day from now."""
-    last_year = (datetime.now(UTC) + MAX_AHEAD).year
-    years = "|".join(str(y) for y in range(EARLIEST.year, last_year + 1))
-    schema["pattern"] = (
-        rf"^({years})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:00(\.0+)?"
-        r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
-    )
-    schema["description"] = (
-        f"{schema.get('description', '')} Not before {EARLIEST:%Y-%m-%d}, not more than a day after now."
-    ).strip()
-
-
-def _bounded_minute(value: datetime) -> datetime:
-    """A whole minute between the genesis block and a day from now, in UTC."""
-    if value.second or value.microsecond:
-        raise ValueError(f"minute must be the start of a minute (seconds = 0), got {value.isoformat()}")
-    value = value.astimezone(UTC)
-    if value < EARLIEST:
-        raise ValueError(f"minute must not be before {EARLIEST.date()} (the genesis block), got {value.isoformat()}")
-    latest = datetime.now(UTC) + MAX_AHEAD
-    if value > latest:
-        raise ValueError(f"minute must not be more than a day after now ({latest.isoformat(timespec='seconds')}), got {value.isoformat()}")
-    return value
-
-
-# ---------------------------------------------------------------- request and response bodies
-
-
-class MinuteIn(BaseModel):
-    """One closed minute, as the aggregation engine emits it (MinuteFeatures)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    minute: AwareDatetime = Field(
-        description="Start of the minute, with a time zone (UTC preferred).", json_schema_extra=_minute_schema
-    )
-    tx_count: int = Field(ge=0, le=MAX_TX_PER_MINUTE)
-    fee_total_sat: int = Field(ge=0, le=MAX_SATOSHI)
-    fee_avg_sat: float | None = Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="fee_total_sat / tx_count; null when tx_count = 0. Derived when omitted.",
-    )
-
-    @field_validator("minute")
-    @classmethod
-    def _whole_minute(cls, value: datetime) -> datetime:
-        return _bounded_minute(value)
-
-    @model_validator(mode="after")
-    def _consistent_average(self) -> MinuteIn:
-        if self.tx_count == 0:
-            if self.fee_total_sat:
-                raise ValueError("tx_count is 0 but fee_total_sat is not")
-            if self.fee_avg_sat is not None:
-                raise ValueError("fee_avg_sat must be null when tx_count is 0")
-            return self
-        average = self.fee_total_sat / self.tx_count
-        if self.fee_avg_sat is None:
-            self.fee_avg_sat = average
-        elif not math.isclose(self.fee_avg_sat, average, rel_tol=1e-6, abs_tol=1e-6):
-            raise ValueError(f"fee_avg_sat {self.fee_avg_sat} is not fee_total_sat / tx_count = {average}")
-        return self
-
-
-class FeatureRowIn(BaseModel):
-    """A ready model-input row (as the ETL builds them), for batch scoring."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    minute: AwareDatetime = Field(
-        description="Start of the last closed minute these features describe.", json_schema_extra=_minute_schema
-    )
-    # No feature (counts, satoshi amounts, their means and spreads) can exceed every bitcoin.
-    features: dict[str, Annotated[float, Field(allow_inf_nan=False, ge=-MAX_SATOSHI, le=MAX_SATOSHI)] | None] = Field(
-        description="Every model input column (see GET /model), null for missing values."
-    )
-
-    @field_validator("minute")
-    @classmethod
-    def _whole_minute(cls, value: datetime) -> datetime:
-        return _bounded_minute(value)
-
-
-class ForecastRequest(BaseModel):
-    """Either `minutes` (what-if: forecast from these minutes) or `rows` (batch), not both."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "minutes": [
-                        {"minute": "2024-10-01T12:00:00Z", "tx_count": 150, "fee_total_sat": 600000},
-                        {"minute": "2024-10-01T12:01:00Z", "tx_count": 140, "fee_total_sat": 590000},
-                    ]
-                }
-            ]
-        },
-    )
-
-    minutes: list[MinuteIn] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=1440,
-        description="Consecutive closed minutes, oldest first; the forecast is for 5 minutes after the last.",
-    )
-    rows: list[FeatureRowIn] | None = Field(default=None, min_length=1, max_length=1000)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ForecastRequest:
-        if (self.minutes is None) == (self.rows is None):
-            raise ValueError("give exactly one of 'minutes' (what-if) or 'rows' (batch)")
-        if self.minutes:
-            for i, (before, after) in enumerate(zip(self.minutes, self.minutes[1:], strict=False)):
-                if after.minute - before.minute != timedelta(minutes=1):
-                    raise ValueError(
-                        f"minutes must be consecutive and oldest first: minutes[{i + 1}] is "
-                        f"{after.minute.isoformat()}, expected {(before.minute + timedelta(minutes=1)).isoformat()}"
-                    )
-        return self
-
-
-class ForecastBatch(BaseModel):
-    forecasts: list[Forecast]
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-
-
-class Readiness(BaseModel):
-    ready: bool
-    model_version: str | None
-    feature_time: datetime | None = Field(description="End of the newest closed minute in the online store.")
-    reasons: list[str] = Field(description="Why the service is not ready; empty when it is.")
-
-
-class ModelInfo(BaseModel):
-    version: str
-    kind: Literal["model", "baseline"] = Field(
-        default="model", description="`baseline`: the calibrated baseline a pipeline starts with, until a model passes the gate."
-    )
-    loaded_at: datetime
-    training_start: datetime | None = None
-    training_end: datetime | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
-    features: list[str]
-    details: dict[str, Any] = Field(default_factory=dict, description="Everything else the registry records.")
-
-
-class PromoteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str = Field(pattern=r"^[1-9][0-9]{0,8}$", description="A registered version of fee_forecaster.")
-
-
-class AdminResult(BaseModel):
-    champion: str = Field(description="The version the registry's champion alias names now.")
-    serving: str | None = Field(description="The version this replica serves now.")
-
-
-class ErrorBody(BaseModel):
-    detail: str
-
-
-# ---------------------------------------------------------------- the running service
-
-
-class ServingMetrics:
-    """Prometheus metrics of one app, in a registry of its own (other parts may add collectors)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "rtml_serving_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r
-        )
-        self.request_seconds = Histogram(
-            "rtml_serving_request_seconds",
-            "HTTP request latency by route.",
-            ["route"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=r,
-        )
-        self.forecasts = Counter("rtml_serving_forecasts", "Forecasts given, by kind.", ["kind"], registry=r)
-        self.stale = Counter("rtml_serving_stale_refusals", "GET /forecast refused on stale features.", registry=r)
-        self.swaps = Counter("rtml_serving_model_swaps", "Champion models swapped in.", registry=r)
-        self.poll_errors = Counter("rtml_serving_registry_errors", "Failed champion polls.", registry=r)
-        self.feature_age = Gauge(
-            "rtml_serving_feature_age_seconds", "Age of the newest online minute at the last forecast.", registry=r
-        )
-        self.model_version = Gauge(
-            "rtml_serving_model_version", "Version of the model being served.", registry=r
-        )
 
 
 @dataclass
@@ -289,20 +82,6 @@ def _default_sources(settings: Settings) -> tuple[FeatureSource, ModelSource]:
     from rtml.serving.real import RegistryModelSource, StoreFeatureSource
 
     return StoreFeatureSource(settings), RegistryModelSource(settings)
-
-
-def _module_routers(settings: Settings) -> list[APIRouter]:
-    routers = []
-    for name in ROUTER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        if hasattr(module, "build_router"):
-            routers.append(module.build_router(settings))
-    return routers
 
 
 def create_app(
@@ -364,8 +143,8 @@ def create_app(
         lifespan=lifespan,
     )
     # Added last = outermost: refused hosts and bodies are counted and timed too.
-    app.add_middleware(_Guard, hosts=settings.serving.hosts(), max_body_bytes=settings.serving.max_body_bytes)
-    app.add_middleware(_Instrument, metrics=metrics)
+    app.add_middleware(Guard, hosts=settings.serving.hosts(), max_body_bytes=settings.serving.max_body_bytes)
+    app.add_middleware(Instrument, metrics=metrics)
     generic_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -377,7 +156,7 @@ def create_app(
             if state is None:  # asked before the lifespan ran: do not cache a partial schema
                 app.openapi_schema = None
                 return schema
-            _state_request_rules(schema, list(state.features.columns), state.features.min_minutes)
+            add_request_rules(schema, list(state.features.columns), state.features.min_minutes)
             return schema
         return app.openapi_schema
 
@@ -623,153 +402,6 @@ def create_app(
     def rollback(request: Request) -> AdminResult:
         return admin_change(request, lambda: _state(request).watcher.source.rollback())
 
-    for router in (*routers, *_module_routers(settings)):
+    for router in routers:
         app.include_router(router)
     return app
-
-
-def _state_request_rules(schema: dict[str, Any], columns: list[str], min_minutes: int) -> None:
-    components = schema["components"]["schemas"]
-    features = components["FeatureRowIn"]["properties"]["features"]
-    value = features.pop("additionalProperties")
-    features.update(properties={c: value for c in columns}, required=columns, additionalProperties=False)
-    request = components["ForecastRequest"]
-    for option in request["properties"]["minutes"]["anyOf"]:
-        if option.get("type") == "array":
-            option["minItems"] = min_minutes
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=min_minutes + 10)
-    request["examples"] = [
-        {"rows": [{"minute": f"{start:%Y-%m-%dT%H:%M:00Z}", "features": {c: 1.0 for c in columns}}]},
-        {
-            "minutes": [
-                {"minute": f"{start + timedelta(minutes=i):%Y-%m-%dT%H:%M:00Z}", "tx_count": 150, "fee_total_sat": 600000}
-                for i in range(min_minutes)
-            ]
-        },
-    ]
-
-
-class _Guard:
-    """Refuses, before any route runs, a Host not in serving.allowed_hosts (400: a DNS rebinding
-    page reaches 127.0.0.1 under its own name) and a body over serving.max_body_bytes (413),
-    whether announced by Content-Length or streamed: at most the limit is ever held in memory."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]], hosts: list[str], max_body_bytes: int) -> None:
-        self.app = app
-        self.hosts = {h.lower().strip("[]") for h in hosts}
-        self.max_body = max_body_bytes
-
-    @staticmethod
-    def _host(headers: dict[bytes, bytes]) -> str:
-        raw = headers.get(b"host", b"").decode("latin-1").strip().lower()
-        if raw.startswith("["):  # [::1]:8000
-            return raw[1:].partition("]")[0]
-        return raw.rpartition(":")[0] if raw.count(":") == 1 else raw
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        host = self._host(headers)
-        if "*" not in self.hosts and host not in self.hosts:
-            await _refuse(send, 400, f"Host {host!r} is not in serving.allowed_hosts")
-            return
-        length = headers.get(b"content-length")
-        too_large = f"request body over serving.max_body_bytes = {self.max_body} bytes"
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _refuse(send, 413 if length.isdigit() else 400, too_large if length.isdigit() else "bad Content-Length")
-            return
-        if scope["method"] in ("GET", "HEAD") and length is None:
-            await self.app(scope, receive, send)
-            return
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body:
-                await _refuse(send, 413, too_large)
-                return
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()  # type: ignore[no-any-return]
-
-        await self.app(scope, replay, send)
-
-
-async def _refuse(send: Any, status: int, detail: str) -> None:
-    import json
-
-    payload = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-class _Instrument:
-    """Counts and times every request by route template (pure ASGI: a few microseconds)."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]], metrics: ServingMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)
-
-
-class BackgroundServer:
-    """uvicorn in a thread on a free port (demo, tests): `start()`, `url`, `stop()`."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
-        self.url = ""
-
-    def start(self, timeout_s: float = 60.0) -> BackgroundServer:
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the forecast API did not start (see the log above)")
-            time.sleep(0.02)
-        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)

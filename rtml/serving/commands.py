@@ -19,10 +19,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from rtml.config import get_settings
-        from rtml.serving.app import create_app
+        from rtml.pipeline import serving_app
 
         settings = get_settings()
         host = host or settings.serving.host
         port = settings.serving.port if port is None else port
         typer.echo(f"rtml forecast API on http://{host}:{port} (docs at /docs)")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(serving_app(settings), host=host, port=port, log_level="warning", access_log=False)

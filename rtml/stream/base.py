@@ -16,11 +16,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rtml.contracts import TxEvent
+from rtml.contracts import Row, TxEvent
 
 Offset = str
-# (tx_hash, event_time, fee_sat, size, source, ingest_time): the stored record, in TxEvent order.
-Row = tuple[str, int, int, int, str, int]
 # (tx_hash, event_time, fee_sat): what the aggregation engine needs.
 Slim = tuple[str, int, int]
 COLUMNS = ("tx_hash", "event_time", "fee_sat", "size", "source", "ingest_time")

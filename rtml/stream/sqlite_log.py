@@ -9,13 +9,13 @@ committed batches, which the sources then re-send (dedup makes that harmless).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from rtml.contracts import TxEvent
+from rtml.storage import sqlite_connect
 from rtml.stream.base import Offset, Row, Slim, Stream
 
 SCHEMA = """
@@ -39,21 +39,12 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 """
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode with a generous busy timeout (writers wait, never fail)."""
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-    # Before anything is written (a no-op on an older file): retention's trims then give their
-    # pages back to the file system, so the file follows the window, not its peak.
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
 class SqliteStream(Stream):
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = connect(path)
+        # auto_vacuum: retention's trims give their pages back to the file system, so the file
+        # follows the window, not its peak.
+        self._conn = sqlite_connect(path, auto_vacuum=True)
         self._conn.executescript(SCHEMA)
         self._conn.execute(
             "INSERT OR IGNORE INTO stream_meta VALUES ('identity', ?)", (f"sqlite:{uuid.uuid4().hex}",)

@@ -23,8 +23,10 @@ from rtml.model import registry
 from rtml.model.train import train
 from rtml.monitoring.loop import run_monitoring_pass
 from rtml.monitoring.scenario import swinging_fee_minutes
-from rtml.quality.drift import Window, run_drift_check
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.pipeline import serving_app
+from rtml.quality.drift import run_drift_check
+from rtml.quality.results import TimeRange
+from rtml.serving.server import BackgroundServer
 
 CALM_HOURS, SWING_HOURS = 4, 2
 CHARTS = ("traffic", "forecast", "quality", "models", "drift")
@@ -54,14 +56,14 @@ def test_dashboard_draws_every_chart(settings: Settings, chromium: str, artifact
         registry.promote(settings, first.version, reason="test: first champion")
     end = minutes["minute"].max().to_pydatetime() + timedelta(minutes=1)
 
-    server = BackgroundServer(create_app(settings)).start()
+    server = BackgroundServer(serving_app(settings)).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             sent = log_pipeline_forecasts(settings, minutes, shift - pd.Timedelta(hours=1), pd.Timestamp(end))
             # Two breaches, no alarm yet; then the hourly drift check sees the new regime.
             report = run_monitoring_pass(settings)
             assert [v["breach"] for v in report.judged] == [False, True, True] and report.trigger is None
-            drift = run_drift_check(settings, Window(start.to_pydatetime(), shift.to_pydatetime()), Window(end - timedelta(hours=1), end))
+            drift = run_drift_check(settings, TimeRange(start.to_pydatetime(), shift.to_pydatetime()), TimeRange(end - timedelta(hours=1), end))
             metrics = {
                 (sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in text_string_to_metric_families(client.get("/metrics").text)

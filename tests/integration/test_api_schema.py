@@ -25,12 +25,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from rtml.config import Settings
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.pipeline import serving_app
+from rtml.serving.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")
 def server_url(bed: tuple[Settings, list[str]]) -> Iterator[str]:
-    server = BackgroundServer(create_app(bed[0])).start()
+    server = BackgroundServer(serving_app(bed[0])).start()
     yield server.url
     server.stop()
 

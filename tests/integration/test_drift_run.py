@@ -18,7 +18,8 @@ from rtml.features import offline
 from rtml.model import registry
 from rtml.monitoring.events import EventLog
 from rtml.quality import reports
-from rtml.quality.drift import Window, run_drift_check, run_quality_check
+from rtml.quality.drift import run_drift_check, run_quality_check
+from rtml.quality.results import TimeRange
 
 START = datetime(2024, 10, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -70,8 +71,8 @@ def test_fee_regime_shift_is_caught_with_report_index_and_alert(backend_settings
     now = START + DAY + timedelta(minutes=661)
     result = run_drift_check(backend_settings, now=now)
 
-    assert result.reference == Window(START, START + DAY)
-    assert result.current == Window(
+    assert result.reference == TimeRange(START, START + DAY)
+    assert result.current == TimeRange(
         START + DAY + timedelta(minutes=600), START + DAY + timedelta(minutes=660)
     )
     assert result.drifted and set(result.drifted_columns) == {"fee_avg_sat", "fee_total_sat"}
@@ -140,12 +141,12 @@ def test_commands_take_explicit_windows(settings: Settings) -> None:
 def test_quality_run_alone_judges_freshness_on_the_whole_store(settings: Settings) -> None:
     store_minutes(settings, START, 240, 4000.0, seed=7)
     now = START + timedelta(hours=4, minutes=1)
-    result = run_quality_check(settings, Window(START, START + timedelta(hours=2)), now=now)
+    result = run_quality_check(settings, TimeRange(START, START + timedelta(hours=2)), now=now)
     statuses = {r.name: r.status for r in result.rules}
     assert not result.columns and statuses["tx_count_in_band"] == statuses["freshness_s"] == "pass"
     assert reports.load_index(settings)[-1]["verdict"] == "pass"
     stale = run_quality_check(
-        settings, Window(START, START + timedelta(hours=2)), now=now + timedelta(hours=1)
+        settings, TimeRange(START, START + timedelta(hours=2)), now=now + timedelta(hours=1)
     )
     assert stale.failed_rules == ["freshness_s"]
     assert reports.load_index(settings)[-1]["verdict"] == "fail"
@@ -175,8 +176,8 @@ def test_transactions_from_the_archive_join_the_verdict(settings: Settings) -> N
 
     result = run_drift_check(
         settings,
-        Window(START, START + timedelta(hours=5)),
-        Window(START + timedelta(hours=6), START + timedelta(hours=7)),
+        TimeRange(START, START + timedelta(hours=5)),
+        TimeRange(START + timedelta(hours=6), START + timedelta(hours=7)),
     )
     by_column = {c.column: c for c in result.columns}
     assert set(by_column) == {
@@ -210,6 +211,6 @@ def test_default_reference_is_the_champions_training_window(settings: Settings) 
     client.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, version.version)
 
     result = run_drift_check(settings, now=START + DAY + timedelta(hours=8))
-    assert result.reference == Window(train_start, train_end)
-    assert result.current == Window(START + DAY + timedelta(hours=7), START + DAY + timedelta(hours=8))
+    assert result.reference == TimeRange(train_start, train_end)
+    assert result.current == TimeRange(START + DAY + timedelta(hours=7), START + DAY + timedelta(hours=8))
     assert result.columns[0].reference_rows == 12 * 60 and result.verdict == "no drift"

@@ -1,21 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.monitoring.events import EventLog
 
 
-@pytest.fixture(params=["embedded", "services"])
-def log(request: pytest.FixtureRequest, data_dir: object) -> EventLog:
-    if request.param == "services":
-        settings: Settings = request.getfixturevalue("services_settings")
-    else:
-        settings = get_settings()
-    event_log = EventLog(settings)
+@pytest.fixture
+def log(backend_settings: Settings) -> Iterator[EventLog]:
+    event_log = EventLog(backend_settings)
     yield event_log
-    if request.param == "services":
-        event_log._pg.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
     event_log.close()
 
 

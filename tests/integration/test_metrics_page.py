@@ -15,7 +15,8 @@ from conftest import SERVING_TOKEN
 
 from rtml.config import Settings
 from rtml.monitoring.metrics import PipelineCollector
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.pipeline import serving_app
+from rtml.serving.server import BackgroundServer
 
 CALLS: list[float] = []
 
@@ -29,7 +30,7 @@ def slow_counters(settings: Settings) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def server(bed: tuple[Settings, list[str]]) -> Iterator[BackgroundServer]:
-    server = BackgroundServer(create_app(bed[0], poll_s=0.2)).start()
+    server = BackgroundServer(serving_app(bed[0], poll_s=0.2)).start()
     yield server
     server.stop()
 
@@ -70,7 +71,7 @@ def test_a_slow_store_neither_stalls_forecasts_nor_is_read_on_every_scrape(
     settings = bed[0]
     app = server._server.config.app
     registry = app.state.serving.metrics.registry
-    collector = PipelineCollector(settings, sources={"slow": f"{__name__}:slow_counters"}, max_age_s=30)
+    collector = PipelineCollector(settings, sources={"slow": slow_counters}, max_age_s=30)
     registry.register(collector)
     CALLS.clear()
     try:
@@ -99,7 +100,7 @@ def test_the_pipeline_part_of_the_page_passes_promtool_on_both_profiles(
     """The parts' persisted counters come from SQLite or from Redis hashes: both pages are valid."""
     from prometheus_client import generate_latest
 
-    from rtml.serving.app import ServingMetrics
+    from rtml.serving.middleware import ServingMetrics
     from rtml.sources.ingest import run_ingest
 
     run_ingest(backend_settings, "synthetic", speed=None, duration_s=120, archive=False)

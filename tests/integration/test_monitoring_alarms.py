@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.model.backtest import evaluate
 from rtml.monitoring.alarms import judge_hours
 from rtml.monitoring.evaluate import QualityStore, hourly_quality, join_actuals, sliding_quality
@@ -69,13 +69,10 @@ def test_hourly_and_sliding_quality_match_the_backtest_metrics() -> None:
     assert sliding.loc[end_of_second_hour, "n"] == hourly.loc[1, "n"]
 
 
-@pytest.fixture(params=["embedded", "services"])
-def stores(request: pytest.FixtureRequest, data_dir: object) -> Iterator[tuple[Settings, QualityStore, EventLog]]:
-    settings: Settings = request.getfixturevalue("services_settings") if request.param == "services" else get_settings()
-    store, events = QualityStore(settings), EventLog(settings)
-    yield settings, store, events
-    if request.param == "services":
-        events._pg.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
+@pytest.fixture
+def stores(backend_settings: Settings) -> Iterator[tuple[Settings, QualityStore, EventLog]]:
+    store, events = QualityStore(backend_settings), EventLog(backend_settings)
+    yield backend_settings, store, events
     store.close()
     events.close()
 

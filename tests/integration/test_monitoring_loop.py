@@ -76,8 +76,8 @@ def test_callers_forecasts_are_never_judged(settings: Settings, log_pipeline_for
     they are kept under their own kind, and neither the judged hours nor the dashboard's judged
     band see them, so they can neither fake a breach nor hide one."""
     from rtml.model.train import bootstrap_champion
+    from rtml.monitoring.dashboard_api import forecasts_payload
     from rtml.monitoring.evaluate import forecasts_frame, hourly_quality, join_actuals
-    from rtml.serving.dashboard_api import forecasts_payload
     from rtml.serving.prediction_log import PredictionLog, PredictionRecord, read_judged, read_predictions
 
     start = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=4)

@@ -210,8 +210,8 @@ def test_events_are_stamped_with_the_boundary_of_the_job_recording_them(settings
 
 
 def test_reports_keep_what_the_dashboard_links_to(settings: Settings) -> None:
+    from rtml.monitoring.dashboard_api import drift_payload
     from rtml.quality.reports import DASHBOARD_REPORTS, load_index, report_stats, reports_dir, trim_reports
-    from rtml.serving.dashboard_api import drift_payload
 
     folder = reports_dir(settings)
     runs = []

@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from rtml.config import Settings, get_settings
 from rtml.contracts import MinuteFeatures
 from rtml.model import registry
-from rtml.serving.app import BackgroundServer, create_app
+from rtml.pipeline import serving_app
 from rtml.serving.prediction_log import read_predictions, serving_counters
 from rtml.serving.seed import write_minutes
+from rtml.serving.server import BackgroundServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -40,7 +41,7 @@ def champion_back(bed: tuple[Settings, list[str]]) -> Iterator[None]:
 
 @pytest.fixture
 def client(bed: tuple[Settings, list[str]]) -> Iterator[TestClient]:
-    with TestClient(create_app(bed[0]), base_url="http://localhost") as test_client:
+    with TestClient(serving_app(bed[0]), base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -174,7 +175,7 @@ def test_batch_rows_must_carry_every_feature(client: TestClient) -> None:
 def test_stale_features_get_a_clear_503_never_a_forecast(bed: tuple[Settings, list[str]]) -> None:
     settings, _ = bed
     stale = settings.model_copy(update={"serving": settings.serving.model_copy(update={"max_feature_age_s": 0.0})})
-    with TestClient(create_app(stale), base_url="http://localhost") as client:
+    with TestClient(serving_app(stale), base_url="http://localhost") as client:
         response = client.get("/forecast")
         assert response.status_code == 503
         assert "features are stale: the newest closed minute ended at" in response.json()["detail"]
@@ -193,7 +194,7 @@ def test_admin_endpoints_are_off_without_a_token_and_guarded_with_one(
 ) -> None:
     settings, versions = bed
     closed = settings.model_copy(update={"serving": settings.serving.model_copy(update={"admin_token": None})})
-    with TestClient(create_app(closed), base_url="http://localhost") as off:
+    with TestClient(serving_app(closed), base_url="http://localhost") as off:
         response = off.post("/admin/rollback", headers=AUTH)
         assert response.status_code == 404
         assert "admin endpoints are off" in response.json()["detail"]
@@ -222,7 +223,7 @@ def test_no_request_fails_while_the_champion_is_promoted_and_rolled_back(
     """A steady RATE (50) requests/s over real HTTP while the champion changes six times, through the
     admin API and behind the service's back in the registry (the watcher follows the alias)."""
     settings, versions = bed
-    server = BackgroundServer(create_app(settings, poll_s=0.2), host=settings.serving.host).start()
+    server = BackgroundServer(serving_app(settings, poll_s=0.2), host=settings.serving.host).start()
     port = int(server.url.rsplit(":", 1)[1])
     assert f"0100007F:{port:04X}" in Path("/proc/net/tcp").read_text()  # bound to 127.0.0.1 by default
     results: list[tuple[int, dict]] = []
@@ -353,7 +354,7 @@ def test_the_newest_closed_minute_and_a_feature_row_in_bounds_are_forecast(clien
 
 def test_bodies_over_the_limit_get_a_413_announced_or_streamed(bed: tuple[Settings, list[str]]) -> None:
     settings = bed[0].model_copy(update={"serving": bed[0].serving.model_copy(update={"max_body_bytes": 4096})})
-    server = BackgroundServer(create_app(settings)).start()
+    server = BackgroundServer(serving_app(settings)).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             big = b'{"rows": [' + b" " * 5000 + b"]}"
@@ -389,7 +390,7 @@ def test_allowed_hosts_is_a_setting(bed: tuple[Settings, list[str]]) -> None:
     settings = bed[0].model_copy(
         update={"serving": bed[0].serving.model_copy(update={"allowed_hosts": ["rtml.internal"]})}
     )
-    with TestClient(create_app(settings), base_url="http://rtml.internal") as client:
+    with TestClient(serving_app(settings), base_url="http://rtml.internal") as client:
         assert client.get("/health").status_code == 200
         assert client.get("/health", headers={"host": "localhost"}).status_code == 400
 
@@ -452,7 +453,7 @@ def test_forecasts_swaps_and_the_log_on_the_services_profile(
     assert settings.profile == "services"
     try:
         versions = seed_in_another_process()
-        with TestClient(create_app(settings), base_url="http://localhost") as client:
+        with TestClient(serving_app(settings), base_url="http://localhost") as client:
             first = client.get("/forecast")
             assert first.status_code == 200, first.text
             assert first.json()["model_version"] == versions[0]

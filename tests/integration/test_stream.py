@@ -18,28 +18,11 @@ def _event(i: int, ingest_time: int = 1_700_000_000_000) -> TxEvent:
     return TxEvent(f"{i:064x}", 1_606_000_000_000 + i * 250, i * 10, 200 + i % 50, "test", ingest_time + i)
 
 
-@pytest.fixture(params=["embedded", "services"])
-def stream_settings(
-    request: pytest.FixtureRequest, data_dir: object, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
-    if request.param == "services":
-        monkeypatch.setenv("RTML_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("RTML_PROFILE", "services")
-    return get_settings()
-
-
 @pytest.fixture
-def stream(stream_settings: Settings) -> Iterator[Stream]:
-    s = open_stream(stream_settings)
+def stream(backend_settings: Settings) -> Iterator[Stream]:
+    s = open_stream(backend_settings)
     yield s
     s.close()
-    if stream_settings.profile == "services":
-        import redis
-
-        r = redis.Redis.from_url(stream_settings.redis_url)
-        keys = list(r.scan_iter(f"{stream_settings.namespace}:*"))
-        if keys:
-            r.delete(*keys)
 
 
 def test_append_then_read_in_order_across_pages(stream: Stream) -> None:
@@ -102,11 +85,11 @@ def test_trim_by_length_and_age_keeps_offsets_valid(stream: Stream) -> None:
     assert stream.read(None, 10) == []
 
 
-def test_concurrent_writers_and_reader_lose_nothing(stream_settings: Settings, stream: Stream) -> None:
+def test_concurrent_writers_and_reader_lose_nothing(backend_settings: Settings, stream: Stream) -> None:
     """Two appenders and a reader at once (each with its own handle, as separate processes would)."""
 
     def write(base: int) -> None:
-        with open_stream(stream_settings) as own:
+        with open_stream(backend_settings) as own:
             for k in range(10):
                 own.append([_event(base + k * 100 + i) for i in range(100)])
 
@@ -133,22 +116,22 @@ def test_concurrent_writers_and_reader_lose_nothing(stream_settings: Settings, s
     assert mine == [_event(i).tx_hash for i in range(1000)]
 
 
-def test_wire_formats_other_readers_rely_on(stream_settings: Settings, stream: Stream) -> None:
+def test_wire_formats_other_readers_rely_on(backend_settings: Settings, stream: Stream) -> None:
     """The Spark data source reads these formats directly: keep them exactly."""
     event = _event(7)
     offset = stream.append([event])
     row = [event.tx_hash, event.event_time, event.fee_sat, event.size, event.source, event.ingest_time]
-    if stream_settings.profile == "services":
+    if backend_settings.profile == "services":
         import redis
 
-        r = redis.Redis.from_url(stream_settings.redis_url)
-        entries = r.xrange(f"{stream_settings.namespace}:stream:tx")
+        r = redis.Redis.from_url(backend_settings.redis_url)
+        entries = r.xrange(f"{backend_settings.namespace}:stream:tx")
         assert entries[0][0].decode() == offset
         assert entries[0][1] == {b"j": json.dumps(row, separators=(",", ":")).encode()}
         stream.commit("c", offset)
-        assert r.hget(f"{stream_settings.namespace}:offsets", "c") == offset.encode()
+        assert r.hget(f"{backend_settings.namespace}:offsets", "c") == offset.encode()
     else:
-        conn = sqlite3.connect(stream_path(stream_settings))
+        conn = sqlite3.connect(stream_path(backend_settings))
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         got = conn.execute(
             "SELECT offset, tx_hash, event_time, fee_sat, size, source, ingest_time FROM events"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +67,12 @@ def embedded(data_dir: Path, empty_mlflow_db: Path) -> Settings:
     return settings
 
 
-@pytest.fixture(params=["embedded", "services"])
-def backend(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Settings]:
-    if request.param == "embedded":
-        yield request.getfixturevalue("embedded")
-        return
-    settings: Settings = request.getfixturevalue("services_settings")
-    yield settings
-    import psycopg
-
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.namespace}" CASCADE')
+@pytest.fixture
+def backend(backend_settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Both profiles; the embedded one starts from a ready (migrated) MLflow database."""
+    if backend_settings.profile == "embedded":
+        shutil.copyfile(request.getfixturevalue("empty_mlflow_db"), backend_settings.path("mlflow", "mlflow.db"))
+    return backend_settings
 
 
 def test_a_learnable_signal_is_promoted_and_the_alias_can_move_back(backend: Settings) -> None:

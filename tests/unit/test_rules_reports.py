@@ -12,7 +12,8 @@ import pytest
 from rtml.config import Settings
 from rtml.monitoring.events import EventLog
 from rtml.quality import reports
-from rtml.quality.drift import ColumnDrift, DriftResult, Window, drift_report
+from rtml.quality.drift import drift_report
+from rtml.quality.results import ColumnDrift, DriftResult, TimeRange
 from rtml.quality.rules import dead_letter_rate, fees_valid
 
 T0 = datetime(2024, 10, 1, tzinfo=UTC)
@@ -25,8 +26,8 @@ def result(drifted: bool, dead_letters: int = 0) -> DriftResult:
     found = DriftResult(
         [column],
         0.5,
-        Window(T0, T0 + timedelta(days=1)),
-        Window(T0 + timedelta(days=2), T0 + timedelta(days=2, hours=1)),
+        TimeRange(T0, T0 + timedelta(days=1)),
+        TimeRange(T0 + timedelta(days=2), T0 + timedelta(days=2, hours=1)),
     )
     found.rules = [fees_valid(0, 0), dead_letter_rate(dead_letters, 1000)]
     return found

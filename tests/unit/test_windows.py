@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtml.aggregate.reference import reference_minutes
-from rtml.aggregate.windows import MAX_TOTAL_SAT, MINUTE_MS, ClockGuard, Window, WindowState
-from rtml.contracts import CLOCK_CONFIRM_EVENTS, MAX_MONEY_SAT, MinuteFeatures
+from rtml.aggregate.windows import MAX_TOTAL_SAT, ClockGuard, Window, WindowState
+from rtml.contracts import CLOCK_CONFIRM_EVENTS, MAX_MONEY_SAT, MINUTE_MS, MinuteFeatures
 
 T0 = 1_606_000_000_000 - 1_606_000_000_000 % MINUTE_MS  # a UTC minute boundary
 S = 1000

@@ -208,7 +208,7 @@ def build_router(settings: Settings) -> APIRouter:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from rtml.monitoring.metrics import PipelineCollector
 
-        # The serving app's own registry (see rtml.serving.app.ServingMetrics) serves /metrics.
+        # The serving app's own registry (see rtml.serving.middleware.ServingMetrics) serves /metrics.
         registry = app.state.serving.metrics.registry
         collector = PipelineCollector(settings)
         registry.register(collector)
