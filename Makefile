@@ -25,7 +25,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy rtml
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadfile
 
 bench: $(VENV)/.installed-dev
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
