@@ -31,6 +31,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rtml.aggregate.sinks import MinuteSink
+
 REPLAY = Path(os.environ.get("RTML_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LIVE_LATENESS_S = 5
 SPEEDUP = 30  # event time per wall time in the live phase
@@ -39,7 +41,7 @@ SPARK_BATCH = 50_000  # rows per Spark micro-batch
 
 
 # -- the engine side (child process) ---------------------------------------------------------
-class TimedSink:
+class TimedSink(MinuteSink):
     """Records when each minute reached the sink (wall clock), beside the engine's own table."""
 
     def __init__(self, path: Path) -> None:

@@ -423,6 +423,8 @@ class Engine:
                     if windows or late or (self.state.guard and self.state.guard.outliers):
                         self._commit(self.offset, late, windows)
                         self.deliver()
+                for sink in self.sinks:  # what a sink spooled during an outage: no write may follow
+                    sink.flush()
                 backoff = 0.0
             except DeliveryError as exc:
                 # The state is committed and the rows wait in the outbox: keep aggregating and
@@ -452,9 +454,7 @@ class Engine:
         if self._own_stream:
             self.stream.close()
         for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                close()
+            sink.close()
         if self._redis is not None:
             self._redis.close()
         self._lock.close()

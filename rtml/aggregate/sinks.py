@@ -10,10 +10,10 @@ own `minutes` table; the feature store adds its sink here.
 from __future__ import annotations
 
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 from rtml.config import Settings
 from rtml.contracts import MinuteFeatures, datetime_to_ms, ms_to_datetime
@@ -31,9 +31,20 @@ CREATE TABLE IF NOT EXISTS minutes (
 """
 
 
-class MinuteSink(Protocol):
+class MinuteSink(ABC):
+    """Where the engine delivers closed minutes. A sink that keeps writes aside while its store
+    is away (a spool) hands them over in `flush`, which the engine calls while the stream is
+    quiet: once the input ends, nothing else would."""
+
+    @abstractmethod
     def upsert(self, rows: Sequence[MinuteFeatures]) -> None:
         """Write rows keyed by minute; replaying the same rows changes nothing; a higher revision wins."""
+
+    def flush(self) -> None:  # noqa: B027 - a sink that never spools has nothing to flush
+        """Write what waits outside the engine's outbox; a store still away leaves it waiting."""
+
+    def close(self) -> None:  # noqa: B027 - nor, when it holds none, connections to close
+        """Release the sink's connections."""
 
 
 def aggregate_db_path(settings: Settings) -> Path:
@@ -46,7 +57,7 @@ def connect(path: Path) -> sqlite3.Connection:
     return sqlite_connect(path)
 
 
-class MinutesTable:
+class MinutesTable(MinuteSink):
     """The engine's own output table, `minutes` in `<data_dir>/aggregate.sqlite`."""
 
     def __init__(self, path: Path) -> None:

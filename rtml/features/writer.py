@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from rtml.aggregate.sinks import MinuteSink
 from rtml.config import Settings
 from rtml.contracts import MinuteFeatures
 from rtml.features.dataset import minutes_frame
@@ -42,9 +43,11 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
+# Seconds between two tries of an idle flush (rtml.ops.outage.BACKOFF_MAX_S's bound).
+FLUSH_RETRY_S = 2.0
 
 
-class FeatureStoreSink:
+class FeatureStoreSink(MinuteSink):
     """A MinuteSink (see rtml.aggregate.sinks): `upsert(rows)` into the Feast online + offline stores.
 
     Opening is lazy by default: Feast (a 5 s import) is loaded at the first write, not when the
@@ -58,6 +61,9 @@ class FeatureStoreSink:
         self._store = store
         self._offline: OfflineMinutes | None = None
         self._unpushed: set[int] = set()  # minute keys whose online push waits for PostgreSQL
+        # Monotonic time before which `flush` does not try PostgreSQL again (an idle engine polls
+        # every few hundred ms; a try against a server that is down costs a connect timeout).
+        self._next_flush = 0.0
         if open_now:
             try:
                 self.store, self.offline  # noqa: B018 - open both stores now, not at the first write
@@ -112,6 +118,22 @@ class FeatureStoreSink:
         pushed = self.push_online(winners)
         _count(self.settings, rows_written=len(minutes), writes=1, online_rows_pushed=pushed)
         return pushed
+
+    def flush(self) -> None:
+        """Drain the spool while the stream is quiet (the replay ended, the feed paused): the next
+        write would, but none may come. At most one try per FLUSH_RETRY_S while PostgreSQL is away."""
+        if time.monotonic() < self._next_flush or not isinstance(self.offline, PostgresMinutes):
+            return
+        self._next_flush = time.monotonic() + FLUSH_RETRY_S
+        spool = offline_spool(self.settings)
+        try:
+            if self._unpushed or spool.pending():
+                self._drain(spool)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+        finally:
+            spool.close()
 
     def _drain(self, spool: Spool) -> None:
         """Write the spooled rows offline, then push their winners online (with any the outage

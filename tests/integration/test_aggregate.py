@@ -19,7 +19,7 @@ import pytest
 
 from rtml.aggregate.embedded import Engine, aggregate_counters
 from rtml.aggregate.reference import disorder, load_replay, reference_minutes, retime_dense
-from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, read_minutes
+from rtml.aggregate.sinks import MinuteSink, MinutesTable, aggregate_db_path, read_minutes
 from rtml.config import Settings, get_settings
 from rtml.contracts import MINUTE_MS, MinuteFeatures
 from rtml.stream import Row, open_stream, stream_path
@@ -127,7 +127,7 @@ def test_a_crash_between_commit_and_delivery_redelivers(settings: Settings, dens
     rows = dense_replay[:5_000]
     _append(settings, rows)
 
-    class Failing:
+    class Failing(MinuteSink):
         def upsert(self, rows: object) -> None:
             raise RuntimeError("sink down")
 
@@ -281,7 +281,7 @@ def test_live_mode_rides_out_a_failing_sink(settings: Settings, dense_replay: li
     rows = dense_replay[:3_000]
     _append(settings, rows)
 
-    class Flaky:
+    class Flaky(MinuteSink):
         def __init__(self) -> None:
             self.failures = 3
             self.rows: dict[object, object] = {}

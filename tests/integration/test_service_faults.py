@@ -73,13 +73,15 @@ def offline_rows() -> int:
 
 def recovered(consumed: float, written: int, since: float, parts: dict[str, float]) -> bool:
     """Recovered: every component `ok`, the engine consuming the stream again, and PostgreSQL
-    taking the feature store's rows again with nothing left in a spool. `parts` gets the
-    seconds after `since` at which each of them first held (the figures' breakdown)."""
+    taking the feature store's rows again with nothing left in a spool (or, when the replay
+    ended meanwhile, nothing left to take: the engine consumed it all and PostgreSQL holds all
+    its minutes). `parts` gets the seconds after `since` at which each of them first held (the
+    figures' breakdown)."""
     from rtml.spool import spool_stats
 
     checks = {
-        "stream_s": lambda: events_in() > consumed,
-        "postgres_rows_s": lambda: offline_rows() > written,
+        "stream_s": lambda: events_in() > consumed or caught_up(),
+        "postgres_rows_s": lambda: offline_rows() > written or (caught_up() and offline_rows() == engine_rows()),
         "spools_empty_s": lambda: not any(s["records"] for s in spool_stats(get_settings()).values()),
         "components_ok_s": healthy,
     }
@@ -87,6 +89,24 @@ def recovered(consumed: float, written: int, since: float, parts: dict[str, floa
         if name not in parts and check():
             parts[name] = round(time.monotonic() - since, 1)
     return len(parts) == len(checks) and healthy()
+
+
+def engine_rows() -> int:
+    from rtml.aggregate.sinks import read_minutes
+
+    return len(read_minutes(get_settings()))
+
+
+def caught_up() -> bool:
+    """The replay ended (during the outage on a loaded machine) and the engine consumed all of
+    it: no later event can show it consuming again, and none needs to."""
+    from rtml.aggregate.embedded import aggregate_counters
+    from rtml.ops.supervisor import read_state
+
+    state = read_state(get_settings())
+    assert state is not None
+    ended = state["components"]["ingest"]["state"] == "finished"
+    return ended and aggregate_counters(get_settings())["lag_events"] == 0
 
 
 def healthy() -> bool:
