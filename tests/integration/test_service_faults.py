@@ -236,7 +236,10 @@ def test_redis_and_postgres_outage_restart_and_sigkill_during_a_replay(
             start_ms, end_ms = int(fig["start"] * 1000), int(fig.get("window", (0, time.time()))[1] * 1000)
             downs = [d for d in told if "duration_s" not in d and start_ms <= d["at_ms"] <= end_ms]
             ups = [d for d in told if "duration_s" in d and start_ms <= d["down_ms"] <= end_ms]
-            assert {d["service"] for d in downs} == {"redis", "postgres"}, (name, told)
+            # A restart or SIGKILL takes PostgreSQL away for about a second: only a component that
+            # wrote to it meanwhile notices (and tells). Ingest writes to Redis all the time.
+            noticed = {"redis", "postgres"} if fig["down_s"] >= OUTAGE_S / 2 else {"redis"}
+            assert noticed <= {d["service"] for d in downs} <= {"redis", "postgres"}, (name, told)
             assert sorted((d["component"], d["service"]) for d in downs) == sorted(
                 (d["component"], d["service"]) for d in ups
             ), (name, told)  # every outage a component saw is closed by a service.up
