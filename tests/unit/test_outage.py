@@ -8,7 +8,7 @@ import redis
 
 from rtml.config import Settings
 from rtml.monitoring.events import EventLog
-from rtml.ops.outage import BACKOFF_MAX_S, Outage, absorbed, read_health, restored, service_of
+from rtml.outage import BACKOFF_MAX_S, Outage, absorbed, read_health, restored, service_of
 
 
 def wrapped(exc: BaseException) -> RuntimeError:
