@@ -68,6 +68,8 @@ def main(
     if config is not None:
         os.environ["RTML_CONFIG"] = str(config)
     exit_if_settings_refused()
+    # Every component reports outages (rtml.outage) as events: the event log, once imported, takes them.
+    import rtml.monitoring.events  # noqa: F401
 
 
 for _module in COMMAND_MODULES:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rtml.config import Settings
-from rtml.ops.outage import absorbed, restored
+from rtml.outage import absorbed, restored
 
 if TYPE_CHECKING:
     import psycopg

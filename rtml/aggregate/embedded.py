@@ -30,7 +30,7 @@ from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, MinuteFeatures
-from rtml.ops.outage import Outage
+from rtml.outage import Outage
 from rtml.stream import Offset, Stream, StreamReset, open_stream
 
 log = logging.getLogger(__name__)

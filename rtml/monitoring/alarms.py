@@ -15,8 +15,8 @@ import pandas as pd
 
 from rtml.config import Settings
 from rtml.contracts import datetime_to_ms
-from rtml.monitoring.evaluate import HourVerdict, QualityStore
-from rtml.monitoring.events import EventLog
+from rtml.monitoring.evaluate import HourVerdict, QualityBackend
+from rtml.monitoring.events import EventBackend
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def streak(history: list[HourVerdict], after_ms: int) -> int:
     return count
 
 
-def judge_hours(settings: Settings, hourly: pd.DataFrame, store: QualityStore, events: EventLog) -> Judgement:
+def judge_hours(settings: Settings, hourly: pd.DataFrame, store: QualityBackend, events: EventBackend) -> Judgement:
     """Judge each hour of `hourly` (from `hourly_quality`, closed hours only) not judged before.
 
     Records `monitor.breach` for each breach and `monitor.alarm` when the streak reaches

@@ -68,9 +68,9 @@ def register(app: typer.Typer) -> None:
 
         from rtml.config import get_settings
         from rtml.contracts import printable
-        from rtml.monitoring.events import EventLog
+        from rtml.monitoring.events import open_event_log
 
-        log = EventLog(get_settings())
+        log = open_event_log(get_settings())
         try:
             found = log.recent(limit=limit, prefix=prefix)
         finally:

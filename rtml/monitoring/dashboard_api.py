@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, RedirectResponse
 
 from rtml.config import Settings
-from rtml.monitoring.events import EventLog
+from rtml.monitoring.events import open_event_log
 from rtml.quality.reports import DASHBOARD_REPORTS
 
 STATIC = Path(__file__).resolve().parent / "dashboard"
@@ -100,10 +100,10 @@ def forecasts_payload(settings: Settings, hours: float) -> dict[str, Any]:
 
 
 def quality_payload(settings: Settings, hours: float) -> dict[str, Any]:
-    from rtml.monitoring.evaluate import QualityStore, join_actuals, sliding_quality
+    from rtml.monitoring.evaluate import join_actuals, open_quality_store, sliding_quality
     from rtml.monitoring.loop import read_minutes
 
-    store = QualityStore(settings)
+    store = open_quality_store(settings)
     try:
         verdicts = store.hours(limit=int(hours))
     finally:
@@ -115,7 +115,7 @@ def quality_payload(settings: Settings, hours: float) -> dict[str, Any]:
         window = sliding_quality(join_actuals(frame.drop(columns="y"), minutes)) if not minutes.empty else None
         if window is not None and not window.empty:
             sliding = {"minute": _epoch_s(window["target_minute"]), "wql": _floats(window["wql"])}
-    events = EventLog(settings)
+    events = open_event_log(settings)
     try:
         alarms = events.recent(limit=1, prefix="monitor.alarm")
         promotions = events.recent(limit=1, prefix="model.promoted")
@@ -144,7 +144,7 @@ def models_payload(settings: Settings) -> dict[str, Any]:
     """Champion version over time (each promotion) and rejected candidates, from the event log."""
     from rtml.monitoring.loop import champion_version
 
-    events = EventLog(settings)
+    events = open_event_log(settings)
     try:
         decisions = [e for e in events.recent(limit=500, prefix="model.") if e.kind in ("model.promoted", "model.rejected")]
     finally:
@@ -180,7 +180,7 @@ def _version_number(version: Any) -> float | None:
 
 
 def drift_payload(settings: Settings) -> dict[str, Any]:
-    events = EventLog(settings)
+    events = open_event_log(settings)
     try:
         checks = [e for e in events.recent(limit=500, prefix="drift.") if "share" in e.details]
     finally:
@@ -271,7 +271,7 @@ def build_router(settings: Settings) -> APIRouter:
         prefix: str = Query("", max_length=100),
         after_id: int = Query(0, ge=0, le=2**63 - 1),  # an event id is a SQLite / BIGINT integer
     ) -> list[dict[str, Any]]:
-        log = EventLog(settings)
+        log = open_event_log(settings)
         try:
             return [
                 {"id": e.id, "time_ms": e.time_ms, "kind": e.kind, "details": e.details}

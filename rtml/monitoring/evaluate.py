@@ -5,12 +5,14 @@ minute's actual `fee_avg_sat` (minutes without transactions have no average and 
 nothing). Quality is computed per hour of target minutes (what the alarm policy watches)
 and over a sliding window (what the dashboard and `/metrics` show). Per-hour results are
 kept in a small table, SQLite under the data directory (embedded) or PostgreSQL in the
-namespace's schema (services), so each closed hour is judged once and its verdict is kept.
+namespace's schema (services), so each closed hour is judged once and its verdict is kept
+(`QualityBackend`, one class per backend, chosen by `open_quality_store`).
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -22,7 +24,8 @@ from rtml.config import Settings
 from rtml.contracts import datetime_to_ms, ms_to_datetime
 from rtml.model.backtest import QUANTILES, evaluate, pinball
 from rtml.serving.prediction_log import PredictionRecord
-from rtml.storage import sqlite_connect
+from rtml.spool import PgLink
+from rtml.storage import ensure_schema, sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -111,54 +114,35 @@ class HourVerdict:
     breach: bool
 
 
-class QualityStore:
+class QualityBackend(ABC):
     """Judged hours, one row each (upsert by hour): the alarm policy's memory and a dashboard series."""
 
+    DDL = (
+        "CREATE TABLE IF NOT EXISTS {t} (hour_ms BIGINT PRIMARY KEY, n INTEGER NOT NULL, "
+        "wql DOUBLE PRECISION NOT NULL, mae DOUBLE PRECISION NOT NULL, coverage DOUBLE PRECISION NOT NULL, "
+        "model_version TEXT NOT NULL, breach INTEGER NOT NULL, judged_ms BIGINT NOT NULL)"
+    )
+
+    table: str
+
     def __init__(self, settings: Settings) -> None:
-        self._services = settings.profile == "services"
-        ddl = (
-            "CREATE TABLE IF NOT EXISTS {t} (hour_ms BIGINT PRIMARY KEY, n INTEGER NOT NULL, "
-            "wql DOUBLE PRECISION NOT NULL, mae DOUBLE PRECISION NOT NULL, coverage DOUBLE PRECISION NOT NULL, "
-            "model_version TEXT NOT NULL, breach INTEGER NOT NULL, judged_ms BIGINT NOT NULL)"
-        )
-        if self._services:
-            from rtml.spool import PgLink
+        self.settings = settings
 
-            self._table = f'"{settings.namespace}".quality_hours'
-
-            def create(conn: psycopg.Connection) -> None:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-                conn.execute(ddl.format(t=self._table))
-
-            # The monitor keeps this store open across boundaries: a PostgreSQL restart must
-            # not leave it holding a dead connection (the link opens a new one).
-            self._link = PgLink(settings.postgres_dsn, create)
-        else:
-            self._table = "quality_hours"
-            self._db = sqlite_connect(
-                settings.path("monitoring.sqlite"), timeout=30, synchronous="FULL", check_same_thread=True
-            )
-            self._db.execute(ddl.format(t=self._table))
-
-    @property
-    def _pg(self) -> psycopg.Connection:
-        return self._link.conn
-
+    @abstractmethod
     def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
-        if self._services:
-            cur = self._pg.execute(sql.replace("?", "%s"), params)
-            return cur.fetchall() if cur.description else []
-        return self._db.execute(sql, params).fetchall()
+        """Run one statement (`?` marks its parameters); its rows (none for a write)."""
+
+    @abstractmethod
+    def _delete(self, sql: str, params: tuple) -> int:
+        """Run one DELETE (`?` marks); how many rows went."""
 
     def trim(self, before_ms: int) -> int:
         """Retention: forget judged hours before `before_ms` (they go with their forecasts)."""
-        if self._services:
-            return int(self._pg.execute(f"DELETE FROM {self._table} WHERE hour_ms < %s", (before_ms,)).rowcount)
-        return int(self._db.execute(f"DELETE FROM {self._table} WHERE hour_ms < ?", (before_ms,)).rowcount)
+        return self._delete(f"DELETE FROM {self.table} WHERE hour_ms < ?", (before_ms,))
 
     def put(self, verdict: HourVerdict) -> None:
         self._run(
-            f"INSERT INTO {self._table} (hour_ms, n, wql, mae, coverage, model_version, breach, judged_ms) "
+            f"INSERT INTO {self.table} (hour_ms, n, wql, mae, coverage, model_version, breach, judged_ms) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour_ms) DO UPDATE SET n = excluded.n, "
             "wql = excluded.wql, mae = excluded.mae, coverage = excluded.coverage, "
             "model_version = excluded.model_version, breach = excluded.breach, judged_ms = excluded.judged_ms",
@@ -177,7 +161,7 @@ class QualityStore:
     def hours(self, limit: int = 24 * 14) -> list[HourVerdict]:
         """The last `limit` judged hours, oldest first."""
         rows = self._run(
-            f"SELECT hour_ms, n, wql, mae, coverage, model_version, breach FROM {self._table} "
+            f"SELECT hour_ms, n, wql, mae, coverage, model_version, breach FROM {self.table} "
             "ORDER BY hour_ms DESC LIMIT ?",
             (limit,),
         )
@@ -187,14 +171,73 @@ class QualityStore:
 
     def count(self) -> int:
         """How many hours were judged."""
-        return int(self._run(f"SELECT count(*) FROM {self._table}")[0][0])
+        return int(self._run(f"SELECT count(*) FROM {self.table}")[0][0])
 
     def last_hour(self) -> datetime | None:
-        rows = self._run(f"SELECT MAX(hour_ms) FROM {self._table}")
+        rows = self._run(f"SELECT MAX(hour_ms) FROM {self.table}")
         return ms_to_datetime(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SqliteQualityStore(QualityBackend):
+    """The table `quality_hours` in `<data_dir>/monitoring.sqlite` (synchronous FULL: a verdict
+    is written once per hour, and an OS crash must not lose it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.table = "quality_hours"
+        self._db = sqlite_connect(
+            settings.path("monitoring.sqlite"), timeout=30, synchronous="FULL", check_same_thread=True
+        )
+        self._db.execute(self.DDL.format(t=self.table))
+
+    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _delete(self, sql: str, params: tuple) -> int:
+        return int(self._db.execute(sql, params).rowcount)
+
     def close(self) -> None:
-        self._link.close() if self._services else self._db.close()
+        self._db.close()
+
+
+class PostgresQualityStore(QualityBackend):
+    """The table `quality_hours` in the namespace's schema."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.table = f'"{settings.namespace}".quality_hours'
+        # The monitor keeps this store open across boundaries: a PostgreSQL restart must
+        # not leave it holding a dead connection (the link opens a new one).
+        self._link = PgLink(settings.postgres_dsn, self._create)
+
+    def _create(self, conn: psycopg.Connection) -> None:
+        ensure_schema(conn, self.settings)
+        conn.execute(self.DDL.format(t=self.table))
+
+    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        cur = self._link.conn.execute(sql.replace("?", "%s"), params)
+        return cur.fetchall() if cur.description else []
+
+    def _delete(self, sql: str, params: tuple) -> int:
+        return int(self._link.conn.execute(sql.replace("?", "%s"), params).rowcount)
+
+    def close(self) -> None:
+        self._link.close()
+
+
+_QUALITY_BACKENDS: dict[str, type[QualityBackend]] = {"embedded": SqliteQualityStore, "services": PostgresQualityStore}
+
+
+def open_quality_store(settings: Settings) -> QualityBackend:
+    """The quality store of the settings' profile."""
+    return _QUALITY_BACKENDS[settings.profile](settings)
+
+
+# The name the quality store has always been opened by (`QualityStore(settings)`).
+QualityStore = open_quality_store
 
 
 def forecasts_frame(records: list[PredictionRecord]) -> pd.DataFrame:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rtml.monitoring.alarms import Judgement
-    from rtml.monitoring.evaluate import QualityStore
-    from rtml.monitoring.events import EventLog
+    from rtml.monitoring.evaluate import QualityBackend
+    from rtml.monitoring.events import EventBackend
 
 # An hour is judged only with at least this many forecasts with actuals (a sixth of its minutes).
 MIN_FORECASTS_PER_HOUR = 10
@@ -59,7 +59,7 @@ class PassReport:
     outcome: dict[str, Any] | None = None
 
 
-def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog, clock: datetime) -> Judgement:
+def judge_new_hours(settings: Settings, store: QualityBackend, events: EventBackend, clock: datetime) -> Judgement:
     """Join the pipeline's forecasts of the hours closed by `clock` and not judged yet with their
     actuals (minutes before `clock` only) and judge each of them."""
     import pandas as pd
@@ -87,7 +87,7 @@ def judge_new_hours(settings: Settings, store: QualityStore, events: EventLog, c
 
 
 def retrain_trigger(
-    settings: Settings, events: EventLog, alarm: bool, clock: datetime
+    settings: Settings, events: EventBackend, alarm: bool, clock: datetime
 ) -> tuple[str, dict[str, Any]] | None:
     """Why to retrain at `clock`, or None: an alarm of this pass; a drift alert since the last
     retraining, once `scheduler.drift_retrain_gap_s` of event time has passed since it."""
@@ -124,7 +124,7 @@ def retrain_key(clock: datetime) -> str:
 
 
 def retrain(
-    settings: Settings, events: EventLog, reason: str, details: dict[str, Any], clock: datetime
+    settings: Settings, events: EventBackend, reason: str, details: dict[str, Any], clock: datetime
 ) -> dict[str, Any] | None:
     """Train a candidate on [clock - scheduler.retrain_window_s, clock) and put it through the gate.
 
@@ -152,12 +152,12 @@ class Monitor:
     """The minute job: keeps its stores open across boundaries (a 36 h jump is 2,160 passes)."""
 
     def __init__(self, settings: Settings) -> None:
-        from rtml.monitoring.evaluate import QualityStore
-        from rtml.monitoring.events import EventLog
+        from rtml.monitoring.evaluate import open_quality_store
+        from rtml.monitoring.events import open_event_log
 
         self.settings = settings
-        self.store = QualityStore(settings)
-        self.events = EventLog(settings)
+        self.store = open_quality_store(settings)
+        self.events = open_event_log(settings)
         self._judged_through: datetime | None = None
 
     def pass_at(self, clock: datetime) -> PassReport:

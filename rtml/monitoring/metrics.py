@@ -154,9 +154,9 @@ class PipelineCollector(Collector):
         yield family
 
     def _quality(self) -> Iterator[Metric]:
-        from rtml.monitoring.evaluate import QualityStore
+        from rtml.monitoring.evaluate import open_quality_store
 
-        store = QualityStore(self.settings)
+        store = open_quality_store(self.settings)
         try:
             hours = store.hours(limit=1)
         finally:
@@ -178,9 +178,9 @@ class PipelineCollector(Collector):
         )
 
     def _drift(self) -> Iterator[Metric]:
-        from rtml.monitoring.events import EventLog
+        from rtml.monitoring.events import open_event_log
 
-        events = EventLog(self.settings)
+        events = open_event_log(self.settings)
         try:
             checks = [e for e in events.recent(limit=50, prefix="drift.") if "share" in e.details]
         finally:

@@ -168,7 +168,7 @@ FACTS = ("stream_lag_events", "newest_minute_end", "freshness_s", "champion_vers
 def _unless_down(read: Callable[[Settings], T], settings: Settings, fallback: T, down: list[str]) -> T:
     """`read(settings)`, or `fallback` while a service it needs is unreachable (noted in `down`):
     `rtml status` answers during an outage, which is when it is needed most."""
-    from rtml.ops.outage import service_of
+    from rtml.outage import service_of
 
     try:
         return read(settings)
@@ -180,10 +180,10 @@ def _unless_down(read: Callable[[Settings], T], settings: Settings, fallback: T,
 
 
 def component_health(settings: Settings, name: str, alive: bool) -> dict[str, object]:
-    """What a running component says of itself (rtml.ops.outage): `health` (`ok`, `degraded`
+    """What a running component says of itself (rtml.outage): `health` (`ok`, `degraded`
     while a service it needs is unreachable), `services_down` (service -> seconds down),
     `last_error` and `last_error_at` (ISO time), and its counters (the ingest buffer's)."""
-    from rtml.ops.outage import read_health
+    from rtml.outage import read_health
 
     doc = read_health(settings, name) if alive else None
     if doc is None:

@@ -25,7 +25,7 @@ from rtml.aggregate.sinks import aggregate_db_path
 from rtml.config import Settings
 from rtml.contracts import MINUTE_MS
 from rtml.features.dataset import feature_columns, features_for_range, history_minutes
-from rtml.serving.prediction_log import PIPELINE_KIND, PredictionRecord, PredictionStore
+from rtml.serving.prediction_store import PIPELINE_KIND, PredictionRecord, open_prediction_store
 from rtml.spool import unreachable
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Forecaster:
         self.columns = feature_columns(self.lags)
         # Read only: the engine creates the table (before the first boundary exists).
         self._conn = sqlite3.connect(aggregate_db_path(settings), timeout=60, isolation_level=None)
-        self.log = PredictionStore(settings)
+        self.log = open_prediction_store(settings)
         self._rows: dict[int, np.ndarray] = {}
         self._model: LoadedModel | None = None
         self._checked = 0.0

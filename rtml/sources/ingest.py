@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, Oversized, Row, dead_letter, parse_batch
-from rtml.ops.outage import Outage
+from rtml.outage import Outage
 from rtml.sources.buffer import Held, OutageBuffer
 from rtml.sources.clock import IngestClock
 from rtml.sources.deadletters import COUNTERS, open_ingest_store

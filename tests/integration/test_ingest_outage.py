@@ -14,7 +14,7 @@ from faults import PrivateRedis
 from rtml.config import Settings, get_settings
 from rtml.contracts import TxEvent
 from rtml.monitoring.events import EventLog
-from rtml.ops.outage import read_health
+from rtml.outage import read_health
 from rtml.sources.ingest import Ingestor, ingest_counters
 from rtml.sources.synthetic import to_utx_message
 from rtml.stream import open_stream

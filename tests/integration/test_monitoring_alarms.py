@@ -12,8 +12,14 @@ import pytest
 from rtml.config import Settings
 from rtml.model.backtest import evaluate
 from rtml.monitoring.alarms import judge_hours
-from rtml.monitoring.evaluate import QualityStore, hourly_quality, join_actuals, sliding_quality
-from rtml.monitoring.events import EventLog
+from rtml.monitoring.evaluate import (
+    QualityBackend,
+    QualityStore,
+    hourly_quality,
+    join_actuals,
+    sliding_quality,
+)
+from rtml.monitoring.events import EventBackend, EventLog
 
 START = pd.Timestamp("2024-10-01T00:00:00Z")
 
@@ -70,7 +76,7 @@ def test_hourly_and_sliding_quality_match_the_backtest_metrics() -> None:
 
 
 @pytest.fixture
-def stores(backend_settings: Settings) -> Iterator[tuple[Settings, QualityStore, EventLog]]:
+def stores(backend_settings: Settings) -> Iterator[tuple[Settings, QualityBackend, EventBackend]]:
     store, events = QualityStore(backend_settings), EventLog(backend_settings)
     yield backend_settings, store, events
     store.close()
@@ -91,7 +97,7 @@ def _hours(wqls: list[float], versions: list[str] | None = None, offset: int = 0
     )
 
 
-def test_three_consecutive_breaches_raise_one_alarm(stores: tuple[Settings, QualityStore, EventLog]) -> None:
+def test_three_consecutive_breaches_raise_one_alarm(stores: tuple[Settings, QualityBackend, EventBackend]) -> None:
     settings, store, events = stores
     assert settings.monitoring.wql_threshold == 0.24 and settings.monitoring.breaches_for_alarm == 3
     # ok, breach, breach, ok (streak broken), breach x4 -> alarm at the 3rd, the 4th starts a new count.
@@ -116,7 +122,7 @@ def test_three_consecutive_breaches_raise_one_alarm(stores: tuple[Settings, Qual
     assert [v.hour for v in store.hours()] == [START + pd.Timedelta(hours=i) for i in range(9)]
 
 
-def test_a_new_model_version_starts_a_new_streak(stores: tuple[Settings, QualityStore, EventLog]) -> None:
+def test_a_new_model_version_starts_a_new_streak(stores: tuple[Settings, QualityBackend, EventBackend]) -> None:
     settings, store, events = stores
     result = judge_hours(settings, _hours([0.3, 0.3, 0.3, 0.3], ["1", "1", "2", "2"]), store, events)
     assert not result.alarm

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 # after `rtml up` returns); the outage itself is the issue's 60 s, and what the replay was due
 # to send meanwhile waits for Redis (back-pressure), then goes in at once.
 MINUTES, SPEED, OUTAGE_S = 100, "60", 60.0
-# Components back off at most rtml.ops.outage.BACKOFF_MAX_S (5 s) between tries; the bound
+# Components back off at most rtml.outage.BACKOFF_MAX_S (5 s) between tries; the bound
 # leaves room for a loaded machine (PostgreSQL's crash recovery, MLflow reconnecting).
 RECOVERY_BOUND_S = 30.0
 
@@ -112,8 +112,8 @@ def caught_up() -> bool:
 def healthy() -> bool:
     """Every running component says `ok` in its health file (what `rtml status` shows; read
     directly so that the recovery time is not the CLI's start-up time). Serve keeps none."""
-    from rtml.ops.outage import read_health
     from rtml.ops.supervisor import read_state
+    from rtml.outage import read_health
 
     settings = get_settings()
     state = read_state(settings)

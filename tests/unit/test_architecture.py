@@ -19,21 +19,17 @@ PACKAGE = Path(rtml.__file__).resolve().parent
 MAX_LINES = 450
 # The data flow, upstream first: a part may import its own modules and those of parts before it.
 FLOW = ("sources", "stream", "aggregate", "archive", "features", "quality", "model", "serving", "monitoring", "ops")
-# Shared by every part, importing none: the data contracts, the settings, the storage helpers.
-SHARED = {"rtml", "rtml.config", "rtml.contracts", "rtml.storage", "rtml.spool"}
+# Shared by every part, importing none: the data contracts, the settings, the storage helpers,
+# the spool of the PostgreSQL stores and the outage reporter.
+SHARED = {"rtml", "rtml.config", "rtml.contracts", "rtml.storage", "rtml.spool", "rtml.outage"}
 # Composition roots, which may import any part and which no part imports: the pipeline's
 # wiring, the CLI (its entry point and each part's `commands` module) and the demo.
 ROOTS = {"rtml.pipeline", "rtml.cli", "rtml.__main__", "rtml.commands", "rtml.demo"}
 
 # Known when this test was written (issue 19); remove an entry when it is fixed, never add one.
 KNOWN_CYCLES: set[frozenset[str]] = {
-    # The aggregation engine names its consumer, the feature store (rtml.pipeline should wire it);
-    # since issue 18 the outage reporter and the PostgreSQL spool record events through the event
-    # log, which spools: the event log and the outage reporter belong in shared modules (issue 19).
-    frozenset({
-        "rtml.aggregate.clock", "rtml.aggregate.sinks", "rtml.features.offline", "rtml.features.writer",
-        "rtml.monitoring.events", "rtml.ops.outage", "rtml.spool",
-    }),
+    # The aggregation engine names its consumer, the feature store (rtml.pipeline should wire it).
+    frozenset({"rtml.aggregate.sinks", "rtml.features.offline", "rtml.features.writer"}),
     # ingest.py is both the pipeline of a source and the dispatcher of sources.
     frozenset({"rtml.sources.blockchain_rest", "rtml.sources.blockchain_ws", "rtml.sources.ingest"}),
     # The scheduler opens the composition root's jobs itself.
@@ -60,12 +56,8 @@ KNOWN_UPSTREAM_IMPORTS: set[tuple[str, str]] = {
     ("rtml.quality.reports", "rtml.monitoring.events"),
     # The scheduler opens the composition root's jobs (the circle above).
     ("rtml.ops.scheduler", "rtml.pipeline"),
-    # Issue 18: every long-running part rides out an outage through the reporter in ops (which
-    # belongs in a shared module, issue 19), ingest keeps a ledger of what the stream held, and
-    # the engine re-derives minutes of a lost stream from the raw archive.
-    ("rtml.aggregate.embedded", "rtml.ops.outage"),
-    ("rtml.sources.ingest", "rtml.ops.outage"),
-    ("rtml.spool", "rtml.ops.outage"),
+    # Issue 18: ingest keeps a ledger of what the stream held, and the engine re-derives minutes
+    # of a lost stream from the raw archive.
     ("rtml.sources.ingest", "rtml.stream.ledger"),
     ("rtml.aggregate.recovery", "rtml.archive.parquet_lake"),
     # /metrics reports the supervised components from the supervisor's state file.

@@ -6,9 +6,10 @@ import psycopg
 import pytest
 import redis
 
+from rtml import outage as outage_module
 from rtml.config import Settings
-from rtml.monitoring.events import EventLog
-from rtml.ops.outage import BACKOFF_MAX_S, Outage, absorbed, read_health, restored, service_of
+from rtml.monitoring.events import EventLog, open_event_log
+from rtml.outage import BACKOFF_MAX_S, Outage, absorbed, read_health, restored, service_of
 
 
 def wrapped(exc: BaseException) -> RuntimeError:
@@ -71,3 +72,22 @@ def test_an_outage_is_waited_out_told_and_closed(settings: Settings) -> None:
         ("service.up", "postgres", "aggregate"),
     ]
     assert ups["redis"]["duration_s"] >= 0 and ups["redis"]["down_ms"] <= ups["postgres"]["down_ms"]
+
+
+def test_events_wait_until_the_event_log_registers(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reporter imports no part: until the event log has registered (its module imported,
+    as the CLI does for every component), `service.down` waits in memory, then is recorded once."""
+    monkeypatch.setattr(outage_module, "_open_events", None)
+    outage = Outage(settings, "ingest")
+    outage.ride(redis.exceptions.ConnectionError("refused"))
+    events = EventLog(settings)
+    try:
+        assert events.count("service.down") == 0
+        outage_module.record_events_with(open_event_log)
+        outage.recovered()  # the next note or round flushes what waits
+        assert [(e.kind, e.details["component"]) for e in events.recent(prefix="service.")] == [
+            ("service.down", "ingest"),
+            ("service.up", "ingest"),
+        ]
+    finally:
+        events.close()
