@@ -357,7 +357,7 @@ class _Driver:
 
     def dead_letter_outliers(self) -> None:
         """The source's clock outliers into the dead-letter store (as the embedded engine does)."""
-        from rtml.aggregate.embedded import record_outliers
+        from rtml.aggregate.outliers import record_outliers
         from rtml.aggregate.spark_source import take_outliers
 
         if self.guard is not None and self.settings is not None:

@@ -43,7 +43,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"rtml.ops.scheduler", "rtml.pipeline"}),
 }
 KNOWN_LONG: set[str] = {
-    "rtml.aggregate.embedded",
     "rtml.aggregate.spark_job",
     "rtml.model.registry",
 }
