@@ -43,7 +43,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"rtml.ops.scheduler", "rtml.pipeline"}),
 }
 KNOWN_LONG: set[str] = {
-    "rtml.aggregate.spark_job",
     "rtml.model.registry",
 }
 KNOWN_UPSTREAM_IMPORTS: set[tuple[str, str]] = {
