@@ -42,9 +42,7 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # The scheduler opens the composition root's jobs itself.
     frozenset({"rtml.ops.scheduler", "rtml.pipeline"}),
 }
-KNOWN_LONG: set[str] = {
-    "rtml.model.registry",
-}
+KNOWN_LONG: set[str] = set()
 KNOWN_UPSTREAM_IMPORTS: set[tuple[str, str]] = {
     # The ingest pipeline of a source writes to the dedup, the stream and the archive itself.
     ("rtml.sources.ingest", "rtml.archive.parquet_lake"),
