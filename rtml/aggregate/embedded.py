@@ -26,10 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rtml.aggregate.engine_state import STATE_SCHEMA, counters_mirror
+from rtml.aggregate.engine_state import aggregate_counters as aggregate_counters  # its callers' import
+from rtml.aggregate.engine_state import trim_late_events as trim_late_events  # its callers' import
+from rtml.aggregate.outliers import record_outliers
 from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_sinks
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
-from rtml.contracts import DeadLetter, MinuteFeatures
+from rtml.contracts import MinuteFeatures
 from rtml.outage import Outage
 from rtml.stream import Offset, Stream, StreamReset, open_stream
 
@@ -37,70 +41,6 @@ log = logging.getLogger(__name__)
 CONSUMER = "aggregator"
 BATCH = 50_000
 POLL_S = 0.005
-
-STATE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS engine_state (
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  stream TEXT NOT NULL,              -- the identity of the log the offset belongs to
-  input_offset TEXT,
-  watermark INTEGER NOT NULL,
-  max_event_time INTEGER NOT NULL,
-  next_emit INTEGER,
-  max_minute INTEGER,
-  events_in INTEGER NOT NULL,
-  late INTEGER NOT NULL,
-  duplicates INTEGER NOT NULL,
-  windows_emitted INTEGER NOT NULL,
-  updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS open_windows (
-  minute INTEGER PRIMARY KEY,
-  tx_count INTEGER NOT NULL,
-  fee_total_sat INTEGER NOT NULL,
-  tx_hashes TEXT NOT NULL            -- for duplicate detection, comma-separated
-);
-CREATE TABLE IF NOT EXISTS provisional (
-  minute INTEGER PRIMARY KEY,
-  revision INTEGER NOT NULL,
-  tx_count INTEGER NOT NULL,
-  fee_total_sat INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS late_events (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  tx_hash TEXT NOT NULL,
-  event_time INTEGER NOT NULL,
-  fee_sat INTEGER NOT NULL,
-  watermark INTEGER NOT NULL,
-  reason TEXT NOT NULL,
-  recorded_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS held_events (
-  seq INTEGER PRIMARY KEY,           -- stream order
-  tx_hash TEXT NOT NULL,
-  event_time INTEGER NOT NULL,
-  fee_sat INTEGER NOT NULL,
-  seen INTEGER NOT NULL              -- later events that did not refute it
-);
-CREATE TABLE IF NOT EXISTS outlier_outbox (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  tx_hash TEXT NOT NULL,
-  event_time INTEGER NOT NULL,
-  fee_sat INTEGER NOT NULL,
-  reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stream_resets (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  details TEXT NOT NULL,             -- JSON: what was lost, what was re-derived (recovery.py)
-  delivered INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS outbox (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  minute INTEGER NOT NULL,
-  tx_count INTEGER NOT NULL,
-  fee_total_sat INTEGER NOT NULL,
-  revision INTEGER NOT NULL
-);
-"""
 
 
 class EngineError(RuntimeError):
@@ -156,12 +96,8 @@ class Engine:
         self._held_stored = bool(self.state.guard and self.state.guard.held)
         self._undelivered = False
         self._published_at = 0.0
-        self._redis = None
         self.outage = Outage(settings, "aggregate")
-        if settings.profile == "services":
-            import redis
-
-            self._redis = redis.Redis.from_url(settings.redis_url)
+        self._mirror = counters_mirror(settings)
         if lost_stream is not None:
             self._reset(lost_stream, self._identity)
         try:
@@ -278,8 +214,8 @@ class Engine:
         self.offset = offset
         if now - self._published_at >= 1:
             self._publish_offset()
-        if self._redis is not None:
-            self._redis.hset(f"{self.settings.namespace}:counters:aggregate", mapping=self.counters())
+        if self._mirror is not None:
+            self._mirror.set(self.counters())
 
     def _publish_offset(self) -> None:
         """Mirror the offset into the stream's consumer offsets (for lag and safe trimming).
@@ -455,27 +391,9 @@ class Engine:
             self.stream.close()
         for sink in self.sinks:
             sink.close()
-        if self._redis is not None:
-            self._redis.close()
+        if self._mirror is not None:
+            self._mirror.close()
         self._lock.close()
-
-
-def record_outliers(settings: Settings, outliers: Sequence[Sequence[object]], watermark: int) -> None:
-    """Clock outliers (tx_hash, event_time, fee_sat, reason) into ingestion's dead-letter store,
-    as source `aggregate` with the row as JSON, stamped with the engine's watermark (an outlier's
-    own time is the one thing not to trust; before any watermark, the ingest time stands in):
-    both engines call this."""
-    import json
-
-    from rtml.sources.deadletters import open_ingest_store
-
-    now = int(time.time() * 1000)
-    letters = []
-    for tx_hash, et, fee, reason in outliers:
-        raw = json.dumps({"tx_hash": tx_hash, "event_time": et, "fee_sat": fee})
-        letters.append(DeadLetter(raw, str(reason), "aggregate", now, len(raw), ""))
-    with open_ingest_store(settings) as store:
-        store.record(letters, {"clock_outliers": len(letters)}, None if watermark == NO_WATERMARK else watermark)
 
 
 def run(
@@ -503,47 +421,3 @@ def run(
         return 0
     finally:
         engine.close()
-
-
-def trim_late_events(settings: Settings, before_ms: int) -> int:
-    """Retention: forget recorded late events older than `before_ms` (their counter stays)."""
-    path = aggregate_db_path(settings)
-    if not path.exists():
-        return 0
-    conn = connect(path)
-    try:
-        conn.executescript(STATE_SCHEMA)
-        return int(conn.execute("DELETE FROM late_events WHERE event_time < ?", (before_ms,)).rowcount)
-    finally:
-        conn.close()
-
-
-def aggregate_counters(settings: Settings) -> dict[str, float]:
-    """The engine's counters (events in, late, duplicates, windows emitted, watermark, lag).
-
-    `lag_events` is how many stream events the engine has not consumed yet.
-    """
-    path = aggregate_db_path(settings)
-    names = ("events_in", "late", "duplicates", "windows_emitted")
-    out = dict.fromkeys((*names, "open_windows", "watermark", "watermark_lag_s", "lag_events"), 0.0)
-    offset = None
-    if path.exists():
-        conn = connect(path)
-        try:
-            conn.executescript(STATE_SCHEMA)
-            row = conn.execute(
-                "SELECT input_offset, watermark, events_in, late, duplicates, windows_emitted"
-                " FROM engine_state WHERE id = 1"
-            ).fetchone()
-            if row is not None:
-                offset = row[0]
-                out.update(zip(names, map(float, row[2:]), strict=True))
-                if row[1] != NO_WATERMARK:
-                    out["watermark"] = row[1] / 1000
-                    out["watermark_lag_s"] = time.time() - row[1] / 1000
-            out["open_windows"] = float(conn.execute("SELECT count(*) FROM open_windows").fetchone()[0])
-        finally:
-            conn.close()
-    with open_stream(settings) as stream:
-        out["lag_events"] = float(stream.count_after(offset))
-    return out

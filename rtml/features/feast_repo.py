@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 
 from rtml.config import Settings
+from rtml.storage import counters_key
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -345,7 +346,7 @@ def teardown(settings: Settings) -> None:
     import psycopg
     import redis
 
-    keys: list[bytes | str] = [*online_redis_keys(settings), f"{settings.namespace}:counters:features"]
+    keys: list[bytes | str] = [*online_redis_keys(settings), counters_key(settings, "features")]
     client = redis.Redis.from_url(settings.redis_url)
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])

@@ -15,10 +15,8 @@ A writer killed at any point and retried converges: each offline day is replaced
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
-from contextlib import closing
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -38,6 +36,7 @@ from rtml.features.offline import (
     to_spool,
 )
 from rtml.spool import Record, Spool, unreachable
+from rtml.storage import open_counters
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -214,37 +213,13 @@ class FeatureStoreSink(MinuteSink):
         self._offline = None
 
 
-_COUNTERS_SCHEMA = "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)"
-
-
-def _counters_key(settings: Settings) -> str:
-    return f"{settings.namespace}:counters:features"
-
-
 def _count(settings: Settings, **increments: int) -> None:
-    """Add to the persisted writer counters (Redis hash in services, SQLite table embedded)."""
-    now = time.time()
-    if settings.profile == "services":
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url)
-        with client.pipeline() as pipe:
-            for name, value in increments.items():
-                pipe.hincrbyfloat(_counters_key(settings), name, value)
-            pipe.hset(_counters_key(settings), "last_write_time_s", str(now))
-            pipe.execute()
-        client.close()
-        return
-    with closing(
-        sqlite3.connect(settings.path("feature_repo", "data", "counters.sqlite"), timeout=30)
-    ) as conn:
-        with conn:
-            conn.execute(_COUNTERS_SCHEMA)
-            conn.executemany(
-                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                list(increments.items()),
-            )
-            conn.execute("INSERT OR REPLACE INTO counters VALUES ('last_write_time_s', ?)", (now,))
+    """Add to the persisted writer counters and stamp the write time (`storage.open_counters`: a
+    SQLite table embedded, the Redis hash `<namespace>:counters:features` in services). The sums
+    are one atomic step, the stamp a second: a crash between them leaves the previous stamp."""
+    with open_counters(settings, "features") as counters:
+        counters.add(increments)
+        counters.set({"last_write_time_s": time.time()})
 
 
 def feature_counters(settings: Settings) -> dict[str, float]:
@@ -254,21 +229,8 @@ def feature_counters(settings: Settings) -> dict[str, float]:
     newest stored minute's end (the feature freshness serving sees).
     """
     out = dict.fromkeys(("writes", "rows_written", "online_rows_pushed", "last_write_time_s"), 0.0)
-    if settings.profile == "services":
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url)
-        stored: dict[bytes, bytes] = client.hgetall(_counters_key(settings))  # type: ignore[assignment]
-        client.close()
-        out.update({k.decode(): float(v) for k, v in stored.items()})
-    else:
-        path = settings.path("feature_repo", "data", "counters.sqlite")
-        if path.exists():
-            with closing(sqlite3.connect(path, timeout=30)) as conn:
-                conn.execute(_COUNTERS_SCHEMA)
-                out.update(
-                    {name: float(value) for name, value in conn.execute("SELECT name, value FROM counters")}
-                )
+    with open_counters(settings, "features") as counters:
+        out.update(counters.read())
     offline = open_offline(settings)
     try:
         rows, distinct = offline.count()

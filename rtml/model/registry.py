@@ -1,8 +1,7 @@
 """MLflow tracking and registry: where candidates are logged, and where `champion` points.
 
-Embedded: `sqlite:///<data_dir>/mlflow/mlflow.db`. Services: PostgreSQL with every MLflow
-table inside the schema `settings.namespace` (the connection's search_path), so `rtml down
---purge` finds them. Artifacts live under `<data_dir>/mlflow/artifacts` in both profiles.
+The tracking store (SQLite embedded, PostgreSQL in services) and its client are
+`rtml.model.mlflow_store`'s.
 
 The registered model is `fee_forecaster`; the alias `champion` marks the serving version.
 Every version carries its training window (`train_start`, `train_end`, ISO UTC) and gate
@@ -14,15 +13,11 @@ directly (`load_champion`), which is far faster per row than pyfunc.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -31,6 +26,8 @@ from rtml.aggregate.clock import current_boundary
 from rtml.config import Settings
 from rtml.model.baselines import PointBaseline
 from rtml.model.gbm import META_FILE, QuantileGBM
+from rtml.model.mlflow_store import artifact_root, client, quiet_mlflow, registry_absent, tracking_uri
+from rtml.model.mlflow_store import registry_exists as registry_exists  # its callers' import
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -47,63 +44,6 @@ KIND_TAG = "kind"
 # The scheduler boundary a scheduled training ran at (see `log_candidate`).
 BOUNDARY_TAG = "boundary_ms"
 Forecaster = QuantileGBM | PointBaseline
-
-_clients: dict[str, MlflowClient] = {}
-_lock = threading.Lock()
-
-
-def quiet_mlflow() -> None:
-    """No telemetry, no tracking of users (NOTES.md: MLflow otherwise calls out)."""
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    os.environ["DO_NOT_TRACK"] = "1"
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow's own SQL store still uses a loader SQLAlchemy deprecated: noise to our users.
-    warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated")
-    # MLflow logs every failed query with its traceback before raising it; rtml reports what
-    # it raises (serving polls the registry every second: an outage would flood the log).
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
-def tracking_uri(settings: Settings) -> str:
-    if settings.profile == "services":
-        parts = urlsplit(settings.postgres_dsn)
-        query = dict(parse_qsl(parts.query))
-        query["options"] = f"-csearch_path={settings.namespace}"
-        return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(query), ""))
-    return f"sqlite:///{settings.path('mlflow', 'mlflow.db')}"
-
-
-def artifact_root(settings: Settings) -> str:
-    return settings.folder("mlflow", "artifacts").as_uri()
-
-
-def client(settings: Settings) -> MlflowClient:
-    """One client per tracking store (MLflow creates the tables on first use).
-
-    The first use in each process runs MLflow's schema migrations, under a lock file of the data
-    directory: under `rtml up` serving and the scheduler both open the registry, and two
-    migrations at once collided ("table _alembic_tmp_experiments already exists"), leaving a
-    database that no process could open again.
-    """
-    import fcntl
-
-    quiet_mlflow()
-    uri = tracking_uri(settings)
-    with _lock:
-        if uri not in _clients:
-            from mlflow.tracking import MlflowClient
-
-            with open(settings.folder("mlflow") / ".migrate.lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if settings.profile == "services":
-                    import psycopg
-
-                    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.namespace}"')
-                made = MlflowClient(tracking_uri=uri, registry_uri=uri)
-                made.search_registered_models(max_results=1)  # the registry's store migrates here
-            _clients[uri] = made
-        return _clients[uri]
 
 
 def experiment_id(settings: Settings) -> str:
@@ -124,11 +64,6 @@ def _has_model(c: MlflowClient) -> bool:
     return True
 
 
-def _absent(settings: Settings) -> bool:
-    """No registry yet: reading must not create one (MLflow's migrations take 5-20 s)."""
-    return tracking_uri(settings) not in _clients and not registry_exists(settings)
-
-
 def champion_version(settings: Settings) -> str | None:
     """The version the `champion` alias points at, or None; cheap enough to poll.
 
@@ -137,7 +72,7 @@ def champion_version(settings: Settings) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
-    if _absent(settings):
+    if registry_absent(settings):
         return None
     try:
         return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
@@ -154,7 +89,7 @@ def champion_version_strict(settings: Settings) -> str | None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-    if _absent(settings):
+    if registry_absent(settings):
         return None
     try:
         model = client(settings).get_registered_model(MODEL_NAME)
@@ -219,7 +154,7 @@ def champion_training_window(settings: Settings) -> tuple[datetime, datetime] | 
 
 def list_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every registered version, newest first, with the same fields as `champion_info`."""
-    if _absent(settings):
+    if registry_absent(settings):
         return []
     c = client(settings)
     if not _has_model(c):
@@ -232,7 +167,7 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
 
 
 def champion_history(settings: Settings) -> list[str]:
-    if _absent(settings):
+    if registry_absent(settings):
         return []
     c = client(settings)
     if not _has_model(c):
@@ -439,16 +374,3 @@ def model_counters(settings: Settings) -> dict[str, float]:
         out["champion_version"] = float(info["version"])
         out["champion_wql"] = float(info["metrics"].get("wql", float("nan")))
     return out
-
-
-def registry_exists(settings: Settings) -> bool:
-    """Whether an MLflow registry was ever created. Asking a registry anything creates it (10-20 s
-    of schema migrations), too much for a question whose answer would be "no champion"."""
-    uri = tracking_uri(settings)
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).exists()
-    import psycopg
-
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT to_regclass(%s)", (f'"{settings.namespace}".registered_models',)).fetchone()
-    return row is not None and row[0] is not None

@@ -165,11 +165,8 @@ def check_pipeline(settings_: Settings, valid: list, hostile: list[bytes], far: 
     assert all(d.reason.startswith("clock outlier") for d in letters if d.source == "aggregate")
 
 
-@pytest.mark.parametrize("profile", ["embedded", "services"])
-def test_hostile_frames_never_stop_corrupt_or_slow_the_pipeline(
-    profile: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    base = request.getfixturevalue("settings" if profile == "embedded" else "services_settings")
+def test_hostile_frames_never_stop_corrupt_or_slow_the_pipeline(backend_settings: Settings, tmp_path: Path) -> None:
+    base = backend_settings
     runs = iter(range(1_000))
 
     @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

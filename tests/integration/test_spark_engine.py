@@ -194,7 +194,7 @@ def test_spark_gives_the_embedded_minutes_on_a_replay_with_hostile_frames(
 
 def test_replayed_batch_and_redelivery_are_harmless(settings: Settings, tmp_path: Path) -> None:
     """foreachBatch is at-least-once: the same batch id twice, or a crash before delivery, changes nothing."""
-    from rtml.aggregate.spark_job import DriverState
+    from rtml.aggregate.spark_state import DriverState
 
     path = tmp_path / "state.json"
     out = tmp_path / "m.sqlite"
@@ -214,7 +214,7 @@ def test_replayed_batch_and_redelivery_are_harmless(settings: Settings, tmp_path
 
 def test_rows_of_one_batch_are_judged_against_the_watermark_at_batch_start(tmp_path: Path) -> None:
     """Spark emits a batch's windows in any order: a late row in the list must not hide an earlier window."""
-    from rtml.aggregate.spark_job import DriverState
+    from rtml.aggregate.spark_state import DriverState
 
     state = DriverState(tmp_path / "state.json", 60_000)
     base = 1_700_000_040_000
@@ -228,7 +228,7 @@ def test_rows_of_one_batch_are_judged_against_the_watermark_at_batch_start(tmp_p
 def test_kill_9_mid_stream_then_restart_from_checkpoint(settings: Settings, replay: list[Row], tmp_path: Path) -> None:
     """Twice: a driver (a new process each time, with its JVM) is killed at a random moment after
     it committed a micro-batch of its own; then a third new driver drains what is left."""
-    from rtml.aggregate.spark_job import checkpoint_dir
+    from rtml.aggregate.spark_state import checkpoint_dir
 
     reference_settings = get_settings(data_dir=tmp_path / "reference")
     fill(reference_settings, replay)

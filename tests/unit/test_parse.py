@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtml.contracts import InvalidInput, Oversized, _fast_row, parse_batch, parse_message
+from rtml.contracts import InvalidInput, Oversized, parse_batch, parse_message
+from rtml.contracts.batch import _fast_row
 
 HASH = "0f" * 32
 

@@ -1,10 +1,7 @@
-"""The data contracts every stage and backend honours, and the one validator of raw input.
-
-`TxEvent` and `MinuteFeatures` are slotted dataclasses rather than pydantic models because
-ingestion handles hundreds of thousands of them a second; `Forecast` crosses the HTTP API,
-so it is a pydantic model. `parse_message` is the only place raw input is judged: it turns
-anything (wire bytes, a blockchain.com `utx` message, a REST transaction, a TxEvent row)
-into a `TxEvent` or raises `InvalidInput` with a reason precise enough to fix the sender.
+"""The one validator of raw input: `parse_message` turns anything (wire bytes, a blockchain.com
+`utx` message, a REST transaction, a TxEvent row) into a `TxEvent` or raises `InvalidInput`
+with a reason precise enough to fix the sender; `dead_letter` keeps a bounded record of what
+it refused.
 """
 
 from __future__ import annotations
@@ -12,36 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Any
 
-import msgspec
-from pydantic import BaseModel, Field
+from rtml.contracts.records import (
+    _MAX_TIME_S,
+    _MIN_TIME_S,
+    DEAD_LETTER_MAX_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_INPUTS,
+    MAX_MONEY_SAT,
+    MAX_OUTPUTS,
+    MAX_TX_SIZE,
+    DeadLetter,
+    Oversized,
+    TxEvent,
+)
 
-MINUTE_MS = 60_000
-# Bounds from Bitcoin's own rules; anything beyond them is a dead letter naming the field and bound.
-# No amount exceeds the 21,000,000 BTC that will ever exist (MAX_MONEY, in satoshi).
-MAX_MONEY_SAT = 2_100_000_000_000_000
-# A block holds at most 4,000,000 weight units, so no transaction is larger than 4,000,000 bytes.
-MAX_TX_SIZE = 4_000_000
-# The smallest input is 41 bytes and the smallest output 9: no more of them fit in MAX_TX_SIZE.
-MAX_INPUTS = MAX_TX_SIZE // 41
-MAX_OUTPUTS = MAX_TX_SIZE // 9
-# Times: not before the genesis block's day (2009-01-03); after 2100 it is a unit error (ms for s).
-# How far ahead of *now* a time may be is the live sources' rule (`ingest.max_future_s`), and how
-# far ahead of the stream the window semantics' (`window.max_jump_s`).
-_MIN_TIME_S = 1_230_940_800
-_MAX_TIME_S = 4_102_444_800
-# How many events in a row far off the stream's clock show that it really jumped (a replay's gap)
-# rather than that one frame lies: the window semantics and replay pacing both use it.
-CLOCK_CONFIRM_EVENTS = 10
-# The longest frame or replay line read whole: 4 MiB is 5,000 times the longest frame in the
-# 2020 recording (799 bytes). Longer ones are refused unread (`Oversized`).
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-# Raw text kept per dead letter (`ingest.dead_letter_max_bytes` overrides it).
-DEAD_LETTER_MAX_BYTES = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
 # A replay row's own `source` is kept only when it is a plain name (any store accepts it).
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII).fullmatch
@@ -53,94 +37,6 @@ class InvalidInput(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class TxEvent:
-    """One transaction. Times are UTC epoch milliseconds."""
-
-    tx_hash: str
-    event_time: int
-    fee_sat: int
-    size: int
-    source: str
-    ingest_time: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Input that was refused, with the reason: a bounded prefix of its raw text, its full length
-    in bytes and the SHA-256 of all of it (so a huge frame is identified without being kept)."""
-
-    raw: str
-    reason: str
-    source: str
-    ingest_time: int
-    raw_bytes: int = -1
-    raw_sha256: str = ""
-    # Ingestion's event clock when it was refused (rtml.sources.clock): what retention ages it
-    # by. -1 until the dead-letter store stamps it.
-    clock: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class Oversized:
-    """A frame or line longer than MAX_FRAME_BYTES, read in chunks and never held whole."""
-
-    head: bytes
-    length: int
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class MinuteFeatures:
-    """One closed 1-minute window. `event_time` is the window end, not the write time."""
-
-    minute: datetime
-    tx_count: int
-    fee_total_sat: int
-    fee_avg_sat: float | None
-    event_time: datetime
-    revision: int
-
-    COLUMNS = ("minute", "tx_count", "fee_total_sat", "fee_avg_sat", "event_time", "revision")
-
-    @classmethod
-    def from_window(cls, minute_ms: int, tx_count: int, fee_total_sat: int, revision: int) -> MinuteFeatures:
-        """Build from a window's start (epoch ms) and sums; empty windows get a null average."""
-        return cls(
-            minute=ms_to_datetime(minute_ms),
-            tx_count=tx_count,
-            fee_total_sat=fee_total_sat,
-            fee_avg_sat=fee_total_sat / tx_count if tx_count else None,
-            event_time=ms_to_datetime(minute_ms + MINUTE_MS),
-            revision=revision,
-        )
-
-
-class Forecast(BaseModel):
-    """Quantiles of `fee_avg_sat` for `target_minute`, 5 minutes after the last closed minute."""
-
-    target_minute: datetime
-    p10: float
-    p50: float
-    p90: float
-    model_version: str
-    feature_time: datetime = Field(description="End of the last closed minute the forecast used.")
-    horizon_min: int = 5
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def datetime_to_ms(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
 
 
 def _show(value: str, limit: int) -> str:
@@ -392,109 +288,3 @@ def raw_text(raw: bytes | str | Mapping[str, Any]) -> str:
         return json.dumps(raw, default=str)
     except (TypeError, ValueError, RecursionError):
         return f"<a {type(raw).__name__} that cannot be shown as JSON (nested too deep or unprintable)>"
-
-
-# The fast path of the validator. `parse_message` judges one message in ~14 µs; ingestion must
-# judge 200k a second. Wire frames are decoded straight into the few fields the rules need
-# (msgspec, strict types) and the common case is decided here; anything unusual (string or
-# float amounts, coinbase inputs, non-ASCII bytes, any broken rule) falls through to
-# `parse_message`, which stays the single authority on what is valid and on every reason.
-# tests/unit/test_parse.py checks the two agree on every accepted message.
-# (tx_hash, event_time, fee_sat, size, source, ingest_time): a TxEvent as a plain tuple, in its
-# field order; the stream stores and moves these.
-Row = tuple[str, int, int, int, str, int]
-_HEX_HASH = re.compile(r"[0-9a-fA-F]{64}", re.ASCII).fullmatch
-
-
-# Bounds checked in msgspec's C decoder: a frame outside them fails here and falls through.
-_Amount = Annotated[int, msgspec.Meta(ge=0, le=MAX_MONEY_SAT)]
-
-
-class _WirePrevOut(msgspec.Struct):
-    value: _Amount
-
-
-class _WireInput(msgspec.Struct):
-    prev_out: _WirePrevOut
-
-
-class _WireOutput(msgspec.Struct):
-    value: _Amount
-
-
-class _WireTx(msgspec.Struct, gc=False):
-    hash: str
-    time: Annotated[int, msgspec.Meta(ge=_MIN_TIME_S, le=_MAX_TIME_S)]
-    size: Annotated[int, msgspec.Meta(gt=0, le=MAX_TX_SIZE)]
-    inputs: Annotated[list[_WireInput], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)]
-    out: Annotated[list[_WireOutput], msgspec.Meta(max_length=MAX_OUTPUTS)]
-    fee: _Amount | None = None
-
-
-class _WireMessage(msgspec.Struct, gc=False):
-    op: str
-    x: _WireTx
-
-
-_decode_wire = msgspec.json.Decoder(_WireMessage).decode
-
-
-def _fast_row(
-    raw: bytes | str, source: str, ingest_time: int, max_future_ms: int | None = None
-) -> Row | None:
-    """The row of an ordinary `utx` frame, or None when `parse_message` must judge it."""
-    if len(raw) > MAX_FRAME_BYTES or not raw.isascii():
-        return None
-    try:
-        msg = _decode_wire(raw)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    tx = msg.x
-    if msg.op != "utx" or not _HEX_HASH(tx.hash):
-        return None
-    if max_future_ms is not None and tx.time * 1000 > ingest_time + max_future_ms:
-        return None
-    fee = 0
-    for item in tx.inputs:
-        fee += item.prev_out.value
-    for output in tx.out:
-        fee -= output.value
-    if not 0 <= fee <= MAX_MONEY_SAT or (tx.fee is not None and tx.fee != fee):
-        return None
-    return (tx.hash.lower(), tx.time * 1000, fee, tx.size, source, ingest_time)
-
-
-def parse_batch(
-    raws: Iterable[bytes | str | Mapping[str, Any] | Oversized],
-    source: str,
-    ingest_time: int,
-    *,
-    max_future_ms: int | None = None,
-    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
-) -> tuple[list[Row], list[DeadLetter]]:
-    """Judge many raw inputs at once: rows in TxEvent field order for the valid, dead letters for the rest.
-
-    Never raises: an item that breaks the parser itself (a bug, not a rule) is dead-lettered
-    alone with the exception named, and the rest of the batch goes on.
-    """
-    rows: list[Row] = []
-    dead: list[DeadLetter] = []
-    keep = rows.append
-    for raw in raws:
-        try:
-            row = _fast_row(raw, source, ingest_time, max_future_ms) if isinstance(raw, bytes | str) else None
-            if row is None:
-                e = parse_message(raw, source, ingest_time, max_future_ms)
-                row = (e.tx_hash, e.event_time, e.fee_sat, e.size, e.source, e.ingest_time)
-        except InvalidInput as err:
-            dead.append(dead_letter(raw, err.reason, source, ingest_time, dead_letter_max_bytes))
-            continue
-        except Exception as exc:  # noqa: BLE001 - one bad item must not stop its batch
-            dead.append(
-                dead_letter(
-                    raw, f"parser error: {type(exc).__name__}", source, ingest_time, dead_letter_max_bytes
-                )
-            )
-            continue
-        keep(row)
-    return rows, dead
