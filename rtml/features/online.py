@@ -121,7 +121,8 @@ class OnlineMinutes:
         rows = self._provider.online_read(self._config, self._minute_view, protos, list(_FEATURES))
         found, tx, total, avg, rev = [], [], [], [], []
         for key, (_, values) in zip(keys, rows, strict=True):
-            if not values:
+            # An absent key: SQLite gives no values, Redis a null for each feature.
+            if not values or _value(values["revision"]) is None:
                 continue
             found.append(key)
             tx.append(_value(values["tx_count"]))
