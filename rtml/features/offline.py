@@ -16,8 +16,8 @@ import fcntl
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING

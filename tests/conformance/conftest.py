@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conformance_kit import Backend, Case
 
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test taking `case` runs once per class of its module's BACKENDS."""
     if "case" in metafunc.fixturenames:

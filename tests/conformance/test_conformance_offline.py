@@ -16,7 +16,13 @@ from typing import Any
 import pandas as pd
 from conformance_kit import Backend, Case, implementations, leaked, open_files
 
-from rtml.features.offline import OfflineMinutes, ParquetMinutes, PostgresMinutes, open_offline, to_source_frame
+from rtml.features.offline import (
+    OfflineMinutes,
+    ParquetMinutes,
+    PostgresMinutes,
+    open_offline,
+    to_source_frame,
+)
 
 BACKENDS: dict[type[OfflineMinutes], Backend[OfflineMinutes]] = {
     ParquetMinutes: Backend("embedded", ParquetMinutes),
