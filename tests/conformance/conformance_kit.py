@@ -10,6 +10,7 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlparse
 
 from rtml.config import Settings
 
@@ -43,20 +44,31 @@ class Case(Generic[T]):
             opened.close()
 
 
-def open_files() -> dict[int, str]:
-    """This process's open file descriptors and what they point at (files, sockets)."""
+def held(settings: Settings) -> dict[int, str]:
+    """The descriptors this process holds on what a backend of `settings` opens: files under its
+    data directory, sockets to its Redis and PostgreSQL. (Only those: a thread another test left
+    in the same worker may open files or sockets of its own at any moment.)"""
+    import psutil
+
+    root = os.path.realpath(settings.root)
     found = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
-            found[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:  # the descriptor listdir itself used, closed by now
-            pass
+            continue
+        if target.startswith(root + os.sep):
+            found[int(fd)] = target
+    ports = {urlparse(settings.redis_url).port or 6379, urlparse(settings.postgres_dsn).port or 5432}
+    for conn in psutil.Process().net_connections(kind="inet"):
+        if conn.raddr and conn.raddr.port in ports and conn.fd >= 0:
+            found[conn.fd] = f"socket to {conn.raddr.ip}:{conn.raddr.port}"
     return found
 
 
-def leaked(before: dict[int, str]) -> dict[int, str]:
-    """Descriptors open now that were not open (to the same thing) at `before`."""
-    return {fd: target for fd, target in open_files().items() if before.get(fd) != target}
+def leaked(settings: Settings, before: dict[int, str]) -> dict[int, str]:
+    """What `held` finds now that was not held (on the same thing) at `before`."""
+    return {fd: target for fd, target in held(settings).items() if before.get(fd) != target}
 
 
 def implementations(base: type, where: str) -> set[type]:

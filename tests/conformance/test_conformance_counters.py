@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from conformance_kit import Backend, Case, implementations, leaked, open_files
+from conformance_kit import Backend, Case, held, implementations, leaked
 
 from rtml.storage import COUNTER_FILES, Counters, RedisCounters, SqliteCounters, counters_key, open_counters
 
@@ -90,11 +90,11 @@ def test_counters_survive_a_restart(case: Case[Counters]) -> None:
 
 
 def test_close_releases_every_file_and_socket(case: Case[Any]) -> None:
-    before = open_files()
+    before = held(case.settings)
     counters = case.open()
     counters.add({"received": 1})
     assert counters.read() == {"received": 1.0}
-    assert leaked(before), "open counters hold a file or socket"
+    assert leaked(case.settings, before), "open counters hold a file or socket"
     counters.close()
     counters.close()  # a second close is harmless
-    assert leaked(before) == {}
+    assert leaked(case.settings, before) == {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from conformance_kit import Backend, Case, implementations, leaked, open_files
+from conformance_kit import Backend, Case, held, implementations, leaked
 
 from rtml.contracts import DeadLetter, dead_letter
 from rtml.sources.deadletters import (
@@ -105,11 +105,11 @@ def test_letters_and_counters_survive_a_restart(case: Case[IngestStore]) -> None
 
 
 def test_close_releases_every_file_and_socket(case: Case[Any]) -> None:
-    before = open_files()
+    before = held(case.settings)
     store = case.open()
     store.record([letter(1)], {"received": 1})
     assert store.dead_letter_count() == 1
-    assert leaked(before), "an open store holds a file or socket"
+    assert leaked(case.settings, before), "an open store holds a file or socket"
     store.close()
     store.close()  # a second close is harmless
-    assert leaked(before) == {}
+    assert leaked(case.settings, before) == {}

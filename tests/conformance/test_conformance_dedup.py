@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance_kit import Backend, Case, implementations, leaked, open_files
+from conformance_kit import Backend, Case, held, implementations, leaked
 
 from rtml.stream.dedup import Dedup, RedisDedup, SqliteDedup, open_dedup
 
@@ -81,11 +81,11 @@ def test_another_open_instance_sees_the_marks(case: Case[Dedup]) -> None:
 
 
 def test_close_releases_every_file_and_socket(case: Case[Any]) -> None:
-    before = open_files()
+    before = held(case.settings)
     dedup = case.open()
     dedup.mark([h(1)], T0)
     assert dedup.unseen([h(1)], T0) == [False]
-    assert leaked(before), "an open dedup holds a file or socket"
+    assert leaked(case.settings, before), "an open dedup holds a file or socket"
     dedup.close()
     dedup.close()  # a second close is harmless
-    assert leaked(before) == {}
+    assert leaked(case.settings, before) == {}

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from conformance_kit import Backend, Case, implementations, leaked, open_files
+from conformance_kit import Backend, Case, held, implementations, leaked
 
 from rtml.features.offline import (
     OfflineMinutes,
@@ -122,13 +122,13 @@ def test_retention_drops_old_minutes_outside_the_kept_windows(case: Case[Offline
 
 
 def test_close_releases_every_file_and_socket_and_a_later_call_reopens(case: Case[Any]) -> None:
-    before = open_files()
+    before = held(case.settings)
     store = case.open()
     store.upsert(source(0, 3))
     assert store.count() == (3, 3)
     store.close()
     store.close()  # a second close is harmless
-    assert leaked(before) == {}
+    assert leaked(case.settings, before) == {}
     assert store.count() == (3, 3)
     store.close()
-    assert leaked(before) == {}
+    assert leaked(case.settings, before) == {}

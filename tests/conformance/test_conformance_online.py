@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 import pytest
-from conformance_kit import leaked, open_files
+from conformance_kit import held, leaked
 
 from rtml.config import Settings
 from rtml.features.online import OnlineMinutes, online_reader
@@ -88,13 +88,13 @@ def test_what_the_writer_pushes_is_read_back(backend_settings: Settings, written
 def test_close_releases_what_the_reader_opened_and_a_later_read_reopens(
     backend_settings: Settings, written: pd.DataFrame
 ) -> None:
-    before = open_files()
+    before = held(backend_settings)
     reader = OnlineMinutes(backend_settings)
     assert plain(reader.last(1)) == plain(written.iloc[-1:])
-    assert leaked(before), "an open reader holds a file or socket"
+    assert leaked(backend_settings, before), "an open reader holds a file or socket"
     reader.close()
     reader.close()  # a second close is harmless
-    assert leaked(before) == {}
+    assert leaked(backend_settings, before) == {}
     assert plain(reader.last(1)) == plain(written.iloc[-1:])
     reader.close()
-    assert leaked(before) == {}
+    assert leaked(backend_settings, before) == {}

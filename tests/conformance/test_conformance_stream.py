@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conformance_kit import Backend, Case, implementations, leaked, open_files
+from conformance_kit import Backend, Case, held, implementations, leaked
 
 from rtml.contracts import TxEvent
 from rtml.stream import Stream, open_stream, stream_path
@@ -105,11 +105,11 @@ def test_stats_count_the_events_and_date_the_oldest(case: Case[Stream]) -> None:
 
 
 def test_close_releases_every_file_and_socket(case: Case[Any]) -> None:
-    before = open_files()
+    before = held(case.settings)
     stream = case.open()
     stream.append(events(3))
     stream.commit("engine", stream.read(None, 10)[-1][0])
-    assert leaked(before), "an open stream holds a file or socket"
+    assert leaked(case.settings, before), "an open stream holds a file or socket"
     stream.close()
     stream.close()  # a second close is harmless
-    assert leaked(before) == {}
+    assert leaked(case.settings, before) == {}
