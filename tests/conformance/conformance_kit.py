@@ -1,5 +1,16 @@
-"""What the conformance suites share (see conftest.py): how a backend class is opened, and the
-checks every interface's `close()` and backend list go through."""
+"""Conformance suites (issue 19): one suite per interface, written once, run against every backend class.
+
+As River's `check_estimator` runs one suite on every estimator and Quix Streams parametrises its
+state tests over its supported stores, each module here lists its interface's backend classes in
+a module-level `BACKENDS` (class -> the profile whose factory picks it, and how to open it on
+that profile's settings); every test taking the module's `case` fixture (`case =
+backend_cases(BACKENDS)`) runs once per class. A new backend (say, Kafka as a stream) is added
+to its interface by adding its class there: it then has to pass the whole suite, and each
+module's `test_every_backend_class_is_in_the_suite` fails until it is. (No conftest.py here:
+one would shadow tests/conftest.py for the modules that import from it.)
+Services backends run on the real Redis and PostgreSQL, each test in a namespace of its own
+(tests/conftest.py's `services_settings`, which purges it afterwards).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +18,12 @@ import importlib
 import inspect
 import os
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
+
+import pytest
 
 from rtml.config import Settings
 
@@ -42,6 +55,21 @@ class Case(Generic[T]):
     def close_all(self) -> None:
         for opened in self._opened:
             opened.close()
+
+
+def backend_cases(backends: dict[type[T], Backend[T]]) -> Any:
+    """The `case` fixture of a suite: each test taking it runs once per class of `backends`
+    (the module's BACKENDS), on the settings of the class's profile."""
+
+    @pytest.fixture(params=list(backends), ids=[cls.__name__ for cls in backends])
+    def case(request: pytest.FixtureRequest) -> Iterator[Case[T]]:
+        backend = backends[request.param]
+        name = "settings" if backend.profile == "embedded" else "services_settings"
+        opened = Case(request.param, backend, request.getfixturevalue(name))
+        yield opened
+        opened.close_all()
+
+    return case
 
 
 def held(settings: Settings) -> dict[int, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from conformance_kit import Backend, Case, held, implementations, leaked
+from conformance_kit import Backend, Case, backend_cases, held, implementations, leaked
 
 from rtml.storage import COUNTER_FILES, Counters, RedisCounters, SqliteCounters, counters_key, open_counters
 
@@ -21,6 +21,7 @@ BACKENDS: dict[type[Counters], Backend[Counters]] = {
     SqliteCounters: Backend("embedded", lambda s: SqliteCounters(s.path("counters", f"{PART}.sqlite"))),
     RedisCounters: Backend("services", lambda s: RedisCounters(s.redis_url, counters_key(s, PART))),
 }
+case = backend_cases(BACKENDS)
 
 
 def test_every_backend_class_is_in_the_suite() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from conformance_kit import Backend, Case, held, implementations, leaked
+from conformance_kit import Backend, Case, backend_cases, held, implementations, leaked
 
 from rtml.contracts import DeadLetter, dead_letter
 from rtml.sources.deadletters import (
@@ -29,6 +29,7 @@ BACKENDS: dict[type[IngestStore], Backend[IngestStore]] = {
     SqliteIngestStore: Backend("embedded", lambda s: SqliteIngestStore(str(s.path("ingest.sqlite")), MAX_ROWS)),
     RedisIngestStore: Backend("services", lambda s: RedisIngestStore(s.redis_url, s.namespace, MAX_ROWS)),
 }
+case = backend_cases(BACKENDS)
 
 
 def letter(i: int, source: str = "ws") -> DeadLetter:

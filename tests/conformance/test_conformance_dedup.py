@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance_kit import Backend, Case, held, implementations, leaked
+from conformance_kit import Backend, Case, backend_cases, held, implementations, leaked
 
 from rtml.stream.dedup import Dedup, RedisDedup, SqliteDedup, open_dedup
 
@@ -21,6 +21,7 @@ BACKENDS: dict[type[Dedup], Backend[Dedup]] = {
     SqliteDedup: Backend("embedded", lambda s: SqliteDedup(str(s.path("dedup.sqlite")), TTL_S)),
     RedisDedup: Backend("services", lambda s: RedisDedup(s.redis_url, s.namespace, TTL_S)),
 }
+case = backend_cases(BACKENDS)
 
 
 def h(i: int) -> str:

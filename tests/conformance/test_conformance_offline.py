@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from conformance_kit import Backend, Case, held, implementations, leaked
+from conformance_kit import Backend, Case, backend_cases, held, implementations, leaked
 
 from rtml.features.offline import (
     OfflineMinutes,
@@ -28,6 +28,7 @@ BACKENDS: dict[type[OfflineMinutes], Backend[OfflineMinutes]] = {
     ParquetMinutes: Backend("embedded", ParquetMinutes),
     PostgresMinutes: Backend("services", PostgresMinutes),
 }
+case = backend_cases(BACKENDS)
 
 MIDNIGHT = pd.Timestamp("2024-03-02", tz="UTC")
 START = MIDNIGHT - pd.Timedelta(minutes=30)  # the minutes straddle a UTC day boundary

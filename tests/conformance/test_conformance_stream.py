@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conformance_kit import Backend, Case, held, implementations, leaked
+from conformance_kit import Backend, Case, backend_cases, held, implementations, leaked
 
 from rtml.contracts import TxEvent
 from rtml.stream import Stream, open_stream, stream_path
@@ -22,6 +22,7 @@ BACKENDS: dict[type[Stream], Backend[Stream]] = {
     SqliteStream: Backend("embedded", lambda s: SqliteStream(Path(stream_path(s)))),
     RedisStream: Backend("services", lambda s: RedisStream(s.redis_url, s.namespace)),
 }
+case = backend_cases(BACKENDS)
 
 T0 = 1_700_000_000_000
 
