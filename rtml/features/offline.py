@@ -16,10 +16,11 @@ import fcntl
 import io
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -104,27 +105,45 @@ def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns="_order").reset_index(drop=True)
 
 
-class OfflineMinutes(Protocol):
+class OfflineMinutes(ABC):
+    """The offline table of minutes; `open_offline(settings)` picks the backend."""
+
+    @abstractmethod
     def upsert(self, source: pd.DataFrame) -> pd.DataFrame:
         """Upsert offline rows; return the stored (winning) rows of those minutes."""
 
+    @abstractmethod
     def read(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         """Offline rows with start <= minute < end, sorted by minute."""
 
+    @abstractmethod
     def recent(self, minutes: int) -> pd.DataFrame:
         """The rows of the `minutes` minutes ending at the newest stored minute."""
 
+    @abstractmethod
     def count(self) -> tuple[int, int]:
         """(rows, distinct minutes): equal unless something broke idempotency."""
 
+    @abstractmethod
     def trim(self, before: datetime, keep: Sequence[tuple[datetime, datetime]]) -> int:
         """Retention: drop minutes before `before` outside every [start, end) of `keep`; returns how many."""
 
+    @abstractmethod
     def stats(self) -> tuple[int, int, int | None]:
         """(bytes, minutes, oldest minute in ms or None): for `rtml status`."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the store holds open; a later call opens it again."""
 
-class ParquetMinutes:
+    def __enter__(self) -> OfflineMinutes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ParquetMinutes(OfflineMinutes):
     """Embedded: day-partitioned Parquet, each day rewritten atomically under a file lock."""
 
     def __init__(self, settings: Settings) -> None:
@@ -231,6 +250,9 @@ class ParquetMinutes:
         first = pd.read_parquet(files[0], columns=["minute_key"])["minute_key"]
         return size, rows, int(first.min()) * 1000 if len(first) else None
 
+    def close(self) -> None:
+        """Nothing to release: every call opens its files (and its DuckDB connection) and closes them."""
+
 
 def _utc(moment: datetime | str) -> pd.Timestamp:
     stamp = pd.Timestamp(moment)
@@ -256,7 +278,7 @@ def _where(start: datetime | None, end: datetime | None, mark: str) -> tuple[str
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-class PostgresMinutes:
+class PostgresMinutes(OfflineMinutes):
     """Services: a table keyed by minute in the namespace schema; upsert = one statement.
 
     The schema and table are created by the first upsert; reading creates nothing (a reader
@@ -390,8 +412,7 @@ def read_minutes_df(
                 spool.close()
         return to_minutes_frame(store.read(start, end))
     finally:
-        if isinstance(store, PostgresMinutes):
-            store.close()
+        store.close()
 
 
 def read_feature_minutes(
@@ -424,5 +445,4 @@ def open_offline_has_rows(settings: Settings) -> bool:
     try:
         return store.count()[0] > 0
     finally:
-        if isinstance(store, PostgresMinutes):
-            store.close()
+        store.close()

@@ -49,7 +49,11 @@ def _value(proto: Any) -> Any:
 
 
 class OnlineMinutes:
-    """Keeps the FeatureStore, the provider and the views open; a read is one online lookup."""
+    """Keeps the FeatureStore, the provider and the views open; a read is one online lookup.
+
+    One class for both profiles: Feast's online store (SQLite or Redis, from feature_store.yaml)
+    is the backend. A store given to it stays its owner's to close.
+    """
 
     def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -57,6 +61,7 @@ class OnlineMinutes:
 
         self._EntityKey, self._Value = EntityKey, Value
         self.settings = settings
+        self._owned = store is None
         self.store = store or ensure_repo(settings)
         self._provider = self.store._get_provider()
         self._config = self.store.config
@@ -92,13 +97,32 @@ class OnlineMinutes:
             return _frame(keys[i:], tx[i:], total[i:], avg[i:], rev[i:])
         return self._by_keys(list(range(first, head + 1, 60)))
 
+    def close(self) -> None:
+        """Release the connections of a store this reader opened. Feast's own (async)
+        `FeatureStore.close` leaves the online store's SQLite connection or Redis client and the
+        SQL registry's connection pool open; each is reopened should the store be used again."""
+        if not self._owned:
+            return
+        online = self._provider.online_store
+        for name in ("_conn", "_client"):  # SQLite's connection, Redis' client
+            client = getattr(online, name, None)
+            if client is not None:
+                client.close()
+                setattr(online, name, None)
+        registry = self.store.registry
+        for name in ("read_engine", "write_engine"):  # the SQL registry's (services) pools
+            engine = getattr(registry, name, None)
+            if engine is not None:
+                engine.dispose()
+
     def _by_keys(self, keys: list[int]) -> pd.DataFrame:
         EntityKey, Value = self._EntityKey, self._Value
         protos = [EntityKey(join_keys=["minute_key"], entity_values=[Value(int64_val=key)]) for key in keys]
         rows = self._provider.online_read(self._config, self._minute_view, protos, list(_FEATURES))
         found, tx, total, avg, rev = [], [], [], [], []
         for key, (_, values) in zip(keys, rows, strict=True):
-            if not values:
+            # An absent key: SQLite gives no values, Redis a null for each feature.
+            if not values or _value(values["revision"]) is None:
                 continue
             found.append(key)
             tx.append(_value(values["tx_count"]))

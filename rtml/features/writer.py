@@ -208,7 +208,7 @@ class FeatureStoreSink(MinuteSink):
         )
 
     def close(self) -> None:
-        if isinstance(self._offline, PostgresMinutes):
+        if self._offline is not None:
             self._offline.close()
         self._offline = None
 
@@ -236,8 +236,7 @@ def feature_counters(settings: Settings) -> dict[str, float]:
         rows, distinct = offline.count()
         recent = offline.recent(1)
     finally:
-        if isinstance(offline, PostgresMinutes):
-            offline.close()
+        offline.close()
     out["offline_rows"], out["offline_minutes"] = float(rows), float(distinct)
     out["head_lag_s"] = (
         time.time() - pd.Timestamp(recent["event_time"].iloc[-1]).timestamp() if len(recent) else 0.0
