@@ -27,6 +27,24 @@ from pydantic_settings import (
 )
 
 Profile = Literal["embedded", "services"]
+# What each part keeps its data in, by profile: the one place the profile picks a backend. A
+# part's factory maps the type to its class, as Feast maps an online store's `type` to a class;
+# a new backend is a new type here and a class there (that passes tests/conformance).
+BACKENDS: dict[str, dict[str, str]] = {
+    "embedded": {
+        "stream": "sqlite", "dedup": "sqlite", "dead_letters": "sqlite", "counters": "sqlite",
+        "offline": "parquet", "online": "sqlite", "events": "sqlite", "quality": "sqlite",
+        "predictions": "sqlite", "registry": "sqlite",
+    },
+    "services": {
+        "stream": "redis", "dedup": "redis", "dead_letters": "redis", "counters": "redis",
+        "offline": "postgres", "online": "redis", "events": "postgres", "quality": "postgres",
+        "predictions": "postgres", "registry": "postgres",
+    },
+}  # fmt: skip
+# The backend types that are services of their own (reached over the network, restarted, away
+# for a minute): `rtml up` checks them, `rtml status` shows their health.
+SERVICES = ("redis", "postgres")
 # The marker a data directory carries from its creation: what it is, for whom, and where its
 # services live. `rtml down --purge` deletes nothing that does not carry it.
 MARKER = "rtml-data-dir.json"
@@ -261,6 +279,15 @@ class Settings(BaseSettings):
             self.namespace = f"rtml_{digest}"
         return self
 
+    def backend(self, part: str) -> str:
+        """The backend type of `part` (`stream`, `offline`, ...: BACKENDS) in this profile."""
+        return BACKENDS[self.profile][part]
+
+    @property
+    def services(self) -> list[str]:
+        """The services this profile's backends use (none in the embedded profile)."""
+        return [s for s in SERVICES if s in BACKENDS[self.profile].values()]
+
     def path(self, *parts: str) -> Path:
         """A path under the data directory; its parent folder exists."""
         target = self.root.joinpath(*parts)
@@ -310,11 +337,8 @@ def read_marker(path: Path) -> dict[str, str] | None:
 
 def write_marker(path: Path, settings: Settings) -> None:
     """Written atomically: a crash leaves either no marker or a whole one (a temporary file at most)."""
-    services = (
-        {"redis": without_secrets(settings.redis_url), "postgres": without_secrets(settings.postgres_dsn)}
-        if settings.profile == "services"
-        else None
-    )
+    urls = {"redis": settings.redis_url, "postgres": settings.postgres_dsn}
+    services = {s: without_secrets(urls[s]) for s in settings.services} or None
     data = {
         "created_by": "rtml",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

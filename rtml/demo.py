@@ -178,7 +178,7 @@ def summarize(settings: Settings, story: Story, frames: int, url: str | None) ->
     from rtml.aggregate.sinks import read_minutes
     from rtml.archive.parquet_lake import archive_files
     from rtml.features.offline import read_minutes_df
-    from rtml.features.online import online_count
+    from rtml.features.online_keys import online_count
     from rtml.model.registry import champion_kind, champion_version, list_versions
     from rtml.monitoring.evaluate import QualityStore
     from rtml.monitoring.events import EventLog

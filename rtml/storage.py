@@ -192,7 +192,7 @@ def counters_key(settings: Settings, part: str) -> str:
 
 
 def open_counters(settings: Settings, part: str) -> Counters:
-    """The counters of `part` (`ingest`, `serving`, `features`, ...) for the settings' profile."""
-    if settings.profile == "services":
+    """The counters of `part` (`ingest`, `serving`, `features`, ...) in the profile's backend."""
+    if settings.backend("counters") == "redis":
         return RedisCounters(settings.redis_url, counters_key(settings, part))
     return SqliteCounters(settings.path(COUNTER_FILES.get(part, f"counters/{part}.sqlite")))

@@ -12,7 +12,7 @@ import time
 
 from rtml.aggregate.sinks import aggregate_db_path, connect
 from rtml.aggregate.windows import NO_WATERMARK
-from rtml.config import Settings
+from rtml.config import SERVICES, Settings
 from rtml.storage import Counters, open_counters
 from rtml.stream import open_stream
 
@@ -82,10 +82,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 def counters_mirror(settings: Settings) -> Counters | None:
-    """Where the engine copies its counters after each commit: the Redis hash
-    `<namespace>:counters:aggregate` in the services profile; none in the embedded one, where
-    the state file is their only home (`aggregate_counters` reads it)."""
-    return open_counters(settings, "aggregate") if settings.profile == "services" else None
+    """Where the engine copies its counters after each commit, for readers on other machines:
+    the counters backend when it is a service (the Redis hash `<namespace>:counters:aggregate`);
+    none when it is local, where the state file is their only home (`aggregate_counters` reads it)."""
+    return open_counters(settings, "aggregate") if settings.backend("counters") in SERVICES else None
 
 
 def trim_late_events(settings: Settings, before_ms: int) -> int:

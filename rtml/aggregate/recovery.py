@@ -42,11 +42,10 @@ def loss(
     settings: Settings, old: str, new: str, offset: Offset | None, position: int | None, state: WindowState
 ) -> dict[str, Any]:
     """What the lost stream `old` held past the engine's `offset` (`position` events consumed)."""
-    end = None
-    if settings.profile == "services":
-        from rtml.stream.ledger import AppendLedger
+    from rtml.stream.ledger import open_ledger
 
-        ledger = AppendLedger(settings)
+    end = None
+    if (ledger := open_ledger(settings)) is not None:
         try:
             end = ledger.end(old, position)
         finally:

@@ -272,7 +272,7 @@ def ensure_repo(settings: Settings) -> FeatureStore:
         yaml_text, defs_text = store_yaml(settings), definitions_py(settings)
         digest = hashlib.sha256((yaml_text + defs_text).encode()).hexdigest()[:16]
         marker = repo / "data" / "applied"
-        if settings.profile == "services":
+        if settings.backend("offline") == "postgres":
             ensure_offline_table(settings)
         for name, text in (("feature_store.yaml", yaml_text), ("definitions.py", defs_text)):
             path = repo / name
@@ -341,7 +341,7 @@ def online_redis_keys(settings: Settings) -> list[bytes]:
 
 def teardown(settings: Settings) -> None:
     """Delete the feature store's state outside the data directory (Redis keys, its PG table)."""
-    if settings.profile != "services":
+    if not settings.services:
         return
     import psycopg
     import redis

@@ -12,7 +12,6 @@ freshness from the returned `event_time` (serving's `max_feature_age_s`).
 from __future__ import annotations
 
 import bisect
-from contextlib import closing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +24,6 @@ from rtml.features.feast_repo import (
     MINUTE_VIEW,
     WINDOW_VIEW,
     ensure_repo,
-    online_redis_keys,
-    project_name,
-    repo_dir,
 )
 
 if TYPE_CHECKING:
@@ -165,99 +161,3 @@ def online_reader(settings: Settings) -> OnlineMinutes:
 def last_minutes(settings: Settings, k: int | None = None, end: datetime | None = None) -> pd.DataFrame:
     """The last K (default settings.features.online_minutes) minutes from the online store."""
     return online_reader(settings).last(k, end)
-
-
-def online_count(settings: Settings) -> int:
-    """How many minutes the online store holds (Redis: expiring after ONLINE_TTL)."""
-    if settings.profile == "services":
-        # every Feast key of the project, minus the one window key
-        return max(0, len(online_redis_keys(settings)) - 1)
-    import sqlite3
-
-    path = repo_dir(settings) / "data" / "online.db"
-    if not path.exists():
-        return 0
-    table = f"{project_name(settings)}_{MINUTE_VIEW}"
-    with sqlite3.connect(path) as conn:
-        try:
-            row = conn.execute(f'SELECT count(DISTINCT entity_key) FROM "{table}"').fetchone()
-        except sqlite3.OperationalError:
-            return 0
-    return int(row[0])
-
-
-def _minute_s(entity_key: bytes) -> int:
-    """The minute (epoch s) of a minute view's serialized entity key: its last 8 bytes, int64 LE."""
-    return int.from_bytes(entity_key[-8:], "little", signed=True)
-
-
-def trim_online(settings: Settings, before_ms: int) -> int:
-    """Retention: delete the online minute keys before `before_ms` (the window key stays); returns how many.
-
-    Serving reads the online window and, for explicit times, recent minute keys; nothing older
-    than `retention.online_days` is read, and Redis' own TTL runs on wall time, which a replay
-    outruns. Each delete is one statement, so a crash leaves some keys for the next run.
-    """
-    before_s = before_ms // 1000
-    if settings.profile == "services":
-        import redis
-
-        project = project_name(settings).encode()
-        old = [
-            k
-            for k in online_redis_keys(settings)
-            if b"minute_key" in k and _minute_s(k.removesuffix(project)) < before_s
-        ]
-        client = redis.Redis.from_url(settings.redis_url)
-        try:
-            for start in range(0, len(old), 1000):
-                client.delete(*old[start : start + 1000])
-        finally:
-            client.close()
-        return len(old)
-    import sqlite3
-
-    path = repo_dir(settings) / "data" / "online.db"
-    if not path.exists():
-        return 0
-    table = f"{project_name(settings)}_{MINUTE_VIEW}"
-    with closing(sqlite3.connect(path, timeout=30)) as conn, conn:
-        try:
-            stored = [k for (k,) in conn.execute(f'SELECT DISTINCT entity_key FROM "{table}"')]
-        except sqlite3.OperationalError:
-            return 0
-        expired = [(k,) for k in stored if _minute_s(k) < before_s]
-        conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', expired)
-    return len(expired)
-
-
-def online_stats(settings: Settings) -> tuple[int, int, int | None]:
-    """(bytes, minute keys, oldest minute in ms or None): for `rtml status`."""
-    if settings.profile == "services":
-        import redis
-
-        project = project_name(settings).encode()
-        keys = online_redis_keys(settings)
-        minutes = [_minute_s(k.removesuffix(project)) for k in keys if b"minute_key" in k]
-        client = redis.Redis.from_url(settings.redis_url)
-        try:
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.memory_usage(key)
-            size = sum(int(n or 0) for n in pipe.execute())
-        finally:
-            client.close()
-        return size, len(minutes), min(minutes) * 1000 if minutes else None
-    import sqlite3
-
-    path = repo_dir(settings) / "data" / "online.db"
-    if not path.exists():
-        return 0, 0, None
-    size = sum(p.stat().st_size for p in (path, path.with_name("online.db-wal")) if p.exists())
-    table = f"{project_name(settings)}_{MINUTE_VIEW}"
-    with closing(sqlite3.connect(path, timeout=30)) as conn:
-        try:
-            held = [_minute_s(k) for (k,) in conn.execute(f'SELECT DISTINCT entity_key FROM "{table}"')]
-        except sqlite3.OperationalError:
-            return size, 0, None
-    return size, len(held), min(held) * 1000 if held else None

@@ -28,9 +28,7 @@ from rtml.features.dataset import minutes_frame
 from rtml.features.feast_repo import CHAIN_ID, PUSH_SOURCE, WINDOW_PUSH, ensure_repo
 from rtml.features.offline import (
     OfflineMinutes,
-    PostgresMinutes,
     latest_rows,
-    offline_spool,
     open_offline,
     to_source_frame,
     to_spool,
@@ -100,7 +98,7 @@ class FeatureStoreSink(MinuteSink):
         if minutes.empty:
             return 0
         source = to_source_frame(minutes)
-        spool = offline_spool(self.settings) if isinstance(self.offline, PostgresMinutes) else None
+        spool = self.offline.spool()
         try:
             if spool is not None and (self._unpushed or spool.pending()):
                 self._drain(spool)
@@ -121,10 +119,9 @@ class FeatureStoreSink(MinuteSink):
     def flush(self) -> None:
         """Drain the spool while the stream is quiet (the replay ended, the feed paused): the next
         write would, but none may come. At most one try per FLUSH_RETRY_S while PostgreSQL is away."""
-        if time.monotonic() < self._next_flush or not isinstance(self.offline, PostgresMinutes):
+        if time.monotonic() < self._next_flush or (spool := self.offline.spool()) is None:
             return
         self._next_flush = time.monotonic() + FLUSH_RETRY_S
-        spool = offline_spool(self.settings)
         try:
             if self._unpushed or spool.pending():
                 self._drain(spool)
@@ -137,7 +134,6 @@ class FeatureStoreSink(MinuteSink):
     def _drain(self, spool: Spool) -> None:
         """Write the spooled rows offline, then push their winners online (with any the outage
         could not push)."""
-        assert isinstance(self.offline, PostgresMinutes)
         offline = self.offline
         drained: list[int] = []
 

@@ -39,12 +39,18 @@ def quiet_mlflow() -> None:
 
 
 def tracking_uri(settings: Settings) -> str:
-    if settings.profile == "services":
+    """MLflow's tracking and registry store for the profile's `registry` backend."""
+    if (db := registry_file(settings)) is None:
         parts = urlsplit(settings.postgres_dsn)
         query = dict(parse_qsl(parts.query))
         query["options"] = f"-csearch_path={settings.namespace}"
         return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(query), ""))
-    return f"sqlite:///{settings.path('mlflow', 'mlflow.db')}"
+    return f"sqlite:///{db}"
+
+
+def registry_file(settings: Settings) -> Path | None:
+    """The registry's SQLite file, or None when the registry is a service (PostgreSQL)."""
+    return settings.path("mlflow", "mlflow.db") if settings.backend("registry") == "sqlite" else None
 
 
 def artifact_root(settings: Settings) -> str:
@@ -69,7 +75,7 @@ def client(settings: Settings) -> MlflowClient:
 
             with open(settings.folder("mlflow") / ".migrate.lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                if settings.profile == "services":
+                if registry_file(settings) is None:
                     pg_connect(settings).close()  # the namespace's schema, where MLflow's tables go
                 made = MlflowClient(tracking_uri=uri, registry_uri=uri)
                 made.search_registered_models(max_results=1)  # the registry's store migrates here

@@ -26,8 +26,15 @@ from rtml.aggregate.clock import current_boundary
 from rtml.config import Settings
 from rtml.model.baselines import PointBaseline
 from rtml.model.gbm import META_FILE, QuantileGBM
-from rtml.model.mlflow_store import artifact_root, client, quiet_mlflow, registry_absent, tracking_uri
+from rtml.model.mlflow_store import (
+    artifact_root,
+    client,
+    quiet_mlflow,
+    registry_absent,
+    tracking_uri,
+)
 from rtml.model.mlflow_store import registry_exists as registry_exists  # its callers' import
+from rtml.model.mlflow_store import registry_file as registry_file  # serving's import
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -228,12 +228,12 @@ class PostgresQualityStore(QualityBackend):
         self._link.close()
 
 
-_QUALITY_BACKENDS: dict[str, type[QualityBackend]] = {"embedded": SqliteQualityStore, "services": PostgresQualityStore}
+_QUALITY_BACKENDS: dict[str, type[QualityBackend]] = {"sqlite": SqliteQualityStore, "postgres": PostgresQualityStore}
 
 
 def open_quality_store(settings: Settings) -> QualityBackend:
     """The quality store of the settings' profile."""
-    return _QUALITY_BACKENDS[settings.profile](settings)
+    return _QUALITY_BACKENDS[settings.backend("quality")](settings)
 
 
 # The name the quality store has always been opened by (`QualityStore(settings)`).

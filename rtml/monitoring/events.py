@@ -228,12 +228,12 @@ class PostgresEventLog(EventBackend):
         self._spool.close()
 
 
-_BACKENDS: dict[str, type[EventBackend]] = {"embedded": SqliteEventLog, "services": PostgresEventLog}
+_BACKENDS: dict[str, type[EventBackend]] = {"sqlite": SqliteEventLog, "postgres": PostgresEventLog}
 
 
 def open_event_log(settings: Settings) -> EventBackend:
     """The event log of the settings' profile."""
-    return _BACKENDS[settings.profile](settings)
+    return _BACKENDS[settings.backend("events")](settings)
 
 
 # The name every part opens the log by (`EventLog(settings)`).

@@ -102,7 +102,7 @@ def bring_up(
     if pid is not None:
         console.print(f"[yellow]already up[/] (supervisor pid {pid}); `rtml status` shows it")
         return 0
-    if settings.profile == "services":
+    if settings.backend("stream") == "redis":  # a stream is a durable log only on a persisting Redis
         from rtml.ops.services import check_redis, stream_refusal
 
         if (why := stream_refusal(settings, check_redis(settings.redis_url))) is not None:
@@ -157,7 +157,7 @@ def gather_status(settings: Settings) -> dict:
         "warnings": service_warnings(settings, health),
         # services: records waiting in the local spool for PostgreSQL, and those the spool's
         # bound or age dropped, per store (rtml.spool)
-        **({"spool": spool_stats(settings)} if settings.profile == "services" else {}),
+        **({"spool": spool_stats(settings)} if "postgres" in settings.services else {}),
     }
 
 
@@ -323,7 +323,7 @@ def bring_down(purge: bool, yes: bool) -> int:
     """Stop the pipeline; with `purge`, delete its state. A directory that is not provably rtml's
     is refused (exit 2) before anything is stopped or created in it."""
     settings = get_settings()
-    services = settings.profile == "services"
+    services = bool(settings.services)
     if purge and (why := refusal(settings, services)) is not None:
         errors.print(f"[red]refusing to purge:[/] {why}")
         return 2

@@ -152,7 +152,7 @@ def _trims(settings: Settings) -> dict[str, Callable[[int], int]]:
         return trim_reports(settings, _at(before))
 
     def online(before: int) -> int:
-        from rtml.features.online import trim_online
+        from rtml.features.online_keys import trim_online
 
         return trim_online(settings, before)
 
@@ -264,7 +264,7 @@ def _stats(settings: Settings) -> dict[str, Callable[[], tuple[int, int, int | N
         return report_stats(settings)
 
     def online() -> tuple[int, int, int | None]:
-        from rtml.features.online import online_stats
+        from rtml.features.online_keys import online_stats
 
         return online_stats(settings)
 

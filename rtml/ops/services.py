@@ -99,10 +99,9 @@ def check_postgres(dsn: str, timeout: float = 3.0) -> ServiceHealth:
 
 
 def service_health(settings: Settings) -> list[ServiceHealth]:
-    """Every service the profile uses (none in the embedded profile)."""
-    if settings.profile != "services":
-        return []
-    return [check_redis(settings.redis_url), check_postgres(settings.postgres_dsn)]
+    """Every service the profile's backends use (none in the embedded profile)."""
+    checks = {"redis": lambda: check_redis(settings.redis_url), "postgres": lambda: check_postgres(settings.postgres_dsn)}
+    return [checks[s]() for s in settings.services]
 
 
 def stream_refusal(settings: Settings, redis: ServiceHealth) -> str | None:

@@ -271,12 +271,12 @@ class PostgresPredictionStore(PredictionBackend):
         self._counters.close()
 
 
-_BACKENDS: dict[str, type[PredictionBackend]] = {"embedded": SqlitePredictionStore, "services": PostgresPredictionStore}
+_BACKENDS: dict[str, type[PredictionBackend]] = {"sqlite": SqlitePredictionStore, "postgres": PostgresPredictionStore}
 
 
 def open_prediction_store(settings: Settings) -> PredictionBackend:
     """The prediction store of the settings' profile."""
-    return _BACKENDS[settings.profile](settings)
+    return _BACKENDS[settings.backend("predictions")](settings)
 
 
 # The name the prediction store has always been opened by (`PredictionStore(settings)`).

@@ -80,7 +80,7 @@ class RegistryModelSource:
 
         mlflow.set_tracking_uri(registry.tracking_uri(settings))
         mlflow.set_registry_uri(registry.tracking_uri(settings))
-        self._db = settings.path("mlflow", "mlflow.db") if settings.profile == "embedded" else None
+        self._db = registry.registry_file(settings)
         self._seen: tuple[tuple[int, int], ...] | None = None
         self._version: str | None = None
 

@@ -270,8 +270,8 @@ def _file_bytes(path: str) -> int:
 
 
 def open_ingest_store(settings: Settings) -> IngestStore:
-    """SQLite under the data directory (embedded) or Redis (services)."""
+    """The profile's `dead_letters` backend: SQLite under the data directory, or Redis."""
     cap = settings.retention.dead_letters_max_rows
-    if settings.profile == "services":
+    if settings.backend("dead_letters") == "redis":
         return RedisIngestStore(settings.redis_url, settings.namespace, cap)
     return SqliteIngestStore(str(settings.path("ingest.sqlite")), cap)

@@ -270,8 +270,8 @@ class RedisDedup(Dedup):
 
 
 def open_dedup(settings: Settings) -> Dedup:
-    """SQLite in the embedded profile, Redis in the services profile; TTL from `ingest.dedup_ttl_s`."""
+    """The profile's `dedup` backend (sqlite or redis); TTL from `ingest.dedup_ttl_s`."""
     ttl = settings.ingest.dedup_ttl_s
-    if settings.profile == "services":
+    if settings.backend("dedup") == "redis":
         return RedisDedup(settings.redis_url, settings.namespace, ttl)
     return SqliteDedup(str(settings.path("dedup.sqlite")), ttl)

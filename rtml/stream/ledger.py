@@ -15,12 +15,16 @@ event-time range is not in the ledger.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rtml.config import Settings
+from rtml.storage import sqlite_connect
 from rtml.stream.base import AppendMark, Row
+
+# The stream backends that can vanish under their readers: a Redis without persistence, or a
+# Redis that lost its data (issue 18). A SQLite stream is a local file that does not.
+VOLATILE = ("redis",)
 
 KEEP = 20_000
 SCHEMA = """
@@ -49,9 +53,7 @@ class StreamEnd:
 
 class AppendLedger:
     def __init__(self, settings: Settings) -> None:
-        self._conn = sqlite3.connect(settings.path("stream-ledger.sqlite"), timeout=60, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = sqlite_connect(settings.path("stream-ledger.sqlite"))
         self._conn.executescript(SCHEMA)
         self._since_prune = 0
 
@@ -88,3 +90,8 @@ class AppendLedger:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def open_ledger(settings: Settings) -> AppendLedger | None:
+    """The ledger of the profile's stream when it can vanish (VOLATILE), else None."""
+    return AppendLedger(settings) if settings.backend("stream") in VOLATILE else None

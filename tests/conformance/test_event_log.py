@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from rtml.config import BACKENDS as PROFILE_BACKENDS
 from rtml.config import Settings
 from rtml.monitoring import events as events_module
 from rtml.monitoring.events import EventBackend, EventLog, PostgresEventLog, SqliteEventLog, open_event_log
@@ -15,7 +16,7 @@ BACKENDS = {SqliteEventLog: "embedded", PostgresEventLog: "services"}
 
 
 def test_every_backend_is_in_the_suite_and_the_factory_picks_by_profile() -> None:
-    assert set(events_module._BACKENDS.items()) == {(p, c) for c, p in BACKENDS.items()}
+    assert set(events_module._BACKENDS.items()) == {(PROFILE_BACKENDS[p]["events"], c) for c, p in BACKENDS.items()}
     assert EventLog is open_event_log
 
 

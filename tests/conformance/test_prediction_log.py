@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from rtml.config import BACKENDS as PROFILE_BACKENDS
 from rtml.config import Settings
 from rtml.serving import prediction_store
 from rtml.serving.prediction_log import PredictionStore
@@ -31,7 +32,7 @@ def forecast(minute: int, kind: str, logged_ms: int = 0, p50: float = 2.0) -> Pr
 
 
 def test_every_backend_is_in_the_suite_and_the_factory_picks_by_profile() -> None:
-    assert set(prediction_store._BACKENDS.items()) == {(p, c) for c, p in BACKENDS.items()}
+    assert set(prediction_store._BACKENDS.items()) == {(PROFILE_BACKENDS[p]["predictions"], c) for c, p in BACKENDS.items()}
     assert PredictionStore is open_prediction_store
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rtml.config import BACKENDS as PROFILE_BACKENDS
 from rtml.config import Settings
 from rtml.contracts import datetime_to_ms
 from rtml.monitoring import evaluate
@@ -30,7 +31,7 @@ def verdict(hour: int, wql: float = 0.2, breach: bool = False, version: str = "1
 
 
 def test_every_backend_is_in_the_suite_and_the_factory_picks_by_profile() -> None:
-    assert set(evaluate._QUALITY_BACKENDS.items()) == {(p, c) for c, p in BACKENDS.items()}
+    assert set(evaluate._QUALITY_BACKENDS.items()) == {(PROFILE_BACKENDS[p]["quality"], c) for c, p in BACKENDS.items()}
     assert QualityStore is open_quality_store
 
 

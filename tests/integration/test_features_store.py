@@ -25,7 +25,8 @@ from rtml.features.dataset import FEATURE_COLUMNS, history_minutes, minutes_fram
 from rtml.features.etl import build_dataset
 from rtml.features.feast_repo import online_redis_keys, project_name, teardown
 from rtml.features.offline import open_offline, read_minutes_df
-from rtml.features.online import OnlineMinutes, online_count
+from rtml.features.online import OnlineMinutes
+from rtml.features.online_keys import online_count
 from rtml.features.writer import FeatureStoreSink, feature_counters
 
 REPLAY = "utx-2020-11-24.jsonl.gz"

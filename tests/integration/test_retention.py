@@ -246,7 +246,8 @@ def test_online_offline_and_archive_trim_and_keep_training_windows(backend_setti
     from rtml.archive.parquet_lake import archive_pending, archive_stats, read_events, trim_archive
     from rtml.features.dataset import minutes_from_totals
     from rtml.features.offline import open_offline
-    from rtml.features.online import last_minutes, online_stats, trim_online
+    from rtml.features.online import last_minutes
+    from rtml.features.online_keys import online_stats, trim_online
     from rtml.features.writer import FeatureStoreSink
     from rtml.stream import open_stream
 
