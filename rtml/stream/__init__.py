@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from rtml.config import Settings
-from rtml.stream.base import COLUMNS, AppendMark, Offset, Row, Slim, Stream, StreamReset
+from rtml.stream.base import COLUMNS, AppendMark, Offset, Row, Slim, Stream, StreamReset, redis_stream_key
 
-__all__ = ["COLUMNS", "AppendMark", "Offset", "Row", "Slim", "Stream", "StreamReset", "open_stream", "stream_path"]
+__all__ = [
+    "COLUMNS", "AppendMark", "Offset", "Row", "Slim", "Stream", "StreamReset", "open_stream", "redis_stream_key",
+    "stream_path",
+]
 
 
 def stream_path(settings: Settings) -> str:

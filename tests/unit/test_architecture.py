@@ -27,17 +27,11 @@ ROOTS = {"rtml.pipeline", "rtml.cli", "rtml.__main__", "rtml.commands", "rtml.de
 
 # Known when this test was written (issue 19); remove an entry when it is fixed, never add one.
 KNOWN_CYCLES: set[frozenset[str]] = {
-    # The aggregation engine names its consumer, the feature store (rtml.pipeline should wire it);
-    # since issue 18 the outage reporter and the PostgreSQL spool record events through the event
+    # Since issue 18 the outage reporter and the PostgreSQL spool record events through the event
     # log, which spools: the event log and the outage reporter belong in shared modules (issue 19).
-    frozenset({
-        "rtml.aggregate.clock", "rtml.aggregate.sinks", "rtml.features.offline", "rtml.features.writer",
-        "rtml.monitoring.events", "rtml.ops.outage", "rtml.spool",
-    }),
+    frozenset({"rtml.monitoring.events", "rtml.ops.outage", "rtml.spool"}),
     # ingest.py is both the pipeline of a source and the dispatcher of sources.
     frozenset({"rtml.sources.blockchain_rest", "rtml.sources.blockchain_ws", "rtml.sources.ingest"}),
-    # The scheduler opens the composition root's jobs itself.
-    frozenset({"rtml.ops.scheduler", "rtml.pipeline"}),
 }
 KNOWN_LONG: set[str] = {
     "rtml.aggregate.embedded",
@@ -50,16 +44,12 @@ KNOWN_UPSTREAM_IMPORTS: set[tuple[str, str]] = {
     ("rtml.sources.ingest", "rtml.archive.parquet_lake"),
     ("rtml.sources.ingest", "rtml.stream"),
     ("rtml.sources.ingest", "rtml.stream.dedup"),
-    # The engine's sinks name the feature store (the circle above).
-    ("rtml.aggregate.sinks", "rtml.features.writer"),
     # The drift check's reference window is the champion's training window, read from the registry.
     ("rtml.quality.sources", "rtml.model.registry"),
     # The event log lives in monitoring, but every part records events.
     ("rtml.model.registry", "rtml.monitoring.events"),
     ("rtml.model.train", "rtml.monitoring.events"),
     ("rtml.quality.reports", "rtml.monitoring.events"),
-    # The scheduler opens the composition root's jobs (the circle above).
-    ("rtml.ops.scheduler", "rtml.pipeline"),
     # Issue 18: every long-running part rides out an outage through the reporter in ops (which
     # belongs in a shared module, issue 19), ingest keeps a ledger of what the stream held, and
     # the engine re-derives minutes of a lost stream from the raw archive.
