@@ -29,8 +29,9 @@ from rtml.aggregate.reference import reference_minutes
 from rtml.config import Settings, get_settings
 from rtml.contracts import DEAD_LETTER_MAX_BYTES, MAX_FRAME_BYTES, TxEvent
 from rtml.pipeline import minute_sinks
+from rtml.sources.commands import run_ingest
 from rtml.sources.deadletters import open_ingest_store
-from rtml.sources.ingest import Ingestor, ingest_counters, run_ingest
+from rtml.sources.ingest import Ingestor, ingest_counters
 from rtml.sources.replay import paced_batches, read_lines
 from rtml.sources.synthetic import to_utx_message
 

@@ -30,8 +30,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # Since issue 18 the outage reporter and the PostgreSQL spool record events through the event
     # log, which spools: the event log and the outage reporter belong in shared modules (issue 19).
     frozenset({"rtml.monitoring.events", "rtml.ops.outage", "rtml.spool"}),
-    # ingest.py is both the pipeline of a source and the dispatcher of sources.
-    frozenset({"rtml.sources.blockchain_rest", "rtml.sources.blockchain_ws", "rtml.sources.ingest"}),
 }
 KNOWN_LONG: set[str] = {
     "rtml.aggregate.embedded",
@@ -40,8 +38,7 @@ KNOWN_LONG: set[str] = {
     "rtml.model.registry",
 }
 KNOWN_UPSTREAM_IMPORTS: set[tuple[str, str]] = {
-    # The ingest pipeline of a source writes to the dedup, the stream and the archive itself.
-    ("rtml.sources.ingest", "rtml.archive.parquet_lake"),
+    # The ingest pipeline of a source writes to the dedup and the stream itself.
     ("rtml.sources.ingest", "rtml.stream"),
     ("rtml.sources.ingest", "rtml.stream.dedup"),
     # The drift check's reference window is the champion's training window, read from the registry.
