@@ -51,7 +51,7 @@ class FeatureStoreSink(MinuteSink):
     """A MinuteSink (see rtml.aggregate.sinks): `upsert(rows)` into the Feast online + offline stores.
 
     Opening is lazy by default: Feast (a 5 s import) is loaded at the first write, not when the
-    aggregation engine builds its sinks; `open_now` opens it at once (long-running engines).
+    composition root builds the engine's sinks; `open_now` opens it at once (long-running engines).
     """
 
     name = "feature_store"
