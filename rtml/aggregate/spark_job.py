@@ -467,4 +467,3 @@ def run_command(
         f"{result.batches} micro-batches, {result.emitted:,} minute rows delivered in {result.seconds:.1f} s"
     )
     return result
-

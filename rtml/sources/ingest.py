@@ -268,4 +268,3 @@ def ingest_counters(settings: Settings) -> dict[str, float]:
     """Totals since the data directory was created: received, valid, duplicates, dead_letters, appended."""
     with open_ingest_store(settings) as store:
         return store.counters()
-
