@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         try:
             if not drain:
                 console.print("aggregating live; stop with Ctrl-C or SIGTERM")
-                run(settings, drain=False, batch=batch, sinks=minute_sinks(settings, live=True), on_reset=on_reset)
+                run(settings, drain=False, batch=batch, sinks=lambda: minute_sinks(settings, live=True), on_reset=on_reset)
                 return
             with console.status("aggregating") as status:
 

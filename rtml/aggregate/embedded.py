@@ -484,16 +484,19 @@ def run(
     drain: bool,
     on_progress: Callable[[Progress], None] | None = None,
     batch: int = BATCH,
-    sinks: Sequence[MinuteSink],
+    sinks: Sequence[MinuteSink] | Callable[[], Sequence[MinuteSink]],
     on_reset: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
-    """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop)."""
+    """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop).
+
+    `sinks` (the caller's) may be a factory, called once the stop signals are set: live sinks
+    take seconds to open (Feast)."""
     stop = threading.Event()
     if not drain:
         # Before the engine opens: a stop asked for while it starts is honoured, not lost.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    engine = Engine(settings, sinks=sinks, batch=batch, on_reset=on_reset)
+    engine = Engine(settings, sinks=sinks() if callable(sinks) else sinks, batch=batch, on_reset=on_reset)
     try:
         if drain:
             return engine.drain(on_progress)
