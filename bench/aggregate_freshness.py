@@ -29,8 +29,9 @@ from rtml.stream import open_stream
 ENGINE = """
 import signal, threading
 from rtml.aggregate.embedded import Engine
-from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, minute_sinks
+from rtml.aggregate.sinks import MinutesTable, aggregate_db_path
 from rtml.config import get_settings
+from rtml.pipeline import minute_sinks
 settings = get_settings()
 own = [MinutesTable(aggregate_db_path(settings))]
 sinks = own if sys.argv[1] == "engine" else minute_sinks(settings, live=True)  # as `rtml aggregate`

@@ -62,8 +62,8 @@ class TimedSink(MinuteSink):
 def worker(engine: str, phase: str, out: Path) -> None:
     import signal
 
-    from rtml.aggregate.sinks import minute_sinks
     from rtml.config import get_settings
+    from rtml.pipeline import minute_sinks
 
     settings = get_settings()
     sinks = [*minute_sinks(settings), TimedSink(settings.path("bench_sink.sqlite"))]

@@ -2,9 +2,10 @@
 which jobs the scheduler runs, and which pages the forecast API carries besides its own
 (`serving_app`: the monitoring dashboard).
 
-`rtml up` starts the engine (its sinks: `rtml.aggregate.sinks.minute_sinks`, the engine's own
-minutes table and the feature store) and the scheduler with `pipeline_jobs`. Jobs, in the order
-they fire when several share a boundary t (nothing reads a minute at or after t):
+`rtml up` starts the engine (its sinks: `minute_sinks`, the engine's own minutes table and the
+feature store) and the scheduler (`pipeline_scheduler`: the scheduler runs the job table built
+here, it never opens this module). Jobs, in the order they fire when several share a boundary t
+(nothing reads a minute at or after t):
 
 - `baseline`: once, at the end of the `model.min_baseline_minutes`-th minute: the best
   calibrated baseline becomes a registered champion (unless there is a champion already);
@@ -25,11 +26,25 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rtml.aggregate.sinks import MinuteSink, MinutesTable, aggregate_db_path
 from rtml.config import Settings
 from rtml.ops.scheduler import Job, Scheduler
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+
+def minute_sinks(settings: Settings, *, live: bool = False) -> list[MinuteSink]:
+    """Every sink the engine delivers to, the engine's own table first (the pipeline clock,
+    `rtml.aggregate.clock`, relies on that order). Wired here because aggregation is upstream of
+    the feature store and never imports it.
+
+    Feast is opened lazily, at the first write, unless `live`: a long-running engine opens it
+    now, so the first closed window does not wait seconds for Feast's import.
+    """
+    from rtml.features.writer import FeatureStoreSink
+
+    return [MinutesTable(aggregate_db_path(settings)), FeatureStoreSink(settings, open_now=live)]
 
 
 def _at(t_ms: int) -> datetime:
@@ -107,6 +122,7 @@ class PipelineScheduler(Scheduler):
 
 
 def pipeline_scheduler(settings: Settings) -> Scheduler:
+    """The scheduler `rtml scheduler` runs (`rtml.ops.scheduler.run_scheduler` is handed this)."""
     return PipelineScheduler(settings)
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Submit the rtml aggregation (rtml/aggregate/spark_job.py) to a Spark cluster.
+# Submit the rtml aggregation (rtml/aggregate/spark_job.py, through its entry point
+# rtml/aggregate/commands.py, which wires its sinks) to a Spark cluster.
 #
 #   scripts/spark-submit.sh --master spark://host:7077 [--dry-run] [-- JOB ARGS]
 #   scripts/spark-submit.sh --master yarn -- --drain --checkpoint hdfs:///rtml/checkpoint
@@ -83,7 +84,7 @@ if [ -n "${SPARK_HOME:-}" ]; then
 else
   SUBMIT="$(dirname "$PYTHON")/spark-submit"
 fi
-JOB="$("$PYTHON" -c 'import rtml.aggregate.spark_job as j; print(j.__file__)')"
+JOB="$("$PYTHON" -c 'import rtml.aggregate.commands as j; print(j.__file__)')"
 
 CMD=(
   "$SUBMIT"

@@ -1,7 +1,11 @@
-"""`rtml aggregate` (the engine) and `rtml features show` (the minutes it produced)."""
+"""`rtml aggregate` (the engine) and `rtml features show` (the minutes it produced); also the
+Spark job's entry point for `spark-submit` (`spark_main`), a composition root like the CLI: the
+engines get their sinks here, from `rtml.pipeline.minute_sinks`."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -37,12 +41,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Turn the stream into per-minute features (live until SIGTERM/SIGINT, or --drain)."""
         from rtml.config import get_settings
+        from rtml.pipeline import minute_sinks
 
         settings = get_settings()
         if engine == "spark":
             from rtml.aggregate.spark_job import run_command
 
-            run_command(settings, drain=drain, checkpoint=checkpoint, master=master)
+            sinks = minute_sinks(settings)
+            run_command(settings, sinks=sinks, drain=drain, checkpoint=checkpoint, master=master)
             return
         if engine != "embedded":
             raise typer.BadParameter("must be 'embedded' or 'spark'", param_hint="--engine")
@@ -58,7 +64,7 @@ def register(app: typer.Typer) -> None:
         try:
             if not drain:
                 console.print("aggregating live; stop with Ctrl-C or SIGTERM")
-                run(settings, drain=False, batch=batch, on_reset=on_reset)
+                run(settings, drain=False, batch=batch, sinks=lambda: minute_sinks(settings, live=True), on_reset=on_reset)
                 return
             with console.status("aggregating") as status:
 
@@ -67,7 +73,8 @@ def register(app: typer.Typer) -> None:
                     done += p.events
                     status.update(f"aggregating: {done:,} events")
 
-                emitted = run(settings, drain=True, on_progress=show, batch=batch, on_reset=on_reset)
+                sinks = minute_sinks(settings)
+                emitted = run(settings, drain=True, on_progress=show, batch=batch, sinks=sinks, on_reset=on_reset)
         except EngineError as exc:
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from None
@@ -150,3 +157,38 @@ def register(app: typer.Typer) -> None:
             console = Console()
             # Piped output has no terminal width to fit: keep every cell whole.
             Console(width=max(console.width, 120)).print(table)
+
+
+def spark_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point for `spark-submit` (and `python -m rtml.aggregate.commands`)."""
+    from rtml.aggregate.spark_job import run_command
+    from rtml.config import get_settings
+    from rtml.pipeline import minute_sinks
+
+    parser = argparse.ArgumentParser(description="rtml aggregation as a Spark Structured Streaming job")
+    parser.add_argument(
+        "--drain", action="store_true", help="process what the stream holds, close all windows, exit"
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)"
+    )
+    parser.add_argument(
+        "--master", default=None, help="Spark master (default: spark-submit's, else local[2])"
+    )
+    parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--max-rows-per-batch", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    run_command(
+        settings,
+        sinks=minute_sinks(settings),
+        drain=args.drain,
+        checkpoint=args.checkpoint,
+        master=args.master,
+        trigger_s=args.trigger_seconds,
+        max_rows_per_batch=args.max_rows_per_batch,
+    )
+
+
+if __name__ == "__main__":
+    spark_main()

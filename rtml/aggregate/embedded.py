@@ -30,12 +30,12 @@ from rtml.aggregate.engine_state import STATE_SCHEMA, counters_mirror
 from rtml.aggregate.engine_state import aggregate_counters as aggregate_counters  # its callers' import
 from rtml.aggregate.engine_state import trim_late_events as trim_late_events  # its callers' import
 from rtml.aggregate.outliers import record_outliers
-from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect, minute_sinks
+from rtml.aggregate.sinks import MinuteSink, aggregate_db_path, connect
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard, LateEvent, Window, WindowState
 from rtml.config import Settings
 from rtml.contracts import MinuteFeatures
 from rtml.outage import Outage
-from rtml.stream import Offset, Stream, StreamReset, open_stream
+from rtml.stream import Offset, Stream, StreamReset, open_stream, redis_stream_key
 
 log = logging.getLogger(__name__)
 CONSUMER = "aggregator"
@@ -65,8 +65,8 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
+        sinks: Sequence[MinuteSink],
         stream: Stream | None = None,
-        sinks: Sequence[MinuteSink] | None = None,
         batch: int = BATCH,
         on_reset: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -81,7 +81,7 @@ class Engine:
         self.stream = stream if stream is not None else open_stream(settings)
         self._own_stream = stream is None
         self._identity = self.stream.identity
-        self.sinks = list(sinks) if sinks is not None else minute_sinks(settings)
+        self.sinks = list(sinks)
         self.batch = batch
         self._conn = connect(aggregate_db_path(settings))
         self._conn.executescript(STATE_SCHEMA)
@@ -126,7 +126,7 @@ class Engine:
         if row is None:
             return state, None, None
         # States written before logs had an identity named the log by its place.
-        legacy = ("sqlite:stream.sqlite", f"redis:{self.settings.namespace}:stream:tx")
+        legacy = ("sqlite:stream.sqlite", f"redis:{redis_stream_key(self.settings.namespace)}")
         lost = row[0] if row[0] != self._identity and row[0] not in legacy else None
         self.stream_pos = row[10]
         (state.watermark, state.max_event_time, state.next_emit, state.max_minute) = row[2:6]
@@ -402,18 +402,19 @@ def run(
     drain: bool,
     on_progress: Callable[[Progress], None] | None = None,
     batch: int = BATCH,
-    sinks: Sequence[MinuteSink] | None = None,
+    sinks: Sequence[MinuteSink] | Callable[[], Sequence[MinuteSink]],
     on_reset: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
-    """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop)."""
+    """`rtml aggregate`: drain and exit, or run live until SIGTERM/SIGINT (committing on stop).
+
+    `sinks` (the caller's) may be a factory, called once the stop signals are set: live sinks
+    take seconds to open (Feast)."""
     stop = threading.Event()
     if not drain:
         # Before the engine opens: a stop asked for while it starts is honoured, not lost.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        if sinks is None:
-            sinks = minute_sinks(settings, live=True)
-    engine = Engine(settings, sinks=sinks, batch=batch, on_reset=on_reset)
+    engine = Engine(settings, sinks=sinks() if callable(sinks) else sinks, batch=batch, on_reset=on_reset)
     try:
         if drain:
             return engine.drain(on_progress)

@@ -1,10 +1,10 @@
 """Where closed minutes go: idempotent upserts keyed by minute, the latest revision winning.
 
 The engine commits its state and the rows it emits in one transaction (the rows land in an
-outbox), then delivers the outbox to every sink of `minute_sinks(settings)`. A crash between
-the two re-delivers the same rows on restart, which an idempotent sink absorbs: that is how
-the effect stays exactly-once while delivery is at-least-once. The first sink is the engine's
-own `minutes` table; the feature store adds its sink here.
+outbox), then delivers the outbox to every sink its caller gave it. A crash between the two
+re-delivers the same rows on restart, which an idempotent sink absorbs: that is how the effect
+stays exactly-once while delivery is at-least-once. The engine's own sink is its `minutes`
+table; the composition root (`rtml.pipeline.minute_sinks`) adds the feature store's after it.
 """
 
 from __future__ import annotations
@@ -93,17 +93,6 @@ class MinutesTable(MinuteSink):
 
     def close(self) -> None:
         self._conn.close()
-
-
-def minute_sinks(settings: Settings, *, live: bool = False) -> list[MinuteSink]:
-    """Every sink the engine delivers to, the engine's own table first.
-
-    Feast is opened lazily, at the first write, unless `live`: a long-running engine opens it
-    now, so the first closed window does not wait seconds for Feast's import.
-    """
-    from rtml.features.writer import FeatureStoreSink
-
-    return [MinutesTable(aggregate_db_path(settings)), FeatureStoreSink(settings, open_now=live)]
 
 
 def read_minutes(

@@ -15,12 +15,12 @@ written atomically before delivery; a replayed batch is skipped, a crash before 
 re-delivers the outbox on restart, and every sink is an idempotent upsert keyed by minute.
 
 Run it with `rtml aggregate --engine spark [--drain]` (local[2] by default), or submit it to
-a cluster with `scripts/spark-submit.sh`, which runs this file's `main()`.
+a cluster with `scripts/spark-submit.sh`, which runs `rtml.aggregate.commands` (`spark_main()`,
+where the composition root hands the job its sinks).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rtml.aggregate.sinks import MinuteSink, minute_sinks
+from rtml.aggregate.sinks import MinuteSink
 from rtml.aggregate.spark_state import DriverState, checkpoint_dir, guard_path, state_path
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard
-from rtml.config import Settings, get_settings
+from rtml.config import Settings
 from rtml.contracts import MINUTE_MS
 
 if TYPE_CHECKING:
@@ -223,13 +223,13 @@ def run_spark(
     master: str | None = None,
     trigger_s: float = 1.0,
     max_rows_per_batch: int = 100_000,
-    sinks: Sequence[MinuteSink] | None = None,
+    sinks: Sequence[MinuteSink],
     stop: threading.Event | None = None,
     spark: SparkSession | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SparkRun:
     """Run the job: `drain` reads what the stream holds now (AvailableNow) then closes every
-    window; otherwise it follows the stream until `stop` is set (or SIGINT/SIGTERM via `main`).
+    window; otherwise it follows the stream until `stop` is set (or SIGINT/SIGTERM via `run_command`).
 
     `spark`: an existing session to reuse (else one is built, and stopped at the end).
     `on_batch(batch_id, rows_delivered)` is called after each applied micro-batch.
@@ -238,9 +238,7 @@ def run_spark(
     ckpt = checkpoint_dir(settings, checkpoint)
     state = DriverState(state_path(settings, ckpt), int(settings.window.allowed_lateness_s * 1000))
     guard = guard_path(settings, ckpt)
-    driver = _Driver(
-        state, list(sinks) if sinks is not None else minute_sinks(settings), on_batch, settings, guard
-    )
+    driver = _Driver(state, list(sinks), on_batch, settings, guard)
     stop = stop if stop is not None else threading.Event()
     session = spark if spark is not None else spark_session(master)
     try:
@@ -278,6 +276,7 @@ def run_spark(
 def run_command(
     settings: Settings,
     *,
+    sinks: Sequence[MinuteSink],
     drain: bool,
     checkpoint: str | None = None,
     master: str | None = None,
@@ -300,6 +299,7 @@ def run_command(
         result = run_spark(
             settings,
             drain=drain,
+            sinks=sinks,
             checkpoint=ckpt,
             master=master,
             trigger_s=trigger_s,
@@ -311,32 +311,3 @@ def run_command(
         f"{result.batches} micro-batches, {result.emitted:,} minute rows delivered in {result.seconds:.1f} s"
     )
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point for `spark-submit` (and `python -m rtml.aggregate.spark_job`)."""
-    parser = argparse.ArgumentParser(description="rtml aggregation as a Spark Structured Streaming job")
-    parser.add_argument(
-        "--drain", action="store_true", help="process what the stream holds, close all windows, exit"
-    )
-    parser.add_argument(
-        "--checkpoint", default=None, help="checkpoint path or URI (default <data_dir>/spark/checkpoint)"
-    )
-    parser.add_argument(
-        "--master", default=None, help="Spark master (default: spark-submit's, else local[2])"
-    )
-    parser.add_argument("--trigger-seconds", type=float, default=1.0)
-    parser.add_argument("--max-rows-per-batch", type=int, default=100_000)
-    args = parser.parse_args(argv)
-    run_command(
-        get_settings(),
-        drain=args.drain,
-        checkpoint=args.checkpoint,
-        master=args.master,
-        trigger_s=args.trigger_seconds,
-        max_rows_per_batch=args.max_rows_per_batch,
-    )
-
-
-if __name__ == "__main__":
-    main()

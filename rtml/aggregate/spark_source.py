@@ -57,8 +57,8 @@ def source_options(
     partitions: int = 2,
     guard_path: str | None = None,
 ) -> dict[str, str]:
-    """The options that point the source at this pipeline's stream (chosen by the profile)."""
-    from rtml.stream import stream_path
+    """The options that point the source at this pipeline's stream (its `stream` backend)."""
+    from rtml.stream import redis_stream_key, stream_path
 
     options = {"maxRowsPerBatch": str(max_rows_per_batch), "partitions": str(partitions)}
     if guard_path is not None:
@@ -67,8 +67,8 @@ def source_options(
             "maxJumpMs": str(int(settings.window.max_jump_s * 1000)),
             "latenessMs": str(int(settings.window.allowed_lateness_s * 1000)),
         }
-    if settings.profile == "services":
-        options |= {"backend": "redis", "url": settings.redis_url, "key": f"{settings.namespace}:stream:tx"}
+    if settings.backend("stream") == "redis":
+        options |= {"backend": "redis", "url": settings.redis_url, "key": redis_stream_key(settings.namespace)}
     else:
         options |= {"backend": "sqlite", "path": stream_path(settings)}
     return options

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
-# Seconds between two tries of an idle flush (rtml.ops.outage.BACKOFF_MAX_S's bound).
+# Seconds between two tries of an idle flush (rtml.outage.BACKOFF_MAX_S's bound).
 FLUSH_RETRY_S = 2.0
 
 
@@ -48,7 +48,7 @@ class FeatureStoreSink(MinuteSink):
     """A MinuteSink (see rtml.aggregate.sinks): `upsert(rows)` into the Feast online + offline stores.
 
     Opening is lazy by default: Feast (a 5 s import) is loaded at the first write, not when the
-    aggregation engine builds its sinks; `open_now` opens it at once (long-running engines).
+    composition root builds the engine's sinks; `open_now` opens it at once (long-running engines).
     """
 
     name = "feature_store"

@@ -60,5 +60,6 @@ def register(app: typer.Typer) -> None:
     def scheduler() -> None:
         """The periodic jobs of a running pipeline (started by `rtml up`)."""
         from rtml.ops.scheduler import run_scheduler
+        from rtml.pipeline import pipeline_scheduler
 
-        run_scheduler()
+        run_scheduler(pipeline_scheduler)

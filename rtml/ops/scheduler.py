@@ -42,7 +42,7 @@ log = logging.getLogger("rtml.scheduler")
 # connection) before its boundary is given up.
 ATTEMPTS, RETRY_S = 3, 1.0
 # A job that fails because a service is unreachable waits for it instead, backing off to this.
-# (rtml.ops.outage's bound: a returned service is noticed within it, by every component alike.)
+# (rtml.outage's bound: a returned service is noticed within it, by every component alike.)
 WAIT_MAX_S = 5.0
 # Jobs slower than this are logged with their duration (trainings, drift checks).
 SLOW_S = 1.0
@@ -253,7 +253,7 @@ def job_durations(settings: Settings) -> dict[str, tuple[float, float, int, floa
 def run_archiver(interval_s: float, stop: threading.Event | None = None) -> None:
     """The archiver component: archive what the stream gained, compact, until SIGTERM."""
     from rtml.archive.parquet_lake import archive_pending, compact
-    from rtml.ops.outage import Outage
+    from rtml.outage import Outage
 
     settings = get_settings()
     stop = stop or threading.Event()
@@ -276,20 +276,20 @@ def run_archiver(interval_s: float, stop: threading.Event | None = None) -> None
     compact(settings)
 
 
-def run_scheduler(stop: threading.Event | None = None) -> None:
+def run_scheduler(open_scheduler: Callable[[Settings], Scheduler], stop: threading.Event | None = None) -> None:
     """The scheduler component: catch up with the clock, wait `scheduler.poll_s`, until SIGTERM.
 
-    A SIGTERM lets the boundary in progress finish (its state is then written); the next start
-    goes on from there.
+    `open_scheduler` builds the scheduler with its job table: the composition root's
+    (`rtml.pipeline.pipeline_scheduler`), which the scheduler does not import. A SIGTERM lets the
+    boundary in progress finish (its state is then written); the next start goes on from there.
     """
-    from rtml.ops.outage import Outage
-    from rtml.pipeline import pipeline_scheduler
+    from rtml.outage import Outage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    scheduler = pipeline_scheduler(settings)
+    scheduler = open_scheduler(settings)
     outage = Outage(settings, "scheduler")
     try:
         while not stop.is_set():

@@ -26,6 +26,7 @@ import httpx
 
 from rtml.config import IngestSettings
 from rtml.contracts import MAX_FRAME_BYTES, Oversized
+from rtml.sources.base import Source
 from rtml.sources.ingest import Ingestor
 
 log = logging.getLogger(__name__)
@@ -256,3 +257,15 @@ def run_rest(
 
     asyncio.run(main())
     return stats
+
+
+class RestSource(Source):
+    """`--source rest`: the blockchain.com REST poller alone (`run_rest`)."""
+
+    name = "rest"
+
+    def run(self, ingestor: Ingestor, stop: threading.Event) -> str:
+        o = self.options
+        return run_rest(
+            ingestor, self.settings.ingest, rest_url=o.rest_url, stop=stop, duration_s=o.duration_s
+        ).describe()

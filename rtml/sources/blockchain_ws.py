@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rtml.config import IngestSettings
 from rtml.contracts import MAX_FRAME_BYTES
+from rtml.sources.base import Source
 from rtml.sources.blockchain_rest import LiveStats, RestPoller, backoff_delay
 from rtml.sources.ingest import Ingestor
 
@@ -52,6 +53,17 @@ def run_ws(
     client = _LiveClient(ingestor, cfg, ws_url or cfg.ws_url, rest_url or cfg.rest_url, stopped)
     asyncio.run(client.run())
     return client.stats
+
+
+class WsSource(Source):
+    """`--source ws`: the blockchain.com websocket client, with the REST poller filling its gaps (`run_ws`)."""
+
+    name = "ws"
+
+    def run(self, ingestor: Ingestor, stop: threading.Event) -> str:
+        o = self.options
+        cfg = self.settings.ingest
+        return run_ws(ingestor, cfg, ws_url=o.ws_url, rest_url=o.rest_url, stop=stop, duration_s=o.duration_s).describe()
 
 
 class _LiveClient:

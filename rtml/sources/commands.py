@@ -1,4 +1,6 @@
-"""`rtml ingest`, `rtml dlq show` and `rtml archive`: the ingestion part's commands."""
+"""`rtml ingest`, `rtml dlq show` and `rtml archive`: the ingestion part's commands, and
+`run_ingest`, which wires a source (`rtml.sources.factory`), the ingestion pipeline and the
+archiver beside it."""
 
 from __future__ import annotations
 
@@ -6,9 +8,18 @@ import signal
 import threading
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from rtml.config import Settings
+    from rtml.sources.ingest import Counts
+
+# The archiver runs beside a long ingestion this often (seconds).
+ARCHIVE_EVERY_S = 60.0
 
 
 class SourceKind(StrEnum):
@@ -46,7 +57,6 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from rtml.config import get_settings
-        from rtml.sources.ingest import run_ingest
         from rtml.sources.replay import parse_speed
 
         console = Console()
@@ -135,3 +145,82 @@ def register(app: typer.Typer) -> None:
         Console().print(
             f"archived {added:,} events; compacted {folders} hour folders; {len(archive_files(settings))} files"
         )
+
+
+def run_ingest(
+    settings: Settings,
+    source: str,
+    *,
+    file: Path | None = None,
+    speed: float | None = 1.0,
+    duration_s: float | None = None,
+    ws_url: str | None = None,
+    rest_url: str | None = None,
+    archive: bool = True,
+    stop: threading.Event | None = None,
+    console: Console | None = None,
+) -> Counts:
+    """Run one source (`ws`, `rest`, `replay`, `synthetic`) through the pipeline until it ends,
+    `duration_s` passes or `stop` is set; keep the archive up to date beside it; print the counters."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from rtml.archive.parquet_lake import archive_pending, compact
+    from rtml.sources.base import SourceOptions
+    from rtml.sources.factory import open_source
+    from rtml.sources.ingest import Ingestor, ingest_counters
+
+    options = SourceOptions(file=file, speed=speed, duration_s=duration_s, ws_url=ws_url, rest_url=rest_url)
+    feed = open_source(settings, source, options)
+    console = console or Console()
+    stop = stop or threading.Event()
+    finished = threading.Event()
+    live_note = ""
+
+    def archiver() -> None:
+        while not finished.wait(ARCHIVE_EVERY_S):
+            archive_pending(settings)
+
+    side = threading.Thread(target=archiver, daemon=True, name="archiver")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Ingestor(settings) as ingestor, Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"ingesting from {source}")
+
+        def show() -> None:
+            t = ingestor.totals
+            progress.update(
+                task,
+                description=f"{source}: {t.received:,} received, {t.valid:,} valid, "
+                f"{t.duplicates:,} duplicates, {t.dead_letters:,} dead letters",
+            )
+
+        ingestor.on_batch = show
+        if archive:
+            side.start()
+        try:
+            live_note = feed.run(ingestor, stop)
+        finally:
+            feed.close()
+            finished.set()
+            if archive:
+                side.join()
+                progress.update(task, description="archiving")
+                archive_pending(settings)
+                compact(settings)
+        totals = ingestor.totals
+    _print_counters(console, source, totals, ingest_counters(settings), live_note)
+    return totals
+
+
+def _print_counters(console: Console, source: str, run: Counts, total: dict[str, float], note: str) -> None:
+    from rich.table import Table
+
+    from rtml.sources.deadletters import COUNTERS
+
+    table = Table(title=f"ingest from {source}" + (f" ({note})" if note else ""))
+    table.add_column("counter")
+    table.add_column("this run", justify="right")
+    table.add_column("all time", justify="right")
+    for name in COUNTERS:
+        table.add_row(name.replace("_", " "), f"{getattr(run, name):,}", f"{int(total.get(name, 0)):,}")
+    console.print(table)

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rtml.config import Settings
 from rtml.contracts import DeadLetter, Oversized, Row, dead_letter, parse_batch
@@ -31,23 +29,16 @@ from rtml.sources.clock import IngestClock
 from rtml.sources.deadletters import COUNTERS, open_ingest_store
 from rtml.stream import Stream, open_stream
 from rtml.stream.dedup import open_dedup
-from rtml.stream.ledger import AppendLedger
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
+from rtml.stream.ledger import open_ledger
 
 log = logging.getLogger(__name__)
 RawInput = bytes | str | Mapping[str, Any] | Oversized
-SOURCES = ("ws", "rest", "replay", "synthetic")
 # Sources with a wall clock: they stamp `source` and `ingest_time` themselves and refuse events
 # more than `ingest.max_future_s` ahead of it. Replays and synthetic traffic have no such clock
 # (the window semantics' clock guard protects the stream from them).
 LIVE_SOURCES = ("ws", "rest")
 # Batches parsed ahead of the store (each is one process round trip).
 _PARSE_AHEAD = 2
-# The archiver runs beside a long ingestion this often (seconds).
-ARCHIVE_EVERY_S = 60.0
 # Drop expired dedup entries each time the ingest clock has moved this share of the TTL, so
 # memory holds about one TTL of entries however fast the clock runs (a replay at max speed).
 _PURGES_PER_TTL = 12
@@ -83,7 +74,7 @@ class Ingestor:
         self.dedup = open_dedup(settings)
         self.store = open_ingest_store(settings)
         # Where the stream can be lost under its readers (Redis), what each batch appended.
-        self.ledger = AppendLedger(settings) if settings.profile == "services" else None
+        self.ledger = open_ledger(settings)
         self.totals = Counts()
         # Store failures a replay or synthetic run survived (logged and retried).
         self.errors = 0
@@ -277,105 +268,3 @@ def ingest_counters(settings: Settings) -> dict[str, float]:
     """Totals since the data directory was created: received, valid, duplicates, dead_letters, appended."""
     with open_ingest_store(settings) as store:
         return store.counters()
-
-
-def run_ingest(
-    settings: Settings,
-    source: str,
-    *,
-    file: Path | None = None,
-    speed: float | None = 1.0,
-    duration_s: float | None = None,
-    ws_url: str | None = None,
-    rest_url: str | None = None,
-    archive: bool = True,
-    stop: threading.Event | None = None,
-    console: Console | None = None,
-) -> Counts:
-    """Run one source (`ws`, `rest`, `replay`, `synthetic`) through the pipeline until it ends,
-    `duration_s` passes or `stop` is set; keep the archive up to date beside it; print the counters."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from rtml.archive.parquet_lake import archive_pending, compact
-    from rtml.sources.blockchain_rest import run_rest
-    from rtml.sources.blockchain_ws import run_ws
-    from rtml.sources.replay import paced_batches, read_lines, synthetic_lines
-
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
-    console = console or Console()
-    stop = stop or threading.Event()
-    finished = threading.Event()
-    live_note = ""
-
-    def archiver() -> None:
-        while not finished.wait(ARCHIVE_EVERY_S):
-            archive_pending(settings)
-
-    side = threading.Thread(target=archiver, daemon=True, name="archiver")
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Ingestor(settings) as ingestor, Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"ingesting from {source}")
-
-        def show() -> None:
-            t = ingestor.totals
-            progress.update(
-                task,
-                description=f"{source}: {t.received:,} received, {t.valid:,} valid, "
-                f"{t.duplicates:,} duplicates, {t.dead_letters:,} dead letters",
-            )
-
-        ingestor.on_batch = show
-        if archive:
-            side.start()
-        try:
-            if source == "ws":
-                stats = run_ws(
-                    ingestor,
-                    settings.ingest,
-                    ws_url=ws_url,
-                    rest_url=rest_url,
-                    stop=stop,
-                    duration_s=duration_s,
-                )
-                live_note = stats.describe()
-            elif source == "rest":
-                stats = run_rest(
-                    ingestor, settings.ingest, rest_url=rest_url, stop=stop, duration_s=duration_s
-                )
-                live_note = stats.describe()
-            else:
-                if source == "replay":
-                    if file is None:
-                        raise ValueError("the replay source needs a file")
-                    lines: Iterator[bytes | Oversized] = read_lines(file)
-                else:
-                    lines = synthetic_lines(settings.seed, duration_s)
-                deadline = None if duration_s is None else time.monotonic() + duration_s
-                batches = paced_batches(
-                    lines, speed, stop=stop, deadline=deadline, max_jump_s=settings.window.max_jump_s
-                )
-                ingestor.ingest_all(batches, source)
-        finally:
-            finished.set()
-            if archive:
-                side.join()
-                progress.update(task, description="archiving")
-                archive_pending(settings)
-                compact(settings)
-        totals = ingestor.totals
-    _print_counters(console, source, totals, ingest_counters(settings), live_note)
-    return totals
-
-
-def _print_counters(console: Console, source: str, run: Counts, total: dict[str, float], note: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"ingest from {source}" + (f" ({note})" if note else ""))
-    table.add_column("counter")
-    table.add_column("this run", justify="right")
-    table.add_column("all time", justify="right")
-    for name in COUNTERS:
-        table.add_row(name.replace("_", " "), f"{getattr(run, name):,}", f"{int(total.get(name, 0)):,}")
-    console.print(table)

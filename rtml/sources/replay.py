@@ -1,6 +1,7 @@
 """Replay sources: recorded JSONL / JSONL.gz (blockchain.com `utx` frames or TxEvent rows) and synthetic traffic.
 
-Both yield batches of raw lines for the ingestion pipeline, paced on the events' own times:
+Both (`FileReplay`, `SyntheticTraffic`) hand the ingestion pipeline batches of raw lines, paced
+on the events' own times:
 `speed=1` is real time, `speed=60` a minute a second, `speed=None` ("max") as fast as the
 pipeline takes them. Pacing reads only each line's time; judging the line is the pipeline's
 job, so a line without a readable time is sent at once and dead-lettered there.
@@ -14,13 +15,19 @@ import json
 import math
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rtml.config import Settings
 from rtml.contracts import CLOCK_CONFIRM_EVENTS, MAX_FRAME_BYTES, Oversized
+from rtml.sources.base import Source, SourceOptions
+
+if TYPE_CHECKING:
+    from rtml.sources.ingest import Ingestor
 
 # A batch of the max-speed path: big enough to amortise the per-batch transactions.
 MAX_SPEED_BATCH = 20_000
@@ -173,3 +180,43 @@ def synthetic_lines(seed: int, duration_s: float | None, start: datetime | None 
     encode = msgspec.json.encode
     for event in source.events():
         yield encode(to_utx_message(event))
+
+
+class _PacedSource(Source):
+    """A source of lines with their own event times, paced by `speed` (`paced_batches`)."""
+
+    @abstractmethod
+    def lines(self) -> Iterator[bytes | Oversized]:
+        """The source's lines, oldest first."""
+
+    def run(self, ingestor: Ingestor, stop: threading.Event) -> str:
+        duration_s = self.options.duration_s
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        max_jump_s = self.settings.window.max_jump_s
+        batches = paced_batches(self.lines(), self.options.speed, stop=stop, deadline=deadline, max_jump_s=max_jump_s)
+        ingestor.ingest_all(batches, self.name)
+        return ""
+
+
+class FileReplay(_PacedSource):
+    """`--source replay --file F`: a recording, JSONL or JSONL.gz."""
+
+    name = "replay"
+
+    def __init__(self, settings: Settings, options: SourceOptions) -> None:
+        if options.file is None:
+            raise ValueError("the replay source needs a file")
+        super().__init__(settings, options)
+        self.file = options.file
+
+    def lines(self) -> Iterator[bytes | Oversized]:
+        return read_lines(self.file)
+
+
+class SyntheticTraffic(_PacedSource):
+    """`--source synthetic`: calibrated synthetic traffic from this minute on (`settings.seed`)."""
+
+    name = "synthetic"
+
+    def lines(self) -> Iterator[bytes | Oversized]:
+        return synthetic_lines(self.settings.seed, self.options.duration_s)

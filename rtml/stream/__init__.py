@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from rtml.config import Settings
-from rtml.stream.base import COLUMNS, AppendMark, Offset, Row, Slim, Stream, StreamReset
+from rtml.stream.base import COLUMNS, AppendMark, Offset, Row, Slim, Stream, StreamReset, redis_stream_key
 
-__all__ = ["COLUMNS", "AppendMark", "Offset", "Row", "Slim", "Stream", "StreamReset", "open_stream", "stream_path"]
+__all__ = [
+    "COLUMNS", "AppendMark", "Offset", "Row", "Slim", "Stream", "StreamReset", "open_stream", "redis_stream_key",
+    "stream_path",
+]
 
 
 def stream_path(settings: Settings) -> str:
@@ -14,8 +17,8 @@ def stream_path(settings: Settings) -> str:
 
 
 def open_stream(settings: Settings) -> Stream:
-    """The SQLite log in the embedded profile, Redis Streams in the services profile."""
-    if settings.profile == "services":
+    """The profile's `stream` backend: a SQLite log, or Redis Streams."""
+    if settings.backend("stream") == "redis":
         from rtml.stream.redis_streams import RedisStream
 
         return RedisStream(settings.redis_url, settings.namespace)

@@ -24,6 +24,12 @@ Slim = tuple[str, int, int]
 COLUMNS = ("tx_hash", "event_time", "fee_sat", "size", "source", "ingest_time")
 
 
+def redis_stream_key(namespace: str) -> str:
+    """The Redis Stream of the services profile: written by ingestion, read by both engines
+    (the Spark source on the executors too) and named in the engine's state."""
+    return f"{namespace}:stream:tx"
+
+
 class StreamReset(RuntimeError):
     """The log was lost and recreated under this reader (a Redis that restarted empty): offsets
     of the old one mean nothing in the new one. Raised once; the reader's `identity` is the new one."""

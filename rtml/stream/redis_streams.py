@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from rtml.contracts import TxEvent
-from rtml.stream.base import AppendMark, Offset, Row, Slim, Stream, StreamReset
+from rtml.stream.base import AppendMark, Offset, Row, Slim, Stream, StreamReset, redis_stream_key
 
 # Entries per script call.
 _CHUNK = 5000
@@ -57,7 +57,7 @@ class RedisStream(Stream):
         self._xadd_all = self._r.register_script(_XADD_ALL)
         self._name = self._r.register_script(_NAME)
         self._commit = self._r.register_script(_COMMIT)
-        self.key = f"{namespace}:stream:tx"
+        self.key = redis_stream_key(namespace)
         self.offsets_key = f"{namespace}:offsets"
         self.id_key = f"{namespace}:stream:identity"
         self.identity = self._current_name()

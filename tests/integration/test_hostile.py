@@ -28,8 +28,10 @@ from rtml.aggregate.embedded import Engine, aggregate_counters
 from rtml.aggregate.reference import reference_minutes
 from rtml.config import Settings, get_settings
 from rtml.contracts import DEAD_LETTER_MAX_BYTES, MAX_FRAME_BYTES, TxEvent
+from rtml.pipeline import minute_sinks
+from rtml.sources.commands import run_ingest
 from rtml.sources.deadletters import open_ingest_store
-from rtml.sources.ingest import Ingestor, ingest_counters, run_ingest
+from rtml.sources.ingest import Ingestor, ingest_counters
 from rtml.sources.replay import paced_batches, read_lines
 from rtml.sources.synthetic import to_utx_message
 
@@ -120,7 +122,7 @@ def run_pipeline(settings_: Settings, lines: list[bytes], tmp: Path) -> None:
     replay = tmp / "replay.jsonl"
     replay.write_bytes(b"\n".join(lines) + b"\n")
     run_ingest(settings_, "replay", file=replay, speed=None, archive=False, console=_quiet())
-    engine = Engine(settings_)
+    engine = Engine(settings_, sinks=minute_sinks(settings_))
     try:
         engine.drain()
     finally:

@@ -14,8 +14,9 @@ import pytest
 from rtml.archive.parquet_lake import archive_files, archive_pending, read_events
 from rtml.config import Settings
 from rtml.contracts import TxEvent
+from rtml.sources.commands import run_ingest
 from rtml.sources.deadletters import open_ingest_store
-from rtml.sources.ingest import Ingestor, ingest_counters, run_ingest
+from rtml.sources.ingest import Ingestor, ingest_counters
 from rtml.sources.replay import paced_batches
 from rtml.sources.synthetic import to_utx_message
 from rtml.stream import open_stream

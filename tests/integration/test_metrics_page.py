@@ -101,7 +101,7 @@ def test_the_pipeline_part_of_the_page_passes_promtool_on_both_profiles(
     from prometheus_client import generate_latest
 
     from rtml.serving.middleware import ServingMetrics
-    from rtml.sources.ingest import run_ingest
+    from rtml.sources.commands import run_ingest
 
     run_ingest(backend_settings, "synthetic", speed=None, duration_s=120, archive=False)
     metrics = ServingMetrics()

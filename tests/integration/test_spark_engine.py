@@ -30,6 +30,7 @@ from rtml.aggregate.embedded import Engine
 from rtml.aggregate.sinks import MinutesTable, aggregate_db_path, read_minutes
 from rtml.config import Settings, get_settings
 from rtml.contracts import InvalidInput, MinuteFeatures, parse_message
+from rtml.pipeline import minute_sinks
 from rtml.stream import Row, open_stream
 
 pytestmark = pytest.mark.spark
@@ -67,7 +68,7 @@ def fill(settings: Settings, rows: list[Row]) -> None:
 
 
 def embedded_reference(settings: Settings) -> list[MinuteFeatures]:
-    engine = Engine(settings)
+    engine = Engine(settings, sinks=minute_sinks(settings))
     try:
         engine.drain()
     finally:
@@ -239,7 +240,7 @@ def test_kill_9_mid_stream_then_restart_from_checkpoint(settings: Settings, repl
     commits = Path(checkpoint_dir(settings)) / "commits"
     seed = random.randrange(2**32)
     rnd = random.Random(seed)
-    job = [sys.executable, "-m", "rtml.aggregate.spark_job", "--max-rows-per-batch", "150", "--trigger-seconds", "0.5"]
+    job = [sys.executable, "-m", "rtml.aggregate.commands", "--max-rows-per-batch", "150", "--trigger-seconds", "0.5"]
 
     def committed() -> int:
         return sum(1 for p in commits.iterdir() if p.name.isdigit()) if commits.is_dir() else 0

@@ -15,6 +15,7 @@ from rtml.config import Settings
 from rtml.features.dataset import minutes_frame
 from rtml.model import registry
 from rtml.model.train import train
+from rtml.pipeline import minute_sinks
 from rtml.stream import open_stream
 
 REPLAY = "utx-2020-11-24.jsonl.gz"
@@ -24,7 +25,7 @@ def test_training_runs_end_to_end_on_the_real_recording(embedded: Settings, shar
     settings = embedded
     with open_stream(settings) as stream:
         stream.append_rows(load_replay(shared_data / REPLAY))
-    engine = Engine(settings)
+    engine = Engine(settings, sinks=minute_sinks(settings))
     try:
         engine.drain()
     finally:
