@@ -98,3 +98,27 @@ def test_close_releases_what_the_reader_opened_and_a_later_read_reopens(
     assert plain(reader.last(1)) == plain(written.iloc[-1:])
     reader.close()
     assert leaked(backend_settings, before) == {}
+
+
+def test_online_keys_count_size_and_trim_what_was_pushed(backend_settings: Settings, written: pd.DataFrame) -> None:
+    """`OnlineKeys` (one class per online backend, picked by `online_keys`): the minutes held are
+    the ones pushed, the oldest is the first, a trim drops exactly those before its bound and the
+    reader still serves the window."""
+    from rtml.features.online_keys import _BACKENDS, OnlineKeys, online_keys
+
+    keys = online_keys(backend_settings)
+    assert type(keys) is _BACKENDS[backend_settings.backend("online")]
+    assert set(_BACKENDS.values()) == set(OnlineKeys.__subclasses__())  # every class is this suite's
+    pushed = sorted(int(m.timestamp()) for m in written["minute"])
+    assert sorted(keys.minutes()) == pushed
+    size, rows, oldest = keys.stats()
+    assert size > 0 and rows == len(pushed) and oldest == pushed[0] * 1000
+    cut = pushed[20]
+    assert keys.drop(cut) == 20
+    assert sorted(keys.minutes()) == pushed[20:]
+    assert keys.drop(cut) == 0  # nothing left below the bound: a repeat is a no-op
+    reader = OnlineMinutes(backend_settings)
+    try:
+        assert int(reader.last()["minute"].iloc[-1].timestamp()) == pushed[-1]
+    finally:
+        reader.close()
