@@ -264,7 +264,8 @@ def import_feast() -> None:
     keeps every metric's value in a file keyed by name and labels, not in the metric object, so
     two serving apps in one process (tests, an app rebuilt) count into the same numbers, and every
     child process inherits a directory that Feast deletes when this process exits. So
-    prometheus_client comes first (values in memory), and the variables Feast set go again."""
+    prometheus_client comes first (values in memory), and the variables Feast set go again.
+    Called before each `from feast ...` that runs (not only under TYPE_CHECKING) in rtml."""
     import os
     import sys
 

@@ -24,6 +24,7 @@ from rtml.features.feast_repo import (
     MINUTE_VIEW,
     WINDOW_VIEW,
     ensure_repo,
+    import_feast,
 )
 
 if TYPE_CHECKING:
@@ -52,13 +53,14 @@ class OnlineMinutes:
     """
 
     def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
-        self.settings = settings
-        self._owned = store is None
-        self.store = store or ensure_repo(settings)  # imports Feast first (see import_feast)
+        import_feast()
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         self._EntityKey, self._Value = EntityKey, Value
+        self.settings = settings
+        self._owned = store is None
+        self.store = store or ensure_repo(settings)
         self._provider = self.store._get_provider()
         self._config = self.store.config
         self._minute_view = self.store.get_feature_view(MINUTE_VIEW)
