@@ -254,12 +254,39 @@ def ensure_offline_table(settings: Settings) -> None:
         )
 
 
+# Set by `import feast` (feast.metrics, for its gunicorn workers) when absent, to a temp dir.
+PROMETHEUS_DIRS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def import_feast() -> None:
+    """Import Feast without its process-wide side effects. Feast points PROMETHEUS_MULTIPROC_DIR
+    at a temp dir before it imports prometheus_client; a prometheus_client imported after that
+    keeps every metric's value in a file keyed by name and labels, not in the metric object, so
+    two serving apps in one process (tests, an app rebuilt) count into the same numbers, and every
+    child process inherits a directory that Feast deletes when this process exits. So
+    prometheus_client comes first (values in memory), and the variables Feast set go again.
+    Called before each `from feast ...` that runs (not only under TYPE_CHECKING) in rtml."""
+    import os
+    import sys
+
+    if "feast" in sys.modules:
+        return
+    os.environ.setdefault("FEAST_USAGE", "False")
+    import prometheus_client.values  # noqa: F401
+
+    unset = [name for name in PROMETHEUS_DIRS if name not in os.environ]
+    import feast  # noqa: F401
+
+    for name in unset:
+        os.environ.pop(name, None)
+
+
 def ensure_repo(settings: Settings) -> FeatureStore:
     """Generate and apply the repo if it is new or changed; return an open FeatureStore."""
     import importlib.util
     import os
 
-    os.environ.setdefault("FEAST_USAGE", "False")
+    import_feast()
     from feast import FeatureStore
 
     repo = repo_dir(settings)

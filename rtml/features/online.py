@@ -24,6 +24,7 @@ from rtml.features.feast_repo import (
     MINUTE_VIEW,
     WINDOW_VIEW,
     ensure_repo,
+    import_feast,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class OnlineMinutes:
     """
 
     def __init__(self, settings: Settings, store: FeatureStore | None = None) -> None:
+        import_feast()
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 

@@ -25,7 +25,7 @@ from rtml.aggregate.sinks import MinuteSink
 from rtml.config import Settings
 from rtml.contracts import MinuteFeatures
 from rtml.features.dataset import minutes_frame
-from rtml.features.feast_repo import CHAIN_ID, PUSH_SOURCE, WINDOW_PUSH, ensure_repo
+from rtml.features.feast_repo import CHAIN_ID, PUSH_SOURCE, WINDOW_PUSH, ensure_repo, import_feast
 from rtml.features.offline import (
     OfflineMinutes,
     latest_rows,
@@ -152,6 +152,7 @@ class FeatureStoreSink(MinuteSink):
     def _push_during_outage(self, source: pd.DataFrame) -> int:
         """Online push of rows PostgreSQL could not take: the window comes from these rows and
         the engine's table, not from the offline store."""
+        import_feast()
         from feast.data_source import PushMode
 
         from rtml.aggregate.sinks import read_minutes
@@ -176,6 +177,7 @@ class FeatureStoreSink(MinuteSink):
 
     def push_online(self, source_rows: pd.DataFrame) -> int:
         """Push offline-table rows to the online store, then rebuild the online window."""
+        import_feast()
         from feast.data_source import PushMode
 
         frame = source_rows.sort_values("minute_key").reset_index(drop=True)

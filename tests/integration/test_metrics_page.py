@@ -3,11 +3,14 @@ pipeline collector off the event loop and cached per scrape interval."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,3 +113,32 @@ def test_the_pipeline_part_of_the_page_passes_promtool_on_both_profiles(
     assert "rtml_ingest_received_total" in page and 'rtml_part_up{part="ingest"} 1.0' in page
     out = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# Feast first, as in a process whose first Feast user is the online store (test_pg_outage.py).
+TWO_APPS = """
+import os
+from rtml.config import get_settings
+from rtml.features.online import OnlineMinutes
+
+OnlineMinutes(get_settings()).close()
+from prometheus_client import generate_latest
+from rtml.serving.middleware import ServingMetrics
+
+first, second = ServingMetrics(), ServingMetrics()
+first.forecasts.labels("online").inc(7)
+second.forecasts.labels("online").inc()
+print(sorted(name for name in os.environ if name.upper().startswith("PROMETHEUS")))
+print(generate_latest(second.registry).decode())
+"""
+
+
+def test_two_serving_apps_in_one_process_count_apart(settings: Settings) -> None:
+    """Importing Feast must not put prometheus_client into multiprocess mode: there, metric
+    values live in files keyed by name and labels, so a second app started with the first's
+    counts, and the temp dir Feast names went to every child process."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", TWO_APPS], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("[]\n"), out.stdout
+    assert 'rtml_serving_forecasts_total{kind="online"} 1.0' in out.stdout
