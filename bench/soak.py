@@ -198,6 +198,12 @@ def sample(settings: Any, day: int, url: str, requests: int, passes: PassTimes) 
             row[f"{name}_rss_MB"], row[f"{name}_fds"] = float("nan"), float("nan")
     row.update(forecast_latency(url, components.get("serve", {}).get("pid"), requests, REPEATS))
     row.update(passes.take_day())
+    # The drift check's reference is the champion's training window (at most model.retrain_window_s):
+    # its cost follows that window's length, which changes only when a champion is promoted.
+    from rtml.quality.sources import champion_training_window
+
+    trained = champion_training_window(settings)
+    row["drift_ref_d"] = (trained.end - trained.start).total_seconds() / 86400 if trained else float("nan")
     return row
 
 
@@ -293,8 +299,34 @@ def bounds(
         base = reference[key]
         limit = 1.2 * base + NOISE.get(key, 0.0)
         for r in rows:
+            if key.startswith("drift") and not _same_reference(r, reference):
+                continue  # judged against the first day of its own reference length (below)
             if r["day"] > reference["day"] and r[key] == r[key] and base == base and r[key] > limit:
                 broken.append(f"{key}: {r[key]:.3g} on day {r['day']} > 1.2 x {base:.3g} (day {reference['day']})")
+                break
+    return broken
+
+
+def _same_reference(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two days' drift checks had references of the same length (within 5 %); rows of an
+    earlier soak without the column count as the same."""
+    x, y = a.get("drift_ref_d", 0.0), b.get("drift_ref_d", 0.0)
+    return not (x == x and y == y) or abs(x - y) <= 0.05 * max(x, y, 1e-9)
+
+
+def drift_bounds(rows: list[dict[str, Any]], reference_day: int = 7) -> list[str]:
+    """The drift check's latencies, each day against the first day from `reference_day` on whose
+    reference window had the same length: a promotion that lengthens the champion's training
+    window steps the check's cost up once, and the bound is about growth over time."""
+    broken = []
+    for key in ("drift_s", "drift_cpu_s"):
+        for r in rows:
+            base_row = next((b for b in rows if b["day"] >= reference_day and _same_reference(r, b)), None)
+            if base_row is None or r["day"] <= base_row["day"] or "drift_ref_d" not in r:
+                continue
+            base = base_row[key]
+            if r[key] == r[key] and base == base and r[key] > 1.2 * base + NOISE[key]:
+                broken.append(f"{key}: {r[key]:.3g} on day {r['day']} > 1.2 x {base:.3g} (day {base_row['day']})")
                 break
     return broken
 
@@ -318,7 +350,7 @@ def main() -> None:
     rows, settings = run_soak(args.days, args.profile, rate_per_min=args.rate)
     print(f"\nsoak: {args.days:g} days, {args.profile}, {time.monotonic() - t0:.0f} s wall, data in {settings.root}")
     print_table(rows)
-    broken = bounds(rows, settings)
+    broken = bounds(rows, settings) + drift_bounds(rows)
     print("bounds: " + ("all hold" if not broken else "BROKEN: " + "; ".join(broken)))
     from rtml.ops.deploy import bring_down
 
