@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from rtml.aggregate.sinks import MinuteSink
 from rtml.aggregate.spark_state import DriverState, checkpoint_dir, guard_path, state_path
+from rtml.aggregate.spark_state import spark_counters as spark_counters  # the README names it here
 from rtml.aggregate.windows import NO_WATERMARK, ClockGuard
 from rtml.config import Settings
 from rtml.contracts import MINUTE_MS
