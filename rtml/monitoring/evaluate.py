@@ -25,7 +25,7 @@ from rtml.contracts import datetime_to_ms, ms_to_datetime
 from rtml.model.backtest import QUANTILES, evaluate, pinball
 from rtml.serving.prediction_log import PredictionRecord
 from rtml.spool import PgLink
-from rtml.storage import ensure_schema, sqlite_connect
+from rtml.storage import ensure_schema, pg_delete, sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -222,7 +222,7 @@ class PostgresQualityStore(QualityBackend):
         return cur.fetchall() if cur.description else []
 
     def _delete(self, sql: str, params: tuple) -> int:
-        return int(self._link.conn.execute(sql.replace("?", "%s"), params).rowcount)
+        return pg_delete(self._link.conn, self.table, sql.replace("?", "%s"), params)
 
     def close(self) -> None:
         self._link.close()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rtml.config import Settings
 from rtml.outage import record_events_with
 from rtml.spool import PgLink, Record, Spool, unreachable
-from rtml.storage import ensure_schema, sqlite_connect
+from rtml.storage import ensure_schema, pg_delete, sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -214,7 +214,7 @@ class PostgresEventLog(EventBackend):
         return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
 
     def trim(self, before_ms: int) -> int:
-        return int(self._pg.execute(f"DELETE FROM {self._table} WHERE time_ms < %s", (before_ms,)).rowcount)
+        return pg_delete(self._pg, self._table, f"DELETE FROM {self._table} WHERE time_ms < %s", (before_ms,))
 
     def stats(self) -> tuple[int, int, int | None]:
         row = self._pg.execute(

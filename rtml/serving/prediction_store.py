@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from rtml.config import Settings
 from rtml.spool import PgLink, Record, Spool, unreachable
-from rtml.storage import RedisCounters, SqliteCounters, counters_key, ensure_schema, sqlite_connect
+from rtml.storage import RedisCounters, SqliteCounters, counters_key, ensure_schema, pg_delete, sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -255,7 +255,7 @@ class PostgresPredictionStore(PredictionBackend):
         return self.pg.execute(sql.format(table=self.table).replace("?", "%s"), params).fetchall()
 
     def _delete(self, sql: str, params: tuple) -> int:
-        return int(self.pg.execute(sql.format(table=self.table).replace("?", "%s"), params).rowcount)
+        return pg_delete(self.pg, self.table, sql.format(table=self.table).replace("?", "%s"), params)
 
     def _size(self) -> int:
         row = self.pg.execute("SELECT pg_total_relation_size(%s)", (self.table,)).fetchone()

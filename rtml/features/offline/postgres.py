@@ -15,6 +15,7 @@ from rtml.config import Settings
 from rtml.features.feast_repo import SOURCE_COLUMNS, ensure_offline_table, pg_table
 from rtml.features.offline.base import OfflineMinutes, _where, offline_spool
 from rtml.spool import PgLink, Spool
+from rtml.storage import pg_delete
 
 if TYPE_CHECKING:
     import psycopg
@@ -117,7 +118,7 @@ class PostgresMinutes(OfflineMinutes):
             return 0
         outside = "".join(" AND NOT (minute >= %s AND minute < %s)" for _ in keep)
         params: list[object] = [before, *(t for window in keep for t in window)]
-        return int(self.conn.execute(f"DELETE FROM {self.table} WHERE minute < %s{outside}", params).rowcount)
+        return pg_delete(self.conn, self.table, f"DELETE FROM {self.table} WHERE minute < %s{outside}", params)
 
     def stats(self) -> tuple[int, int, int | None]:
         if not self._readable():
