@@ -90,17 +90,6 @@ def services_settings(
 
 
 @pytest.fixture
-def settings_of(request: pytest.FixtureRequest) -> Callable[[str], Settings]:
-    """Settings of a profile in a fresh data directory (and, for services, a namespace of its
-    own): what the conformance suites (tests/conformance) open a backend class with."""
-
-    def settings(profile: str) -> Settings:
-        return request.getfixturevalue("settings" if profile == "embedded" else "services_settings")  # type: ignore[no-any-return]
-
-    return settings
-
-
-@pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """`f(appendonly=True)`: start a `redis-server` of the test's own on a free port (tests/faults.py
     `PrivateRedis`: stop / kill / wipe / restart it at will); every one is stopped afterwards."""

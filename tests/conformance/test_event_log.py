@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
+from conformance_kit import Backend, Case, backend_cases
 
 from rtml.config import BACKENDS as PROFILE_BACKENDS
 from rtml.config import Settings
 from rtml.monitoring import events as events_module
 from rtml.monitoring.events import EventBackend, EventLog, PostgresEventLog, SqliteEventLog, open_event_log
 
-BACKENDS = {SqliteEventLog: "embedded", PostgresEventLog: "services"}
+BACKENDS: dict[type[EventBackend], Backend[EventBackend]] = {
+    SqliteEventLog: Backend("embedded", SqliteEventLog),
+    PostgresEventLog: Backend("services", PostgresEventLog),
+}
+case = backend_cases(BACKENDS)
 
 
 def test_every_backend_is_in_the_suite_and_the_factory_picks_by_profile() -> None:
-    assert set(events_module._BACKENDS.items()) == {(PROFILE_BACKENDS[p]["events"], c) for c, p in BACKENDS.items()}
+    assert set(events_module._BACKENDS.items()) == {(PROFILE_BACKENDS[b.profile]["events"], c) for c, b in BACKENDS.items()}
     assert EventLog is open_event_log
 
 
-@pytest.fixture(params=list(BACKENDS), ids=lambda c: c.__name__)
-def opened(
-    request: pytest.FixtureRequest, settings_of: Callable[[str], Settings]
-) -> Iterator[tuple[type[EventBackend], Settings, EventBackend]]:
-    cls = request.param
-    settings = settings_of(BACKENDS[cls])
-    log = cls(settings)
-    yield cls, settings, log
-    log.close()
+@pytest.fixture
+def opened(case: Case[EventBackend]) -> tuple[type[EventBackend], Settings, EventBackend]:
+    """The store under test: `case` runs each test once per class of BACKENDS and closes it."""
+    return case.cls, case.settings, case.open()
 
 
 def test_the_factory_opens_this_backend(opened: tuple[type[EventBackend], Settings, EventBackend]) -> None:

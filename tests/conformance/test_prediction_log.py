@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
+from conformance_kit import Backend, Case, backend_cases
 
 from rtml.config import BACKENDS as PROFILE_BACKENDS
 from rtml.config import Settings
@@ -19,7 +18,11 @@ from rtml.serving.prediction_store import (
     open_prediction_store,
 )
 
-BACKENDS = {SqlitePredictionStore: "embedded", PostgresPredictionStore: "services"}
+BACKENDS: dict[type[PredictionBackend], Backend[PredictionBackend]] = {
+    SqlitePredictionStore: Backend("embedded", SqlitePredictionStore),
+    PostgresPredictionStore: Backend("services", PostgresPredictionStore),
+}
+case = backend_cases(BACKENDS)
 MINUTE_MS = 60_000
 T0 = 1_727_740_800_000  # 2024-10-01T00:00Z
 
@@ -32,17 +35,14 @@ def forecast(minute: int, kind: str, logged_ms: int = 0, p50: float = 2.0) -> Pr
 
 
 def test_every_backend_is_in_the_suite_and_the_factory_picks_by_profile() -> None:
-    assert set(prediction_store._BACKENDS.items()) == {(PROFILE_BACKENDS[p]["predictions"], c) for c, p in BACKENDS.items()}
+    assert set(prediction_store._BACKENDS.items()) == {(PROFILE_BACKENDS[b.profile]["predictions"], c) for c, b in BACKENDS.items()}
     assert PredictionStore is open_prediction_store
 
 
-@pytest.fixture(params=list(BACKENDS), ids=lambda c: c.__name__)
-def opened(request: pytest.FixtureRequest, settings_of: Callable[[str], Settings]) -> Iterator[Opened]:
-    cls = request.param
-    settings = settings_of(BACKENDS[cls])
-    store = cls(settings)
-    yield cls, settings, store
-    store.close()
+@pytest.fixture
+def opened(case: Case[PredictionBackend]) -> tuple[type[PredictionBackend], Settings, PredictionBackend]:
+    """The store under test: `case` runs each test once per class of BACKENDS and closes it."""
+    return case.cls, case.settings, case.open()
 
 
 def test_the_factory_opens_this_backend(opened: Opened) -> None:

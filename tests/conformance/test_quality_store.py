@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conformance_kit import Backend, Case, backend_cases
 
 from rtml.config import BACKENDS as PROFILE_BACKENDS
 from rtml.config import Settings
@@ -20,7 +20,11 @@ from rtml.monitoring.evaluate import (
     open_quality_store,
 )
 
-BACKENDS = {SqliteQualityStore: "embedded", PostgresQualityStore: "services"}
+BACKENDS: dict[type[QualityBackend], Backend[QualityBackend]] = {
+    SqliteQualityStore: Backend("embedded", SqliteQualityStore),
+    PostgresQualityStore: Backend("services", PostgresQualityStore),
+}
+case = backend_cases(BACKENDS)
 H0 = datetime(2024, 10, 1, tzinfo=UTC)
 
 Opened = tuple[type[QualityBackend], Settings, QualityBackend]
@@ -31,17 +35,14 @@ def verdict(hour: int, wql: float = 0.2, breach: bool = False, version: str = "1
 
 
 def test_every_backend_is_in_the_suite_and_the_factory_picks_by_profile() -> None:
-    assert set(evaluate._QUALITY_BACKENDS.items()) == {(PROFILE_BACKENDS[p]["quality"], c) for c, p in BACKENDS.items()}
+    assert set(evaluate._QUALITY_BACKENDS.items()) == {(PROFILE_BACKENDS[b.profile]["quality"], c) for c, b in BACKENDS.items()}
     assert QualityStore is open_quality_store
 
 
-@pytest.fixture(params=list(BACKENDS), ids=lambda c: c.__name__)
-def opened(request: pytest.FixtureRequest, settings_of: Callable[[str], Settings]) -> Iterator[Opened]:
-    cls = request.param
-    settings = settings_of(BACKENDS[cls])
-    store = cls(settings)
-    yield cls, settings, store
-    store.close()
+@pytest.fixture
+def opened(case: Case[QualityBackend]) -> tuple[type[QualityBackend], Settings, QualityBackend]:
+    """The store under test: `case` runs each test once per class of BACKENDS and closes it."""
+    return case.cls, case.settings, case.open()
 
 
 def test_the_factory_opens_this_backend(opened: Opened) -> None:
