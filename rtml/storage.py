@@ -21,7 +21,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 from rtml.config import Settings
 
@@ -99,7 +99,21 @@ def ensure_schema(conn: psycopg.Connection, settings: Settings) -> None:
         pass
 
 
-class Counters(ABC):
+class Closeable(ABC):
+    """What every store interface shares: `close()` releases what it holds open, and `with`
+    closes it (a store opened in a `with` is closed however the block ends)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Counters(Closeable):
     """A part's persisted counters: running totals (`add`) and levels (`set`), read as floats."""
 
     @abstractmethod
@@ -113,15 +127,6 @@ class Counters(ABC):
     @abstractmethod
     def read(self) -> dict[str, float]:
         """Every counter stored, by name."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Counters:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class SqliteCounters(Counters):

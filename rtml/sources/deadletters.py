@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import cast
 
 from rtml.config import Settings
 from rtml.contracts import DeadLetter
+from rtml.storage import Closeable
 
 COUNTERS = ("received", "valid", "duplicates", "dead_letters", "appended")
 # Letters dropped to keep within `retention.dead_letters_max_rows` (a counter of its own).
 DROPPED = "dead_letters_dropped"
 
 
-class IngestStore(ABC):
+class IngestStore(Closeable):
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max_rows
 
@@ -57,15 +58,6 @@ class IngestStore(ABC):
     @abstractmethod
     def dead_letter_stats(self) -> tuple[int, int, int | None]:
         """(bytes, dead letters, clock stamp of the oldest in ms or None): for `rtml status`."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> IngestStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class SqliteIngestStore(IngestStore):

@@ -12,11 +12,12 @@ events a second), where building a dataclass per event would cost more than the 
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rtml.contracts import Row, TxEvent
+from rtml.storage import Closeable
 
 Offset = str
 # (tx_hash, event_time, fee_sat): what the aggregation engine needs.
@@ -49,7 +50,7 @@ class AppendMark:
     entries_added: int | None
 
 
-class Stream(ABC):
+class Stream(Closeable):
     # Names this log for its whole life (a recreated log gets a new one), so a consumer that
     # keeps its offset elsewhere can tell that the offset no longer means anything.
     identity: str
@@ -101,12 +102,3 @@ class Stream(ABC):
     @abstractmethod
     def stats(self) -> tuple[int, int, int | None]:
         """(bytes, events, event time of the oldest event in ms or None): for `rtml status`."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

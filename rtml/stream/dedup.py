@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from itertools import repeat
 from typing import cast
 
 from rtml.config import Settings
+from rtml.storage import Closeable
 
 # Redis buckets per TTL: memory holds at most 1 + 1/12 TTL's worth of entries between purges.
 BUCKETS_PER_TTL = 12
@@ -62,7 +63,7 @@ return n
 """
 
 
-class Dedup(ABC):
+class Dedup(Closeable):
     """Remembers which tx hashes were seen within `ttl_s` of event time on the ingest clock."""
 
     def __init__(self, ttl_s: float) -> None:
@@ -88,15 +89,6 @@ class Dedup(ABC):
     @abstractmethod
     def size(self) -> int:
         """Entries held (expired ones not yet purged included): what memory is spent on."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Dedup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class SqliteDedup(Dedup):

@@ -4,7 +4,7 @@ it takes and gives, and the spool records of rows a store could not take."""
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -14,6 +14,7 @@ from rtml.config import Settings
 from rtml.contracts import MinuteFeatures
 from rtml.features.feast_repo import CHAIN_ID, SOURCE_COLUMNS
 from rtml.spool import Record, Spool
+from rtml.storage import Closeable
 
 MINUTE_COLUMNS = list(MinuteFeatures.COLUMNS)
 
@@ -88,7 +89,7 @@ def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns="_order").reset_index(drop=True)
 
 
-class OfflineMinutes(ABC):
+class OfflineMinutes(Closeable):
     """The offline table of minutes; `open_offline(settings)` picks the backend."""
 
     @abstractmethod
@@ -127,12 +128,6 @@ class OfflineMinutes(ABC):
     def write_spooled(self, records: list[Record]) -> None:
         """Upsert spooled rows (the spool's write: latest revision wins, so a repeat is a no-op)."""
         self.upsert(from_spool(records))
-
-    def __enter__(self) -> OfflineMinutes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _utc(moment: datetime | str) -> pd.Timestamp:
