@@ -265,9 +265,13 @@ def import_feast() -> None:
     two serving apps in one process (tests, an app rebuilt) count into the same numbers, and every
     child process inherits a directory that Feast deletes when this process exits. So
     prometheus_client comes first (values in memory), and the variables Feast set go again.
+    Feast's modules also turn on every library's DeprecationWarning and RuntimeWarning for the
+    whole process (`simplefilter("once", ...)`: ibis' duckdb deprecations then reached
+    `rtml train`'s output), so the warning filters are put back as they were.
     Called before each `from feast ...` that runs (not only under TYPE_CHECKING) in rtml."""
     import os
     import sys
+    import warnings
 
     if "feast" in sys.modules:
         return
@@ -275,7 +279,8 @@ def import_feast() -> None:
     import prometheus_client.values  # noqa: F401
 
     unset = [name for name in PROMETHEUS_DIRS if name not in os.environ]
-    import feast  # noqa: F401
+    with warnings.catch_warnings():  # restores the filters on exit
+        import feast  # noqa: F401
 
     for name in unset:
         os.environ.pop(name, None)

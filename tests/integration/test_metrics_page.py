@@ -142,3 +142,22 @@ def test_two_serving_apps_in_one_process_count_apart(settings: Settings) -> None
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("[]\n"), out.stdout
     assert 'rtml_serving_forecasts_total{kind="online"} 1.0' in out.stdout
+
+
+FEAST_WARNINGS = """
+import warnings
+before = list(warnings.filters)
+from rtml.features.feast_repo import import_feast
+
+import_feast()
+print(list(warnings.filters) == before)
+"""
+
+
+def test_importing_feast_leaves_the_warning_filters_alone() -> None:
+    """Feast's modules call `warnings.simplefilter("once", DeprecationWarning)` for the whole
+    process, which put ibis' duckdb deprecations into `rtml train`'s output."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", FEAST_WARNINGS], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True", out.stdout
