@@ -12,7 +12,7 @@ namespace's schema (services), so each closed hour is judged once and its verdic
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from rtml.contracts import datetime_to_ms, ms_to_datetime
 from rtml.model.backtest import QUANTILES, evaluate, pinball
 from rtml.serving.prediction_log import PredictionRecord
 from rtml.spool import PgLink
-from rtml.storage import ensure_schema, pg_delete, sqlite_connect
+from rtml.storage import Closeable, ensure_schema, pg_delete, sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -114,7 +114,7 @@ class HourVerdict:
     breach: bool
 
 
-class QualityBackend(ABC):
+class QualityBackend(Closeable):
     """Judged hours, one row each (upsert by hour): the alarm policy's memory and a dashboard series."""
 
     DDL = (
@@ -176,9 +176,6 @@ class QualityBackend(ABC):
     def last_hour(self) -> datetime | None:
         rows = self._run(f"SELECT MAX(hour_ms) FROM {self.table}")
         return ms_to_datetime(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    @abstractmethod
-    def close(self) -> None: ...
 
 
 class SqliteQualityStore(QualityBackend):

@@ -24,14 +24,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rtml.config import Settings
 from rtml.outage import record_events_with
 from rtml.spool import PgLink, Record, Spool, unreachable
-from rtml.storage import ensure_schema, pg_delete, sqlite_connect
+from rtml.storage import Closeable, ensure_schema, pg_delete, sqlite_connect
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,7 +45,7 @@ class Event:
     details: dict[str, Any]
 
 
-class EventBackend(ABC):
+class EventBackend(Closeable):
     """Append-only event log; `kind` is a short dotted name such as `drift.alert` or `model.promoted`."""
 
     def __init__(self, settings: Settings) -> None:
@@ -83,9 +83,6 @@ class EventBackend(ABC):
     @abstractmethod
     def stats(self) -> tuple[int, int, int | None]:
         """(bytes, events, time of the oldest in ms or None): for `rtml status`."""
-
-    @abstractmethod
-    def close(self) -> None: ...
 
 
 class SqliteEventLog(EventBackend):

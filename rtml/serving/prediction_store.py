@@ -19,14 +19,22 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING
 
 from rtml.config import Settings
 from rtml.spool import PgLink, Record, Spool, unreachable
-from rtml.storage import RedisCounters, SqliteCounters, counters_key, ensure_schema, pg_delete, sqlite_connect
+from rtml.storage import (
+    Closeable,
+    RedisCounters,
+    SqliteCounters,
+    counters_key,
+    ensure_schema,
+    pg_delete,
+    sqlite_connect,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -80,7 +88,7 @@ def _kinds(kinds: tuple[str, ...], exclude: bool) -> str:
     return f"kind {'NOT ' if exclude else ''}IN ({', '.join('?' * len(kinds))})"
 
 
-class PredictionBackend(ABC):
+class PredictionBackend(Closeable):
     """Where records and counters land; used only by the writer thread (and by readers).
 
     Subclasses run SQL written with `?` marks and `{table}` for the table (`_query`, `_delete`)."""
@@ -145,9 +153,6 @@ class PredictionBackend(ABC):
     @abstractmethod
     def counters(self) -> dict[str, float]:
         """The serving counters, by name."""
-
-    @abstractmethod
-    def close(self) -> None: ...
 
 
 class SqlitePredictionStore(PredictionBackend):
