@@ -110,9 +110,23 @@ def trim_candidates(settings: Settings, before: datetime) -> int:
                 except MlflowException:
                     pass
         c.delete_model_version(MODEL_NAME, str(mv.version))
+        _forget_artifact_repos((model_id, mv.run_id))
         gone += 1
     purge_deleted_rows(settings)
     return gone
+
+
+def _forget_artifact_repos(keys: tuple[str | None, ...]) -> None:
+    """MLflow caches, process-wide, an artifact repository (about 8 KB) per run and logged model
+    it wrote to, up to 1,024, and never drops deleted ones: the scheduler, which trains and trims,
+    would hold one per training for as long as 1,024 trainings take. A crash before this leaves
+    nothing behind (the cache is in memory)."""
+    from mlflow.tracking._tracking_service import utils
+
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    for key in keys:
+        if cache is not None and key:
+            cache.pop(key, None)
 
 
 def _remove_artifacts(settings: Settings, uris: list[str]) -> None:

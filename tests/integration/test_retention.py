@@ -305,7 +305,7 @@ def test_registry_stays_bounded_across_many_trims(backend_settings: Settings) ->
     frame = build_training_frame(minutes_frame(synthetic_minutes(settings, 300, start)), horizon=5)
     model = QuantileGBM(FEATURE_COLUMNS, GBMParams(n_estimators=5, num_leaves=4), n_jobs=1).fit(frame)
     tables = ("model_versions", "model_version_tags", "inputs", "runs", "logged_models", "metrics", "params", "tags")
-    sizes, numbers = [], []
+    sizes, numbers, written = [], [], []
     for k in range(8):
         end = start + timedelta(hours=8 * k)
         mlflow.set_tracking_uri(registry.tracking_uri(settings))
@@ -314,6 +314,8 @@ def test_registry_stays_bounded_across_many_trims(backend_settings: Settings) ->
             mlflow.log_metrics({"wql": 0.2, "coverage": 0.8})
         window = {"train_start": (end - timedelta(days=7)).isoformat(), "train_end": end.isoformat()}
         numbers.append(registry.log_candidate(settings, model, frame.tail(20), run.info.run_id, window))
+        mv = registry.client(settings).get_model_version(registry.MODEL_NAME, numbers[-1])
+        written.append({mv.run_id, mv.model_id or mv.source.removeprefix("models:/")})  # the logged model
         if k % 3 == 0:
             registry.promote(settings, numbers[-1])
         trim_candidates(settings, end - timedelta(hours=20))  # two earlier candidates stay
@@ -334,6 +336,16 @@ def test_registry_stays_bounded_across_many_trims(backend_settings: Settings) ->
     kept = len(registry.list_versions(settings))
     assert sizes[-1][0]["model_versions"] <= kept + 1  # + the highest number, which is never reused
     assert sizes[-1][0]["runs"] == sizes[-1][0]["logged_models"] == kept
+    # MLflow's process-wide cache of artifact repositories (one per run and logged model written
+    # to) forgets what retention deleted, and only that.
+    from mlflow.tracking._tracking_service.utils import _artifact_repos_cache
+
+    cached = set(_artifact_repos_cache)
+    kept_numbers = {v["version"] for v in registry.list_versions(settings)}
+    live = set().union(*(keys for number, keys in zip(numbers, written, strict=True) if number in kept_numbers))
+    deleted = set().union(*written) - live
+    assert deleted and live & cached, (deleted, live, cached)
+    assert not deleted & cached
 
 
 # ---- the soak through `rtml up`: every store, the registry, a kill -9 -----------------------
