@@ -124,9 +124,10 @@ def _forget_artifact_repos(keys: tuple[str | None, ...]) -> None:
     from mlflow.tracking._tracking_service import utils
 
     cache = getattr(utils, "_artifact_repos_cache", None)
-    for key in keys:
-        if cache is not None and key:
-            cache.pop(key, None)
+    if cache is None:  # an MLflow without the cache: nothing to forget
+        return
+    for key in filter(None, keys):
+        cache.pop(key, None)
 
 
 def _remove_artifacts(settings: Settings, uris: list[str]) -> None:
